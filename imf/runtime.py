@@ -88,3 +88,8 @@ def git_revision(cwd: str | os.PathLike | None = None) -> str:
 def repo_root() -> Path:
     """The checkout root (parent of the `imf` package)."""
     return Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    """``$IMF_DATA`` or ``<repo>/data``: where corpora are built."""
+    return Path(os.environ.get("IMF_DATA", repo_root() / "data"))

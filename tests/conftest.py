@@ -1,0 +1,17 @@
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("IMF_THREADS", "2")))
+
+
+@pytest.fixture
+def nb_env(tmp_path, monkeypatch):
+    """Isolated results/ and data/ folders for notebook runs (the kernel inherits os.environ)."""
+    monkeypatch.setenv("IMF_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("IMF_DATA", str(tmp_path / "data"))
+    return tmp_path
