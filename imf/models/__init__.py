@@ -1,0 +1,13 @@
+"""Concrete models. Nothing here imports training code."""
+from .student import freeze, student_from_teacher
+from .token2mel import Token2Mel, Token2MelConfig
+
+MODELS = {"Token2Mel": (Token2Mel, Token2MelConfig)}
+
+
+def build_model(name: str, config: dict):
+    """Rebuild a model from the class name and config dict stored in a checkpoint."""
+    if name not in MODELS:
+        raise KeyError(f"unknown model class {name!r}; known: {sorted(MODELS)}")
+    cls, cfg_cls = MODELS[name]
+    return cls(cfg_cls.from_dict(config))

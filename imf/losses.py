@@ -1,0 +1,177 @@
+"""Training objectives in the maths layer: conditional flow matching and IntMeanFlow.
+
+No concrete model is imported: a model is any callable ``model(x, *, t, r=None, cond)``.
+Tensors: ``z`` (B, C, T); ``mask`` (B, T) bool (valid frames); times (B,).
+Time convention: see :mod:`imf.paths` (noise t=0 -> data t=1).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from .config import Config, require
+from .paths import bcast_time, jump, sample_path
+
+Cond = Mapping[str, Tensor]
+
+
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean squared error over valid frames. pred/target (B, C, T), mask (B, T) -> scalar."""
+    err = (pred - target) ** 2
+    if mask is None:
+        return err.mean()
+    m = mask[:, None].to(err.dtype)
+    return (err * m).sum() / (m.sum() * err.shape[1]).clamp(min=1.0)
+
+
+def per_sample_mse(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+    """(B,) mean squared error of each sample over its valid frames."""
+    err = (pred - target) ** 2
+    if mask is None:
+        return err.flatten(1).mean(1)
+    m = mask[:, None].to(err.dtype)
+    return (err * m).flatten(1).sum(1) / (m.flatten(1).sum(1) * err.shape[1]).clamp(min=1.0)
+
+
+def sample_t(b: int, kind: str, generator: torch.Generator | None = None, mu: float = 0.0,
+             sigma: float = 1.0) -> Tensor:
+    """Times in (0, 1): ``uniform`` or ``logit_normal`` (sigmoid of N(mu, sigma^2)). -> (b,)"""
+    if kind == "uniform":
+        return torch.rand(b, generator=generator)
+    if kind == "logit_normal":
+        return torch.sigmoid(mu + sigma * torch.randn(b, generator=generator))
+    raise ValueError(f"unknown time sampler {kind!r}; choose 'uniform' or 'logit_normal'")
+
+
+def index_cond(cond: Cond, idx: Tensor) -> dict[str, Tensor]:
+    """Rows ``idx`` of every batch-first tensor of ``cond``."""
+    return {k: v[idx] for k, v in cond.items()}
+
+
+def drop_mask(b: int, p: float, generator: torch.Generator | None = None) -> Tensor:
+    """(b,) bool: which rows lose their conditioning (for classifier-free guidance)."""
+    return torch.rand(b, generator=generator) < p
+
+
+# ---------------------------------------------------------------------------------------
+# Conditional flow matching (the teacher)
+# ---------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class CFMConfig(Config):
+    p_drop: float = 0.2  # probability of dropping all conditioning (CFG training)
+    time_sampler: str = "logit_normal"  # "uniform" | "logit_normal"
+    time_mu: float = 0.0  # logit-normal location
+    time_sigma: float = 1.0  # logit-normal scale
+
+    def validate(self) -> None:
+        require(0.0 <= self.p_drop < 1.0, "p_drop", "must lie in [0, 1)")
+        require(self.time_sampler in ("uniform", "logit_normal"), "time_sampler", "uniform | logit_normal")
+
+
+def cfm_loss(model: Callable[..., Tensor], z_1: Tensor, cond: Cond, mask: Tensor | None, cfg: CFMConfig,
+             generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+    """``|| v_theta(z_t, t) - (z_1 - z_0) ||^2`` with ``z_0 ~ N(0, I)``; z_1 (B, C, T)."""
+    b = z_1.shape[0]
+    z_0 = torch.randn(z_1.shape, generator=generator).to(z_1)
+    t = sample_t(b, cfg.time_sampler, generator, cfg.time_mu, cfg.time_sigma).to(z_1)
+    z_t, v = sample_path(z_0, z_1, t)
+    cond = dict(cond, drop=drop_mask(b, cfg.p_drop, generator).to(z_1.device))
+    pred = model(z_t, t=t, cond=cond)
+    loss = masked_mse(pred, v, mask)
+    return loss, {"loss": loss.item()}
+
+
+# ---------------------------------------------------------------------------------------
+# IntMeanFlow: average velocity of a guided teacher rolled out over [t, r]
+# ---------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class IMFConfig(Config):
+    teacher_nfe: int = 16  # N: a sample with interval r - t gets ceil((r - t) N) Euler sub-steps
+    fixed_substeps: int = 0  # > 0: use exactly this many sub-steps for every interval instead
+    cfg_scale: float = 2.0  # guidance w of the teacher target, v_u + w (v_c - v_u)
+    p_instant: float = 0.2  # fraction of samples with r = t (target: guided instantaneous velocity)
+    p_full: float = 0.1  # fraction of samples with the whole interval (t, r) = (0, 1)
+    time_sampler: str = "uniform"  # how the two endpoints are drawn: "uniform" | "logit_normal"
+    time_mu: float = 0.0  # logit-normal location
+    time_sigma: float = 1.0  # logit-normal scale
+
+    def validate(self) -> None:
+        require(self.teacher_nfe >= 1, "teacher_nfe", "must be >= 1")
+        require(self.fixed_substeps >= 0, "fixed_substeps", "must be >= 0")
+        require(0 <= self.p_instant and 0 <= self.p_full and self.p_instant + self.p_full <= 1,
+                "p_instant", "p_instant + p_full must lie in [0, 1]")
+        require(self.time_sampler in ("uniform", "logit_normal"), "time_sampler", "uniform | logit_normal")
+
+
+def sample_intervals(b: int, cfg: IMFConfig, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """(t, r) with 0 <= t <= r <= 1, (b,) each: sorted pair; ``p_instant`` rows r = t; ``p_full`` rows (0, 1)."""
+    a = sample_t(b, cfg.time_sampler, generator, cfg.time_mu, cfg.time_sigma)
+    c = sample_t(b, cfg.time_sampler, generator, cfg.time_mu, cfg.time_sigma)
+    t, r = torch.minimum(a, c), torch.maximum(a, c)
+    u = torch.rand(b, generator=generator)
+    instant = u < cfg.p_instant
+    full = (u >= cfg.p_instant) & (u < cfg.p_instant + cfg.p_full)
+    r = torch.where(instant, t, r)
+    t = torch.where(full, torch.zeros_like(t), t)
+    r = torch.where(full, torch.ones_like(r), r)
+    return t, r
+
+
+def substep_counts(t: Tensor, r: Tensor, cfg: IMFConfig) -> Tensor:
+    """(B,) long: ``fixed_substeps`` or ``max(1, ceil((r - t) N))``; r = t gets one evaluation."""
+    if cfg.fixed_substeps > 0:
+        return torch.full_like(t, cfg.fixed_substeps, dtype=torch.long)
+    n = torch.ceil((r - t).double() * cfg.teacher_nfe - 1e-9).long()
+    return n.clamp(min=1)
+
+
+@torch.no_grad()
+def rollout_average_velocity(teacher: Callable[..., Tensor], z_t: Tensor, t: Tensor, r: Tensor, cond: Cond,
+                             n: Tensor) -> tuple[Tensor, int]:
+    """Average velocity of ``teacher`` over [t, r] by ``n`` Euler sub-steps per sample.
+
+    ``u = (z_r - z_t) / (r - t) = (1 / n) sum_k v(z^(k), t + k h)`` with ``h = (r - t) / n``,
+    written as a mean of velocities so that r = t (n = 1) gives the instantaneous
+    ``v(z_t, t)`` without dividing by zero. At sub-step k only the samples with ``n > k``
+    (still inside their interval) are evaluated, so the cost is ``sum(n)`` rows, not
+    ``B * max(n)``.
+
+    Args: z_t (B, C, T); t, r (B,); n (B,) long >= 1.
+    Returns: (u (B, C, T), teacher rows evaluated).
+    """
+    h = (r - t) / n.to(t.dtype)
+    z = z_t.clone()
+    v_sum = torch.zeros_like(z_t)
+    rows = 0
+    for k in range(int(n.max())):
+        idx = torch.nonzero(n > k, as_tuple=True)[0]
+        t_k = t[idx] + k * h[idx]
+        v = teacher(z[idx], t=t_k, cond=index_cond(cond, idx))
+        rows += idx.numel()
+        v_sum[idx] += v
+        z[idx] = jump(z[idx], v, t_k, t_k + h[idx])
+    return v_sum / bcast_time(n.to(z_t.dtype), z_t), rows
+
+
+def intmeanflow_loss(student: Callable[..., Tensor], teacher: Callable[..., Tensor], z_1: Tensor, cond: Cond,
+                     mask: Tensor | None, cfg: IMFConfig, generator: torch.Generator | None = None,
+                     ) -> tuple[Tensor, dict[str, float]]:
+    """IntMeanFlow distillation: ``|| u_theta(z_t, t, r) - mean_k v_teacher^cfg ||^2``.
+
+    ``teacher`` must already include guidance (e.g. ``Guided(teacher, w)``) and be frozen;
+    the student is called WITHOUT guidance (conditional rows only).
+    """
+    b = z_1.shape[0]
+    t, r = sample_intervals(b, cfg, generator)
+    t, r = t.to(z_1), r.to(z_1)
+    z_0 = torch.randn(z_1.shape, generator=generator).to(z_1)
+    z_t, _ = sample_path(z_0, z_1, t)
+    n = substep_counts(t, r, cfg).to(z_1.device)
+    target, rows = rollout_average_velocity(teacher, z_t, t, r, cond, n)
+    pred = student(z_t, t=t, r=r, cond=cond)
+    loss = masked_mse(pred, target, mask)
+    return loss, {"loss": loss.item(), "teacher_rows": float(rows), "mean_substeps": n.float().mean().item()}

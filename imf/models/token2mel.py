@@ -1,0 +1,129 @@
+"""Token2mel flow-matching backbone: a 1-D ConvNeXt with adaLN time/speaker conditioning.
+
+The CosyVoice2-flow analogue at CPU scale. Conditioning:
+  * frame-aligned phone tokens (B, T), encoded by a small ConvNeXt text encoder and added
+    to the projected input;
+  * the speaker, as a prompt mel of ANOTHER utterance of the same speaker (B, 80, Tp),
+    encoded and mean-pooled into a vector — so unseen speakers work from a prompt alone;
+  * time: ``e_t = MLP(sin(t))``. A mean-flow student (``mean_flow=True``) also embeds ``r``
+    with the SAME modules and mixes ``W [e_t, e_r]`` with ``W`` initialised ``[I | 0]``
+    (see :mod:`imf.models.student`), so a fresh student equals its teacher exactly.
+
+Classifier-free guidance: rows with ``cond["drop"]`` use a null token and a null speaker.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..config import Config, require
+from .layers import ChannelNorm, ConvNeXtBlock, TimeEmbedding
+
+
+@dataclasses.dataclass(frozen=True)
+class Token2MelConfig(Config):
+    n_mels: int = 80  # feature bins of x
+    n_tokens: int = 128  # phone vocabulary incl. pad id 0 (set from the corpus)
+    dim: int = 192  # channels
+    n_layers: int = 6  # conditioned ConvNeXt blocks of the estimator
+    text_layers: int = 2  # unconditioned blocks of the token encoder
+    prompt_layers: int = 2  # blocks of the prompt (speaker) encoder
+    kernel_size: int = 7  # depthwise kernel
+    ff_mult: int = 4  # pointwise expansion
+    time_freq_dim: int = 256  # sinusoidal features of t
+    mean_flow: bool = False  # True: u(x, t, r) student with the [e_t, e_r] mix
+
+    def validate(self) -> None:
+        require(self.n_tokens >= 2, "n_tokens", "needs at least pad + one phone")
+        require(self.dim > 0 and self.dim % 2 == 0, "dim", "must be a positive even int")
+        require(self.n_layers >= 1, "n_layers", "must be >= 1")
+
+
+class Token2Mel(nn.Module):
+    """``model(x, *, t, r=None, cond) -> v``: x (B, n_mels, T), t/r (B,), output (B, n_mels, T).
+
+    ``cond``: ``tokens`` (B, T) long, ``mask`` (B, T) bool, ``prompt`` (B, n_mels, Tp),
+    ``prompt_mask`` (B, Tp) bool, optional ``drop`` (B,) bool.
+    """
+
+    def __init__(self, config: Token2MelConfig):
+        super().__init__()
+        self.config = c = config
+        d = c.dim
+        self.null_token = c.n_tokens  # extra embedding row for dropped conditioning
+        self.token_embed = nn.Embedding(c.n_tokens + 1, d)
+        self.text_encoder = nn.ModuleList(ConvNeXtBlock(d, c.kernel_size, c.ff_mult) for _ in range(c.text_layers))
+        self.prompt_in = nn.Conv1d(c.n_mels, d, 3, padding=1)
+        self.prompt_encoder = nn.ModuleList(
+            ConvNeXtBlock(d, c.kernel_size, c.ff_mult) for _ in range(c.prompt_layers))
+        self.speaker_proj = nn.Linear(d, d)
+        self.null_speaker = nn.Parameter(torch.zeros(d))
+        self.time_embed = TimeEmbedding(d, c.time_freq_dim)
+        self.time_mix = nn.Linear(2 * d, d, bias=False) if c.mean_flow else None
+        self.in_proj = nn.Conv1d(c.n_mels, d, 1)
+        self.blocks = nn.ModuleList(
+            ConvNeXtBlock(d, c.kernel_size, c.ff_mult, cond_dim=d) for _ in range(c.n_layers))
+        self.norm_out = ChannelNorm(d, affine=False)
+        self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
+        self.proj_out = nn.Conv1d(d, c.n_mels, 1)
+        for m in (self.ada_out[1], self.proj_out):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # -- the time path (a student adds r here) --------------------------------------
+    def embed_time(self, t: Tensor, r: Tensor | None = None) -> Tensor:
+        """(B,) -> (B, dim). Teacher: ``e_t``. Student: ``W [e_t, e_r]`` (``r=None`` means r = t)."""
+        e_t = self.time_embed(t)
+        if self.time_mix is None:
+            return e_t
+        e_r = self.time_embed(t if r is None else r)
+        return self.time_mix(torch.cat([e_t, e_r], dim=-1))
+
+    # -- conditioning ------------------------------------------------------------------
+    def encode_text(self, tokens: Tensor, mask: Tensor, drop: Tensor | None) -> Tensor:
+        """tokens (B, T) -> (B, dim, T)."""
+        if drop is not None:
+            tokens = torch.where(drop[:, None], torch.full_like(tokens, self.null_token), tokens)
+        m = mask[:, None].to(torch.float32)
+        h = self.token_embed(tokens).transpose(1, 2) * m
+        for blk in self.text_encoder:
+            h = blk(h, mask=m)
+        return h
+
+    def encode_speaker(self, prompt: Tensor, prompt_mask: Tensor, drop: Tensor | None) -> Tensor:
+        """prompt (B, n_mels, Tp) -> (B, dim), masked mean over frames."""
+        m = prompt_mask[:, None].to(torch.float32)
+        h = self.prompt_in(prompt * m) * m
+        for blk in self.prompt_encoder:
+            h = blk(h, mask=m)
+        s = self.speaker_proj(h.sum(-1) / m.sum(-1).clamp(min=1.0))
+        if drop is not None:
+            s = torch.where(drop[:, None], self.null_speaker.expand_as(s), s)
+        return s
+
+    def forward(self, x: Tensor, *, t: Tensor, r: Tensor | None = None, cond: Mapping[str, Tensor]) -> Tensor:
+        b, _, n = x.shape
+        mask = cond.get("mask")
+        if mask is None:
+            mask = torch.ones(b, n, dtype=torch.bool, device=x.device)
+        if cond["tokens"].shape != (b, n):
+            raise ValueError(f"cond['tokens'] must be (B, T) = {(b, n)}, got {tuple(cond['tokens'].shape)}")
+        drop = cond.get("drop")
+        m = mask[:, None].to(x.dtype)
+        c = self.embed_time(t, r) + self.encode_speaker(cond["prompt"], cond["prompt_mask"], drop)
+        h = (self.in_proj(x) + self.encode_text(cond["tokens"], mask, drop)) * m
+        for blk in self.blocks:
+            h = blk(h, c, mask=m)
+        shift, scale = self.ada_out(c)[:, :, None].chunk(2, dim=1)
+        h = self.norm_out(h) * (1 + scale) + shift
+        return self.proj_out(h) * m
+
+    def estimator_parameters(self):
+        """Parameters of the estimator (everything but the token and prompt encoders)."""
+        enc = {id(p) for mod in (self.token_embed, self.text_encoder, self.prompt_in, self.prompt_encoder,
+                                 self.speaker_proj) for p in mod.parameters()}
+        enc.add(id(self.null_speaker))
+        return [p for p in self.parameters() if id(p) not in enc]

@@ -1,0 +1,260 @@
+"""A small, resumable training loop shared by every objective.
+
+A run folder holds ``config.json`` (resolved configs, seed, git revision),
+``checkpoints/last.pt`` (``{model, ema, model_class, model_config, step, optimizer,
+scheduler, config, rng, history}`` — a model loads from it alone), ``metrics.csv`` (the
+loss log), ``loss.png`` and ``metrics.json``. Kill it and start it again: it continues from
+the last checkpoint. A non-finite loss or gradient stops training with a message and keeps
+the last good checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..config import Config, require
+from ..runtime import atomic_torch_save, atomic_write_json, atomic_write_text, git_revision, setup_threads
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or a gradient became NaN/inf."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Config):
+    steps: int = 1500  # optimizer steps in total (a resumed run trains up to this)
+    batch_size: int = 16  # utterances per batch
+    lr: float = 1e-3  # AdamW peak learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup: int = 100  # linear warm-up steps, then cosine decay to 10 %
+    grad_clip: float = 1.0  # max gradient norm
+    ema_decay: float = 0.999  # EMA of the weights used for evaluation
+    ckpt_every: int = 100  # steps between checkpoints
+    log_every: int = 10  # steps between loss-log rows
+    seed: int = 0  # one seed per run: data order, noise, dropout
+    threads: int = 0  # torch threads (0: all cores)
+
+    def validate(self) -> None:
+        require(self.steps >= 1, "steps", "must be >= 1")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(self.lr > 0, "lr", "must be > 0")
+        require(0.0 <= self.ema_decay < 1.0, "ema_decay", "must lie in [0, 1)")
+        require(self.ckpt_every >= 1 and self.log_every >= 1, "ckpt_every", "must be >= 1")
+
+
+class _EpochPerm:
+    """Batch ``step`` as a pure function of (step, n, batch_size, seed): a resumed run sees the
+    same data order as an uninterrupted one. Each epoch is a fresh seeded permutation."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch, self.perm = n, seed, -1, None
+
+    def __call__(self, step: int, batch_size: int) -> list[int]:
+        out = []
+        for pos in range(step * batch_size, (step + 1) * batch_size):
+            epoch, i = divmod(pos, self.n)
+            if epoch != self.epoch:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                self.epoch, self.perm = epoch, torch.randperm(self.n, generator=g)
+            out.append(int(self.perm[i]))
+        return out
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up then cosine decay to 10 % of the peak."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for pe, p in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(p.detach(), 1.0 - decay)
+    for be, b in zip(ema.buffers(), model.buffers()):
+        be.copy_(b)
+
+
+Objective = Callable[[nn.Module, dict[str, Any], torch.Generator], tuple[Tensor, dict[str, float]]]
+
+
+class Trainer:
+    """Train ``model`` on ``objective`` over ``dataset`` (a map-style dataset + ``collate``).
+
+    ``objective(model, batch, generator) -> (loss, logs)``; ``params`` are the trainable
+    parameters (default: all). ``extra_config`` (dicts of the objective's and data configs)
+    is saved with the run and must match on resume.
+    """
+
+    def __init__(self, run_dir: str | Path, model: nn.Module, objective: Objective, dataset, collate: Callable,
+                 cfg: TrainConfig, extra_config: dict[str, Any] | None = None, params: list | None = None,
+                 progress: bool = True, desc: str = "train"):
+        self.run_dir = Path(run_dir)
+        self.model, self.objective, self.dataset, self.collate = model, objective, dataset, collate
+        self.cfg = cfg
+        self.extra_config = extra_config or {}
+        self.params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+        self.progress, self.desc = progress, desc
+        self.ema = copy.deepcopy(model).eval().requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+
+    # -- persistence ---------------------------------------------------------------------
+    @property
+    def ckpt_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    def _config_record(self) -> dict[str, Any]:
+        return {"train": self.cfg.to_dict(), **self.extra_config,
+                "model_class": type(self.model).__name__, "model_config": self.model.config.to_dict()}
+
+    def save(self) -> None:
+        state = {
+            "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+            "model_class": type(self.model).__name__, "model_config": self.model.config.to_dict(),
+            "step": self.step, "optimizer": self.opt.state_dict(), "config": self._config_record(),
+            "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
+            "history": self.history, "git": git_revision(),
+        }
+        atomic_torch_save(state, self.ckpt_path)
+        self._write_logs()
+
+    def try_resume(self) -> bool:
+        if not self.ckpt_path.exists():
+            return False
+        state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
+        old, new = dict(state["config"]), self._config_record()
+        old_train, new_train = dict(old.pop("train")), dict(new.pop("train"))
+        old_train.pop("steps"), new_train.pop("steps")  # a resumed run may train longer
+        if old != new or old_train != new_train:
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            diff += sorted(f"train.{k}" for k in set(old_train) | set(new_train) if old_train.get(k) != new_train.get(k))
+            raise ValueError(f"{self.ckpt_path}: existing run has a different config ({diff}); "
+                             "use another run folder or delete this one to start afresh")
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        self.history = state["history"]
+        self.generator.set_state(state["rng"]["generator"])
+        torch.set_rng_state(state["rng"]["torch"])
+        return True
+
+    def _write_logs(self) -> None:
+        if self.history:
+            df = pd.DataFrame(self.history)
+            atomic_write_text(self.run_dir / "metrics.csv", df.to_csv(index=False))
+
+    # -- the loop ------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        setup_threads(self.cfg.threads or None)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resumed_from = self.step if self.try_resume() else None
+        atomic_write_json(self.run_dir / "config.json",
+                          {**self._config_record(), "seed": self.cfg.seed, "git": git_revision()})
+        perm = _EpochPerm(len(self.dataset), self.cfg.seed)
+        self.model.train()
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc=self.desc, disable=not self.progress,
+                   dynamic_ncols=True)
+        t_start, steps_run, acc = time.time(), 0, {}
+        while self.step < self.cfg.steps:
+            t0 = time.time()
+            batch = self.collate([self.dataset[i] for i in perm(self.step, self.cfg.batch_size)])
+            for g in self.opt.param_groups:
+                g["lr"] = lr_at(self.step, self.cfg)
+            loss, logs = self.objective(self.model, batch, self.generator)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(self._diverged_msg(f"loss = {loss.item()}"))
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+            if not torch.isfinite(gnorm):
+                raise TrainingDiverged(self._diverged_msg(f"gradient norm = {gnorm.item()}"))
+            self.opt.step()
+            ema_update(self.ema, self.model, self.cfg.ema_decay if self.step >= self.cfg.warmup else 0.0)
+            self.step += 1
+            steps_run += 1
+            for k, v in {**logs, "grad_norm": gnorm.item(), "sec_per_step": time.time() - t0}.items():
+                acc.setdefault(k, []).append(v)
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                row = {"step": self.step, "lr": lr_at(self.step - 1, self.cfg),
+                       **{k: sum(v) / len(v) for k, v in acc.items()}}
+                self.history.append(row)
+                acc = {}
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+            if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps:
+                self.save()
+            bar.update(1)
+        bar.close()
+        self.model.eval()
+        summary = {"steps": self.step, "resumed_from": resumed_from, "steps_this_session": steps_run,
+                   "seconds_this_session": time.time() - t_start,
+                   "final_loss": self.history[-1]["loss"] if self.history else None}
+        if steps_run:
+            summary["sec_per_step"] = summary["seconds_this_session"] / steps_run
+        atomic_write_json(self.run_dir / "metrics.json", summary)
+        self.plot_losses()
+        return summary
+
+    def _diverged_msg(self, what: str) -> str:
+        kept = f"the last good checkpoint {self.ckpt_path} is kept" if self.ckpt_path.exists() else "no checkpoint yet"
+        return f"training stopped at step {self.step}: {what}; {kept}"
+
+    def plot_losses(self) -> Path | None:
+        return plot_history(self.history, self.run_dir / "loss.png", title=self.desc)
+
+
+def plot_history(history: list[dict[str, float]], path: Path, title: str = "", keys=("loss", "grad_norm")) -> Path | None:
+    if not history:
+        return None
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    df = pd.DataFrame(history)
+    keys = [k for k in keys if k in df]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        ax.plot(df["step"], df[k])
+        ax.set_xlabel("step"), ax.set_ylabel(k), ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    from ..runtime import atomic_path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or foreign file
+        raise RuntimeError(f"checkpoint {path} cannot be read: {e}") from e
+
+
+def load_model(path: str | Path, ema: bool = True) -> nn.Module:
+    """Rebuild a model from its checkpoint alone (EMA weights by default), in eval mode."""
+    from ..models import build_model
+
+    state = load_checkpoint(path)
+    model = build_model(state["model_class"], state["model_config"])
+    model.load_state_dict(state["ema" if ema else "model"])
+    return model.eval().requires_grad_(False)

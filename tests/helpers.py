@@ -1,0 +1,74 @@
+"""Small fakes shared by tests: a counting model, a random token/mel dataset."""
+from __future__ import annotations
+
+import torch
+
+from imf.models import Token2Mel, Token2MelConfig
+
+
+class Counting(torch.nn.Module):
+    """Wraps a velocity model, counting calls and rows evaluated."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn, self.calls, self.rows = fn, 0, 0
+
+    def forward(self, x, *, t, r=None, cond):
+        self.calls += 1
+        self.rows += x.shape[0]
+        return self.fn(x, t=t, r=r, cond=cond)
+
+
+def make_cond(b: int, n: int, n_tokens: int = 20, n_mels: int = 80, tp: int = 12, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "tokens": torch.randint(1, n_tokens, (b, n), generator=g),
+        "mask": torch.ones(b, n, dtype=torch.bool),
+        "prompt": torch.randn(b, n_mels, tp, generator=g),
+        "prompt_mask": torch.ones(b, tp, dtype=torch.bool),
+    }
+
+
+def tiny_model(seed: int = 0, randomize: bool = True, **kw) -> Token2Mel:
+    """A small Token2Mel; ``randomize`` perturbs the zero-initialised heads so outputs are non-trivial."""
+    torch.manual_seed(seed)
+    cfg = dict(n_mels=8, n_tokens=20, dim=32, n_layers=2, text_layers=1, prompt_layers=1)
+    cfg.update(kw)
+    m = Token2Mel(Token2MelConfig(**cfg))
+    if randomize:
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
+class RandomMelDataset(torch.utils.data.Dataset):
+    """Items shaped like imf.data.MelTokenDataset's: mel (n_mels, T), tokens (T,), prompt."""
+
+    def __init__(self, n: int = 32, n_mels: int = 8, n_tokens: int = 20, frames: int = 24, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.items = []
+        for i in range(n):
+            tok = torch.randint(1, n_tokens, (frames,), generator=g)
+            mel = torch.sin(tok[None].float() * torch.arange(1, n_mels + 1)[:, None] / 3) + 0.1 * torch.randn(
+                n_mels, frames, generator=g)
+            self.items.append({"id": str(i), "x1": mel, "tokens": tok, "speaker": i % 3,
+                               "prompt": torch.randn(n_mels, 10, generator=g), "text": ""})
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def collate(items):
+    return {
+        "ids": [it["id"] for it in items],
+        "x1": torch.stack([it["x1"] for it in items]),
+        "tokens": torch.stack([it["tokens"] for it in items]),
+        "mask": torch.ones(len(items), items[0]["tokens"].shape[0], dtype=torch.bool),
+        "prompt": torch.stack([it["prompt"] for it in items]),
+        "prompt_mask": torch.ones(len(items), items[0]["prompt"].shape[1], dtype=torch.bool),
+        "speaker": torch.tensor([it["speaker"] for it in items]),
+    }
