@@ -88,9 +88,11 @@ class Config:
                 f"known: {sorted(names)}"
             )
         kwargs = {k: _check_type(prefix + k, v, hints[k]) for k, v in d.items()}
-        obj = cls(**kwargs)
-        obj.validate()
-        return obj
+        return cls(**kwargs)
+
+    def __post_init__(self) -> None:
+        # range checks run for direct construction too, not only through from_dict
+        self.validate()
 
     def validate(self) -> None:
         """Range checks; override in subclasses (raise ConfigError naming the field)."""

@@ -1,0 +1,66 @@
+"""Intrinsic quality metrics of generated log-mel that need no pretrained judge.
+
+All take log-mel (natural log) tensors (B, n_mels, T) with a frame mask (B, T) and pool
+over the valid frames of the whole set.
+
+* fine-structure ratio: variance of the harmonic fine structure (log-mel minus its 5-bin
+  moving average along frequency, low half of the bins), generated / real. Over-smoothed
+  (blurry) output loses harmonics: ratio << 1. Measured here: 0.31 at 1 step vs 0.74 at 32.
+* global-variance ratio: per-bin variance over time, averaged over bins, generated / real.
+* distance to a reference output on identical noise (e.g. the guided 32-step teacher).
+
+L1 to the ground-truth mel rewards the blurry average and is NOT used as a quality metric.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _valid(mel: Tensor, mask: Tensor | None) -> Tensor:
+    """(B, C, T), (B, T) -> (C, N) valid frames of the set."""
+    if mask is None:
+        return mel.permute(1, 0, 2).reshape(mel.shape[1], -1)
+    return mel.permute(1, 0, 2)[:, mask]
+
+
+def fine_structure(mel: Tensor, width: int = 5) -> Tensor:
+    """Log-mel minus its ``width``-bin moving average along frequency: (B, C, T) -> (B, C, T)."""
+    pad = width // 2
+    x = mel.transpose(1, 2).reshape(-1, 1, mel.shape[1])
+    smooth = F.avg_pool1d(F.pad(x, (pad, pad), mode="replicate"), width, stride=1)
+    return (x - smooth).reshape(mel.shape[0], mel.shape[2], mel.shape[1]).transpose(1, 2)
+
+
+def fine_structure_variance(mel: Tensor, mask: Tensor | None = None, width: int = 5) -> float:
+    """Variance of the fine structure over the low half of the bins and all valid frames."""
+    fs = fine_structure(mel.double(), width)[:, : mel.shape[1] // 2]
+    return _valid(fs, mask).var().item()
+
+
+def fine_structure_ratio(gen: Tensor, real: Tensor, mask: Tensor | None = None) -> float:
+    """``Var_fs(gen) / Var_fs(real)``; 1 means as much harmonic detail as real speech."""
+    return fine_structure_variance(gen, mask) / fine_structure_variance(real, mask)
+
+
+def global_variance(mel: Tensor, mask: Tensor | None = None) -> float:
+    """Mean over bins of the per-bin variance over valid frames."""
+    return _valid(mel.double(), mask).var(dim=1).mean().item()
+
+
+def global_variance_ratio(gen: Tensor, real: Tensor, mask: Tensor | None = None) -> float:
+    return global_variance(gen, mask) / global_variance(real, mask)
+
+
+def distance(gen: Tensor, ref: Tensor, mask: Tensor | None = None) -> float:
+    """Mean absolute difference over valid frames and bins (log-mel units)."""
+    return _valid((gen - ref).abs().double(), mask).mean().item()
+
+
+def intrinsic_metrics(gen: Tensor, real: Tensor, mask: Tensor | None = None, ref: Tensor | None = None) -> dict[str, float]:
+    """All intrinsic metrics at once; ``dist_ref`` only when a reference output is given."""
+    out = {"fs_ratio": fine_structure_ratio(gen, real, mask), "gv_ratio": global_variance_ratio(gen, real, mask)}
+    if ref is not None:
+        out["dist_ref"] = distance(gen, ref, mask)
+    return out

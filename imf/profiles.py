@@ -1,0 +1,67 @@
+"""Profiles: the default sizes of every component for ``tiny`` (tests), ``small`` (the CPU
+main job, ``make reproduce``) and ``paper`` (GPUs, LibriTTS-size data).
+
+Notebooks read ``profile(PROFILE)[section]`` and overlay their own parameters; every
+section is a flat dict that a component's ``Config.from_dict`` validates.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+_SMALL: dict[str, dict[str, Any]] = {
+    "corpus": {"profile": "small"},
+    "data": {"max_frames": 192, "prompt_frames": 96},
+    "teacher_model": {"dim": 192, "n_layers": 6, "text_layers": 2, "prompt_layers": 2},
+    "teacher_train": {"steps": 1500, "batch_size": 16, "lr": 1e-3, "warmup": 100, "ema_decay": 0.998,
+                      "ckpt_every": 100, "log_every": 10},
+    "cfm": {"p_drop": 0.2},
+    "student_train": {"steps": 300, "batch_size": 16, "lr": 3e-4, "warmup": 20, "ema_decay": 0.99,
+                      "ckpt_every": 50, "log_every": 5},
+    "imf": {"teacher_nfe": 16, "cfg_scale": 2.0, "p_instant": 0.2, "p_full": 0.1},
+    "ablation": {"teacher_nfes": [2, 4, 8, 16, 32], "steps": 150, "timing_steps": 3},
+    "eval": {"split": "test", "n_utts": 32, "batch_size": 32, "max_frames": 256, "seed": 1234,
+             "teacher_nfes": [1, 2, 4, 8, 16, 32], "student_nfes": [1, 2, 3, 4], "cfg_scale": 2.0},
+}
+
+_TINY: dict[str, dict[str, Any]] = {
+    "corpus": {"profile": "tiny"},
+    "data": {"max_frames": 64, "prompt_frames": 32},
+    "teacher_model": {"dim": 32, "n_layers": 2, "text_layers": 1, "prompt_layers": 1},
+    "teacher_train": {"steps": 12, "batch_size": 4, "lr": 2e-3, "warmup": 2, "ema_decay": 0.9,
+                      "ckpt_every": 6, "log_every": 2},
+    "cfm": {"p_drop": 0.2},
+    "student_train": {"steps": 4, "batch_size": 4, "lr": 3e-4, "warmup": 1, "ema_decay": 0.5,
+                      "ckpt_every": 2, "log_every": 1},
+    "imf": {"teacher_nfe": 4, "cfg_scale": 2.0, "p_instant": 0.2, "p_full": 0.1},
+    "ablation": {"teacher_nfes": [2, 4], "steps": 2, "timing_steps": 1},
+    "eval": {"split": "test", "n_utts": 4, "batch_size": 4, "max_frames": 64, "seed": 1234,
+             "teacher_nfes": [1, 2, 4], "student_nfes": [1, 2], "cfg_scale": 2.0},
+}
+
+_PAPER: dict[str, dict[str, Any]] = copy.deepcopy(_SMALL)
+_PAPER["corpus"] = {"profile": "small"}  # point CORPUS_DIR at a real corpus (LibriTTS layout) for paper runs
+_PAPER["teacher_model"] = {"dim": 512, "n_layers": 12, "text_layers": 4, "prompt_layers": 3}
+_PAPER["teacher_train"].update(steps=200_000, batch_size=64, lr=2e-4, warmup=2000, ema_decay=0.9999,
+                               ckpt_every=2000, log_every=100)
+_PAPER["student_train"].update(steps=20_000, batch_size=64, lr=2e-5, warmup=500, ema_decay=0.999,
+                               ckpt_every=1000, log_every=50)
+_PAPER["eval"].update(n_utts=512, batch_size=64, max_frames=1024)
+
+PROFILES = {"tiny": _TINY, "small": _SMALL, "paper": _PAPER}
+
+
+def profile(name: str) -> dict[str, dict[str, Any]]:
+    """A deep copy of a profile's sections; unknown names raise ``KeyError`` listing the choices."""
+    if name not in PROFILES:
+        raise KeyError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    return copy.deepcopy(PROFILES[name])
+
+
+def runs_dir(profile_name: str):
+    """``$IMF_RUNS/<profile>`` or ``<repo>/runs/<profile>``: checkpoints live here (git-ignored)."""
+    import os
+    from pathlib import Path
+
+    from .runtime import repo_root
+    return Path(os.environ.get("IMF_RUNS", repo_root() / "runs")) / profile_name

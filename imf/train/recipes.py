@@ -1,0 +1,85 @@
+"""Entry points that tie a corpus, a model and an objective to the trainer.
+
+Notebooks and scripts call these; they hold no maths of their own (see :mod:`imf.losses`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..config import Config, require
+from ..losses import CFMConfig, IMFConfig, cfm_loss, intmeanflow_loss
+from ..models import Token2Mel, Token2MelConfig, freeze, student_from_teacher
+from ..solvers import Guided
+from .loop import TrainConfig, Trainer, load_model
+
+COND_KEYS = ("tokens", "mask", "prompt", "prompt_mask")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(Config):
+    max_frames: int = 192  # training crops (frames of 16 ms)
+    prompt_frames: int = 96  # speaker prompt crop from another utterance of the same speaker
+
+    def validate(self) -> None:
+        require(self.max_frames >= 8, "max_frames", "must be >= 8")
+        require(self.prompt_frames >= 4, "prompt_frames", "must be >= 4")
+
+
+def cond_of(batch: dict[str, Any]) -> dict[str, Tensor]:
+    """The conditioning dict of a collated batch."""
+    return {k: batch[k] for k in COND_KEYS}
+
+
+def train_dataset(corpus, data_cfg: DataConfig, seed: int):
+    from ..data import MelTokenDataset
+
+    return MelTokenDataset(corpus, split="train", max_frames=data_cfg.max_frames,
+                           prompt_frames=data_cfg.prompt_frames, crop="random", normalize=True, seed=seed)
+
+
+def train_teacher(corpus, run_dir: str | Path, model_cfg: Token2MelConfig, train_cfg: TrainConfig,
+                  cfm_cfg: CFMConfig = CFMConfig(), data_cfg: DataConfig = DataConfig(),
+                  progress: bool = True) -> tuple[Trainer, dict[str, Any]]:
+    """Train (or resume) a conditional flow-matching token2mel teacher in ``run_dir``."""
+    from ..data import collate
+
+    if model_cfg.n_tokens != corpus.n_tokens or model_cfg.n_mels != corpus.mel_config.n_mels:
+        model_cfg = model_cfg.replace(n_tokens=corpus.n_tokens, n_mels=corpus.mel_config.n_mels)
+    torch.manual_seed(train_cfg.seed)
+    model = Token2Mel(model_cfg)
+
+    def objective(m, batch, g):
+        return cfm_loss(m, batch["x1"], cond_of(batch), batch["mask"], cfm_cfg, g)
+
+    trainer = Trainer(run_dir, model, objective, train_dataset(corpus, data_cfg, train_cfg.seed), collate,
+                      train_cfg, extra_config={"cfm": cfm_cfg.to_dict(), "data": data_cfg.to_dict(),
+                                               "corpus": str(corpus.root)},
+                      progress=progress, desc="teacher (CFM)")
+    return trainer, trainer.fit()
+
+
+def distill(corpus, teacher_ckpt: str | Path, run_dir: str | Path, train_cfg: TrainConfig,
+            imf_cfg: IMFConfig = IMFConfig(), data_cfg: DataConfig = DataConfig(), freeze_mode: str = "encoder",
+            progress: bool = True) -> tuple[Trainer, dict[str, Any]]:
+    """IntMeanFlow: distil the guided teacher of ``teacher_ckpt`` into a student (init strategy)."""
+    from ..data import collate
+
+    teacher = load_model(teacher_ckpt)  # EMA weights, frozen, eval mode
+    student = student_from_teacher(teacher).train()
+    params = freeze(student, freeze_mode)
+    guided = Guided(teacher, imf_cfg.cfg_scale)
+
+    def objective(m, batch, g):
+        return intmeanflow_loss(m, guided, batch["x1"], cond_of(batch), batch["mask"], imf_cfg, g)
+
+    trainer = Trainer(run_dir, student, objective, train_dataset(corpus, data_cfg, train_cfg.seed), collate,
+                      train_cfg, params=params,
+                      extra_config={"imf": imf_cfg.to_dict(), "data": data_cfg.to_dict(), "freeze": freeze_mode,
+                                    "teacher": str(teacher_ckpt), "corpus": str(corpus.root)},
+                      progress=progress, desc=f"student (IntMeanFlow, N={imf_cfg.teacher_nfe})")
+    return trainer, trainer.fit()
