@@ -175,3 +175,69 @@ def intmeanflow_loss(student: Callable[..., Tensor], teacher: Callable[..., Tens
     pred = student(z_t, t=t, r=r, cond=cond)
     loss = masked_mse(pred, target, mask)
     return loss, {"loss": loss.item(), "teacher_rows": float(rows), "mean_substeps": n.float().mean().item()}
+
+
+# ---------------------------------------------------------------------------------------
+# MeanFlow (JVP) — the baseline IntMeanFlow is compared against
+# ---------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class MeanFlowConfig(Config):
+    p_instant: float = 0.75  # flow-matching mixing: fraction of samples with r = t
+    time_sampler: str = "logit_normal"  # endpoints drawn like this, then sorted
+    time_mu: float = 0.4  # logit-normal location in OUR convention (published -0.4 with data at t=0)
+    time_sigma: float = 1.0  # logit-normal scale
+    adaptive_p: float = 1.0  # adaptive weight 1 / (loss + c)^p (p = 0: plain MSE)
+    adaptive_c: float = 1e-3  # adaptive weight offset
+    cfg_scale: float = 1.0  # w > 1 folds guidance into the target (MeanFlow paper); 1 = off
+    p_drop: float = 0.1  # condition dropout (needed for the unconditional branch when cfg_scale != 1)
+
+    def validate(self) -> None:
+        require(0.0 <= self.p_instant <= 1.0, "p_instant", "must lie in [0, 1]")
+        require(self.time_sampler in ("uniform", "logit_normal"), "time_sampler", "uniform | logit_normal")
+        require(self.adaptive_p >= 0 and self.adaptive_c > 0, "adaptive_c", "p >= 0 and c > 0")
+        require(0.0 <= self.p_drop < 1.0, "p_drop", "must lie in [0, 1)")
+
+
+def meanflow_target(model: Callable[..., Tensor], z_t: Tensor, t: Tensor, r: Tensor, v: Tensor,
+                    cond: Cond) -> tuple[Tensor, Tensor]:
+    """MeanFlow identity in our convention (noise t = 0 -> data t = 1, interval [t, r], r >= t).
+
+    From ``(r - t) u(z_t, t, r) = int_t^r v(z_s, s) ds`` and d/dt of both sides (r fixed):
+    ``-u + (r - t) du/dt = -v``, so
+
+        u_tgt = v + (r - t) du/dt,    du/dt = v . d_z u + d_t u,
+
+    the total derivative along the path, from ONE forward-mode JVP with tangent
+    ``(v, 1, 0)`` on ``(z, t, r)``. (Published code, with data at 0 and the interval [r, t],
+    writes the same identity as ``v - (t - r) du/dt``.) The target is detached.
+
+    Returns ``(u, u_tgt)``: the prediction (with gradient) and the stop-gradient target.
+    """
+    fn = lambda z, tt, rr: model(z, t=tt, r=rr, cond=cond)
+    u, dudt = torch.func.jvp(fn, (z_t, t, r), (v, torch.ones_like(t), torch.zeros_like(r)))
+    u_tgt = v + bcast_time(r - t, z_t) * dudt
+    return u, u_tgt.detach()
+
+
+def meanflow_loss(model: Callable[..., Tensor], z_1: Tensor, cond: Cond, mask: Tensor | None, cfg: MeanFlowConfig,
+                  generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+    """MeanFlow objective with adaptive weighting ``sg(1 / (L + c)^p) * L`` per sample."""
+    b = z_1.shape[0]
+    a = sample_t(b, cfg.time_sampler, generator, cfg.time_mu, cfg.time_sigma)
+    c = sample_t(b, cfg.time_sampler, generator, cfg.time_mu, cfg.time_sigma)
+    t, r = torch.minimum(a, c), torch.maximum(a, c)
+    r = torch.where(torch.rand(b, generator=generator) < cfg.p_instant, t, r)
+    t, r = t.to(z_1), r.to(z_1)
+    z_0 = torch.randn(z_1.shape, generator=generator).to(z_1)
+    z_t, v = sample_path(z_0, z_1, t)
+    drop = drop_mask(b, cfg.p_drop, generator).to(z_1.device)
+    if cfg.cfg_scale != 1.0:
+        # guidance folded into the target: v~ = w v + (1 - w) u(z_t, t, t | null), for kept rows
+        with torch.no_grad():
+            u_null = model(z_t, t=t, r=t, cond=dict(cond, drop=torch.ones_like(drop)))
+        v = torch.where(drop[:, None, None], v, cfg.cfg_scale * v + (1 - cfg.cfg_scale) * u_null)
+    u, u_tgt = meanflow_target(model, z_t, t, r, v, dict(cond, drop=drop))
+    per = per_sample_mse(u, u_tgt, mask)
+    weight = 1.0 / (per.detach() + cfg.adaptive_c) ** cfg.adaptive_p
+    loss = (weight * per).mean()
+    return loss, {"loss": loss.item(), "mse": per.mean().item()}

@@ -16,8 +16,9 @@ class SinusoidalEmbedding(nn.Module):
 
     def forward(self, t: Tensor) -> Tensor:
         half = self.dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-        arg = self.scale * t.float()[:, None] * freqs[None]
+        dtype = t.dtype if t.is_floating_point() else torch.float32
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=dtype) / half)
+        arg = self.scale * t.to(dtype)[:, None] * freqs[None]
         return torch.cat([arg.sin(), arg.cos()], dim=-1)
 
 
