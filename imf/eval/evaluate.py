@@ -103,12 +103,19 @@ def guided(model, w: float) -> Callable[..., Tensor]:
     return model if w == 1.0 else Guided(model, w)
 
 
-def nfe_sweep(es: EvalSet, points: Sequence[tuple[System, int]], reference: Tensor | None = None,
+def nfe_sweep(es: EvalSet, points: Sequence[tuple[System, int]], reference: Tensor | tuple[System, int] | None = None,
               judges: Callable[[EvalSet, Tensor], dict[str, float]] | None = None, batch_size: int = 32,
               progress: bool = True, keep: bool = False) -> tuple[pd.DataFrame, dict[tuple[str, int], Tensor]]:
-    """Evaluate each (system, nfe) point on ``es``. Returns a table (one row per point) and,
-    if ``keep``, the generated normalised mels keyed by (system name, nfe)."""
+    """Evaluate each (system, nfe) point on ``es``.
+
+    ``reference``: normalised mel (N, C, T), or a (system, nfe) point generated first, whose
+    output on the same noise gives the ``dist_ref`` column. Returns a table (one row per
+    point) and, if ``keep``, the generated normalised mels keyed by (system name, nfe).
+    """
     real = es.real_logmel()
+    if isinstance(reference, tuple):
+        system, nfe = reference
+        reference, _, _ = generate(system.model, es, system.grid(nfe), system.method, batch_size)
     ref = None if reference is None else es.corpus.denormalize(reference) * es.mask[:, None]
     rows, kept = [], {}
     for system, nfe in tqdm(points, desc="evaluate", disable=not progress):

@@ -1,0 +1,169 @@
+"""Benchmarks (never unit tests): speed ratios measured side by side, memory per objective.
+
+    python -m imf.bench speed  --profile small     # teacher 32 NFE + CFG vs student 1/2/4 NFE
+    python -m imf.bench memory --profile small     # peak memory and s/step per training objective
+
+Timings are ratios measured in one process on the same batch; memory is measured in a
+fresh subprocess per objective (``ru_maxrss`` growth over one training step) so the
+numbers do not mix.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Sequence
+
+import pandas as pd
+import torch
+
+from . import schedules
+from .solvers import Guided, sample
+
+
+def time_call(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
+    """Median wall-clock seconds of ``fn()``."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def speed_table(teacher, student, x_0: torch.Tensor, cond: dict, cfg_scale: float = 2.0,
+                teacher_nfe: int = 32, student_nfes: Sequence[int] = (1, 2, 4), repeats: int = 3,
+                extra: dict[str, Callable] | None = None) -> pd.DataFrame:
+    """Seconds per batch for the guided teacher and the student at several NFE, on one batch.
+
+    Returns a table with ``seconds`` and ``speedup`` (guided teacher time / row time).
+    ``extra`` adds rows: name -> model (sampled with the same grid rules, student-style).
+    """
+    rows = []
+    g_teacher = Guided(teacher, cfg_scale)
+    t_ref = time_call(lambda: sample(g_teacher, x_0, schedules.uniform(teacher_nfe), cond), repeats)
+    rows.append({"system": f"teacher + CFG {cfg_scale:g}", "nfe": teacher_nfe, "seconds": t_ref})
+    t_plain = time_call(lambda: sample(teacher, x_0, schedules.uniform(teacher_nfe), cond), repeats)
+    rows.append({"system": "teacher (no CFG)", "nfe": teacher_nfe, "seconds": t_plain})
+    models = {"IntMeanFlow student": student, **(extra or {})}
+    for name, m in models.items():
+        for n in student_nfes:
+            rows.append({"system": name, "nfe": n,
+                         "seconds": time_call(lambda: sample(m, x_0, schedules.uniform(n), cond), repeats)})
+    df = pd.DataFrame(rows)
+    df["speedup"] = t_ref / df["seconds"]
+    return df
+
+
+# ---------------------------------------------------------------------------------------
+# memory per objective (each in a fresh subprocess)
+# ---------------------------------------------------------------------------------------
+def _memstep(objective: str, teacher_nfe: int, batch: int, frames: int, model_cfg: dict, steps: int) -> dict:
+    """Run inside a fresh process: peak RSS growth over ONE training step, then s/step."""
+    from .losses import CFMConfig, IMFConfig, MeanFlowConfig, cfm_loss, intmeanflow_loss, meanflow_loss
+    from .models import Token2Mel, Token2MelConfig, student_from_teacher
+    from .runtime import setup_threads
+
+    setup_threads()
+    torch.manual_seed(0)
+    cfg = Token2MelConfig.from_dict(model_cfg)
+    teacher = Token2Mel(cfg).requires_grad_(False).eval()
+    model = teacher if objective == "cfm" else student_from_teacher(teacher)
+    if objective == "cfm":
+        model = Token2Mel(cfg)
+    g = torch.Generator().manual_seed(0)
+    z_1 = torch.randn(batch, cfg.n_mels, frames, generator=g)
+    cond = {"tokens": torch.randint(1, cfg.n_tokens, (batch, frames), generator=g),
+            "mask": torch.ones(batch, frames, dtype=torch.bool),
+            "prompt": torch.randn(batch, cfg.n_mels, 96, generator=g),
+            "prompt_mask": torch.ones(batch, 96, dtype=torch.bool)}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    guided = Guided(teacher, 2.0)
+
+    def step():
+        if objective == "cfm":
+            loss, _ = cfm_loss(model, z_1, cond, None, CFMConfig(), g)
+        elif objective == "imf":
+            loss, _ = intmeanflow_loss(model, guided, z_1, cond, None, IMFConfig(teacher_nfe=teacher_nfe), g)
+        elif objective == "meanflow":
+            loss, _ = meanflow_loss(model, z_1, cond, None, MeanFlowConfig(), g)
+        else:
+            raise ValueError(f"unknown objective {objective!r}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    secs = time_call(step, repeats=steps, warmup=0)
+    return {"objective": objective, "teacher_nfe": teacher_nfe if objective == "imf" else None,
+            "added_peak_mb": (peak - base) / 1024, "sec_per_step": secs, "batch": batch, "frames": frames}
+
+
+def memory_table(objectives: Sequence[tuple[str, int]], batch: int, frames: int, model_cfg: dict,
+                 steps: int = 3, progress: bool = True) -> pd.DataFrame:
+    """One fresh subprocess per (objective, teacher_nfe); returns their measurements."""
+    from tqdm.auto import tqdm
+
+    rows = []
+    for objective, n in tqdm(objectives, desc="memory", disable=not progress):
+        args = json.dumps({"objective": objective, "teacher_nfe": n, "batch": batch, "frames": frames,
+                           "model_cfg": model_cfg, "steps": steps})
+        out = subprocess.run([sys.executable, "-m", "imf.bench", "_memstep", args], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"memory run {objective} (N={n}) failed:\n{out.stderr[-2000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="imf benchmarks")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sp = sub.add_parser("speed", help="teacher (32 NFE + CFG) vs student (1/2/4 NFE), side by side")
+    sp.add_argument("--profile", default="small")
+    sp.add_argument("--repeats", type=int, default=3)
+    mp = sub.add_parser("memory", help="peak memory and s/step: CFM, IntMeanFlow (several N), MeanFlow")
+    mp.add_argument("--profile", default="small")
+    mp.add_argument("--teacher-nfes", type=int, nargs="*", default=[4, 16])
+    ip = sub.add_parser("_memstep")
+    ip.add_argument("args")
+    a = p.parse_args(argv)
+    if a.cmd == "_memstep":
+        print(json.dumps(_memstep(**json.loads(a.args))))
+        return 0
+    from .profiles import profile, runs_dir
+    P = profile(a.profile)
+    if a.cmd == "memory":
+        objs = [("cfm", 0)] + [("imf", n) for n in a.teacher_nfes] + [("meanflow", 0)]
+        cfg = dict(P["teacher_model"], n_tokens=64)
+        df = memory_table(objs, P["student_train"]["batch_size"], P["data"]["max_frames"], cfg)
+        print(df.to_string(index=False))
+        return 0
+    from .data import load_corpus
+    from .eval.evaluate import make_eval_set
+    from .runtime import setup_threads
+    from .train.loop import load_model, load_checkpoint
+
+    setup_threads()
+    run = runs_dir(a.profile)
+    teacher = load_model(run / "teacher" / "checkpoints" / "last.pt")
+    student = load_model(run / "student" / "checkpoints" / "last.pt")
+    corpus = load_corpus(load_checkpoint(run / "teacher" / "checkpoints" / "last.pt")["config"]["corpus"])
+    E = P["eval"]
+    es = make_eval_set(corpus, E["split"], E["batch_size"], E["seed"], E["max_frames"], P["data"]["prompt_frames"])
+    df = speed_table(teacher, student, es.z_0, es.cond, E["cfg_scale"], repeats=a.repeats)
+    print(f"batch of {len(es)} utterances, {int(es.mask.sum())} frames, {torch.get_num_threads()} threads")
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
