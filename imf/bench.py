@@ -75,9 +75,8 @@ def _memstep(objective: str, teacher_nfe: int, batch: int, frames: int, model_cf
     torch.manual_seed(0)
     cfg = Token2MelConfig.from_dict(model_cfg)
     teacher = Token2Mel(cfg).requires_grad_(False).eval()
-    model = teacher if objective == "cfm" else student_from_teacher(teacher)
-    if objective == "cfm":
-        model = Token2Mel(cfg)
+    # CFM trains a teacher-shaped network; the others train a student made from the teacher
+    model = Token2Mel(cfg) if objective == "cfm" else student_from_teacher(teacher)
     g = torch.Generator().manual_seed(0)
     z_1 = torch.randn(batch, cfg.n_mels, frames, generator=g)
     cond = {"tokens": torch.randint(1, cfg.n_tokens, (batch, frames), generator=g),

@@ -71,3 +71,11 @@ def test_loss_goes_down(tmp_path):
     t = trainer(tmp_path / "d", objective(), CFG.replace(steps=40, ckpt_every=40))
     t.fit()
     assert t.history[-1]["loss"] < 0.7 * t.history[0]["loss"]
+
+
+def test_skip_mode_counts_nonfinite_steps(tmp_path):
+    t = trainer(tmp_path / "s", objective(nan_at=9), CFG.replace(on_nonfinite="skip"))
+    t.fit()
+    assert t.step == 12
+    assert sum(h["nonfinite"] for h in t.history) == 4  # steps 9..12 were skipped
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())

@@ -43,6 +43,7 @@ class TrainConfig(Config):
     log_every: int = 10  # steps between loss-log rows
     seed: int = 0  # one seed per run: data order, noise, dropout
     threads: int = 0  # torch threads (0: all cores)
+    on_nonfinite: str = "stop"  # "stop": raise, keep the last good checkpoint; "skip": skip the step and count it
 
     def validate(self) -> None:
         require(self.steps >= 1, "steps", "must be >= 1")
@@ -50,6 +51,7 @@ class TrainConfig(Config):
         require(self.lr > 0, "lr", "must be > 0")
         require(0.0 <= self.ema_decay < 1.0, "ema_decay", "must lie in [0, 1)")
         require(self.ckpt_every >= 1 and self.log_every >= 1, "ckpt_every", "must be >= 1")
+        require(self.on_nonfinite in ("stop", "skip"), "on_nonfinite", "must be 'stop' or 'skip'")
 
 
 class _EpochPerm:
@@ -87,6 +89,11 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 Objective = Callable[[nn.Module, dict[str, Any], torch.Generator], tuple[Tensor, dict[str, float]]]
+
+
+def _finite_mean(values: list[float]) -> float:
+    ok = [v for v in values if math.isfinite(v)]
+    return sum(ok) / len(ok) if ok else float("nan")
 
 
 class Trainer:
@@ -176,14 +183,21 @@ class Trainer:
             for g in self.opt.param_groups:
                 g["lr"] = lr_at(self.step, self.cfg)
             loss, logs = self.objective(self.model, batch, self.generator)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(self._diverged_msg(f"loss = {loss.item()}"))
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-            if not torch.isfinite(gnorm):
-                raise TrainingDiverged(self._diverged_msg(f"gradient norm = {gnorm.item()}"))
-            self.opt.step()
+            nonfinite = not torch.isfinite(loss)
+            if not nonfinite:
+                loss.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+                nonfinite = not torch.isfinite(gnorm)
+            if nonfinite:
+                what = f"loss = {loss.item()}" if not torch.isfinite(loss) else f"gradient norm = {gnorm.item()}"
+                if self.cfg.on_nonfinite == "stop":
+                    raise TrainingDiverged(self._diverged_msg(what))
+                self.opt.zero_grad(set_to_none=True)  # skip: no update, counted in the log
+                logs, gnorm = {"loss": float("nan")}, torch.tensor(float("nan"))
+            else:
+                self.opt.step()
+            logs = {**logs, "nonfinite": float(nonfinite)}
             ema_update(self.ema, self.model, self.cfg.ema_decay if self.step >= self.cfg.warmup else 0.0)
             self.step += 1
             steps_run += 1
@@ -191,7 +205,8 @@ class Trainer:
                 acc.setdefault(k, []).append(v)
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
                 row = {"step": self.step, "lr": lr_at(self.step - 1, self.cfg),
-                       **{k: sum(v) / len(v) for k, v in acc.items()}}
+                       **{k: _finite_mean(v) for k, v in acc.items() if k != "nonfinite"},
+                       "nonfinite": sum(acc["nonfinite"])}
                 self.history.append(row)
                 acc = {}
                 bar.set_postfix(loss=f"{row['loss']:.4f}")

@@ -12,8 +12,9 @@ import torch
 from torch import Tensor
 
 from ..config import Config, require
-from ..losses import CFMConfig, IMFConfig, cfm_loss, intmeanflow_loss
+from ..losses import CFMConfig, IMFConfig, MeanFlowConfig, cfm_loss, intmeanflow_loss, meanflow_loss
 from ..models import Token2Mel, Token2MelConfig, freeze, student_from_teacher
+from ..models.student import init_time_mix
 from ..solvers import Guided
 from .loop import TrainConfig, Trainer, load_model
 
@@ -82,4 +83,37 @@ def distill(corpus, teacher_ckpt: str | Path, run_dir: str | Path, train_cfg: Tr
                       extra_config={"imf": imf_cfg.to_dict(), "data": data_cfg.to_dict(), "freeze": freeze_mode,
                                     "teacher": str(teacher_ckpt), "corpus": str(corpus.root)},
                       progress=progress, desc=f"student (IntMeanFlow, N={imf_cfg.teacher_nfe})")
+    return trainer, trainer.fit()
+
+
+def train_meanflow(corpus, run_dir: str | Path, train_cfg: TrainConfig, mf_cfg: MeanFlowConfig = MeanFlowConfig(),
+                   data_cfg: DataConfig = DataConfig(), init: str | Path = "scratch",
+                   model_cfg: Token2MelConfig | None = None, freeze_mode: str = "none",
+                   progress: bool = True) -> tuple[Trainer, dict[str, Any]]:
+    """Vanilla MeanFlow (JVP) on the same student network.
+
+    ``init="scratch"``: a fresh mean-flow network of ``model_cfg`` (its ``W`` also starts at
+    ``[I | 0]``); otherwise a teacher checkpoint path, used through the init strategy.
+    """
+    from ..data import collate
+
+    if init == "scratch":
+        if model_cfg is None:
+            raise ValueError("train_meanflow(init='scratch') needs model_cfg")
+        torch.manual_seed(train_cfg.seed)
+        model = Token2Mel(model_cfg.replace(n_tokens=corpus.n_tokens, n_mels=corpus.mel_config.n_mels, mean_flow=True))
+        init_time_mix(model.time_mix)
+    else:
+        model = student_from_teacher(load_model(init)).train()
+    params = freeze(model, freeze_mode)
+
+    def objective(m, batch, g):
+        return meanflow_loss(m, batch["x1"], cond_of(batch), batch["mask"], mf_cfg, g)
+
+    trainer = Trainer(run_dir, model, objective, train_dataset(corpus, data_cfg, train_cfg.seed), collate,
+                      train_cfg, params=params,
+                      extra_config={"meanflow": mf_cfg.to_dict(), "data": data_cfg.to_dict(), "init": str(init),
+                                    "freeze": freeze_mode, "corpus": str(corpus.root)},
+                      progress=progress, desc=f"MeanFlow ({'scratch' if init == 'scratch' else 'from teacher'}, "
+                                              f"r=t fraction {mf_cfg.p_instant:g})")
     return trainer, trainer.fit()
