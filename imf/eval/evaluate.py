@@ -131,3 +131,38 @@ def nfe_sweep(es: EvalSet, points: Sequence[tuple[System, int]], reference: Tens
         if keep:
             kept[(system.name, nfe)] = x
     return pd.DataFrame(rows), kept
+
+
+def grid_metric(model: Callable[..., Tensor], es: EvalSet, kind: str = "neg_dist_ref", reference: Tensor | None = None,
+                judges: Callable[[EvalSet, Tensor], dict[str, float]] | None = None, batch_size: int = 32,
+                method: str = "euler") -> Callable[[Tensor], float]:
+    """``f(time_grid) -> float`` (higher is better) for O3S, on the fixed noise of ``es``.
+
+    kinds: ``neg_dist_ref`` (minus the distance to ``reference``, a normalised mel on the same
+    noise, e.g. the guided 32-NFE teacher), ``fs_closeness`` (``-|log fs_ratio|``), or the
+    name of a column returned by ``judges(es, x)`` (e.g. ``sim``), or ``neg_<column>`` for a
+    lower-is-better judge column (e.g. ``neg_wer``).
+    """
+    import math
+
+    real = es.real_logmel()
+    ref = None if reference is None else es.corpus.denormalize(reference) * es.mask[:, None]
+    if kind == "neg_dist_ref" and ref is None:
+        raise ValueError("grid_metric(kind='neg_dist_ref') needs a reference output")
+
+    def f(time_grid: Tensor) -> float:
+        x, _, _ = generate(model, es, time_grid, method, batch_size)
+        gen = es.corpus.denormalize(x) * es.mask[:, None]
+        if kind == "neg_dist_ref":
+            return -intrinsic_metrics(gen, real, es.mask, ref)["dist_ref"]
+        if kind == "fs_closeness":
+            return -abs(math.log(intrinsic_metrics(gen, real, es.mask)["fs_ratio"]))
+        if judges is None:
+            raise ValueError(f"metric {kind!r} needs judges")
+        scores = judges(es, x)
+        name = kind[4:] if kind.startswith("neg_") else kind
+        if name not in scores:
+            raise KeyError(f"judges returned {sorted(scores)}, not {name!r}")
+        return -scores[name] if kind.startswith("neg_") else scores[name]
+
+    return f
