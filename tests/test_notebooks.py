@@ -1,0 +1,66 @@
+"""Every pipeline notebook executed by papermill in the tiny profile, in order, sharing one
+isolated data/runs/results tree; each test checks the metrics its notebook recorded."""
+import json
+
+import pytest
+
+from imf.pipeline import available, run_notebook
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    with pytest.MonkeyPatch.context() as mp:
+        for var, sub in (("IMF_RESULTS", "results"), ("IMF_DATA", "data"), ("IMF_RUNS", "runs")):
+            mp.setenv(var, str(root / sub))
+        mp.setenv("IMF_THREADS", "2")
+        yield root
+
+
+def run(tree, name, **params):
+    if name not in available():
+        pytest.skip(f"notebooks/{name}.ipynb does not exist yet")
+    out = run_notebook(name, tree / "results" / "runs", {"PROFILE": "tiny", **params})
+    assert out.exists()
+    return json.loads((tree / "results" / name / "metrics.json").read_text())
+
+
+def test_00_corpus(tree):
+    m = run(tree, "00_corpus")
+    assert m["n_speakers"] >= 8 and m["n_engines"] >= 2 and m["n_utts"] > 0
+
+
+def test_01_teacher(tree):
+    m = run(tree, "01_teacher")
+    assert m["steps"] == 12 and m["final_loss"] > 0
+    assert 0 < m["fs_ratio_cfg_1"] and 0 < m["fs_ratio_cfg_max"]
+    assert (tree / "runs/tiny/teacher/checkpoints/last.pt").exists()
+    readme = (tree / "results/README.md").read_text()
+    assert "01 — token2mel teacher" in readme and "fs_ratio" in readme
+
+
+def test_02_distill(tree):
+    m = run(tree, "02_distill")
+    assert m["steps"] == 4 and m["teacher_nfe"] == 4
+    assert [r["teacher_nfe"] for r in m["ablation"]] == [2, 4]
+    assert all(r["sec_per_step"] > 0 for r in m["ablation"])
+
+
+def test_03_nfe_curves(tree):
+    m = run(tree, "03_nfe_curves", SPEED_REPEATS=1)
+    assert m["student_fs_ratio_1"] > 0 and m["speedup_student_1"] > 1
+
+
+def test_04_o3s(tree):
+    m = run(tree, "04_o3s", MAX_EVALS=6, ITERS=2, SCAN_POINTS=3, STUDENT_NFES="2", TEACHER_NFES="5")
+    assert {(s["model"], s["nfe"]) for s in m["searches"]} == {("student", 2), ("teacher", 5)}
+    assert all(s["dev_best"] >= s["dev_init"] for s in m["searches"])
+    assert (tree / "results/04_o3s/student_nfe2/grid.json").exists()
+
+
+def test_05_meanflow_vs_imf(tree):
+    m = run(tree, "05_meanflow_vs_imf", STEPS=3)
+    assert {r["objective"] for r in m["memory"]} == {"cfm", "imf", "meanflow"}
+    assert len(m["quality_1nfe"]) == 4
