@@ -1,0 +1,608 @@
+"""The embedded synthetic multi-speaker corpus: build it offline, load it, read its files.
+
+``build_corpus(CorpusConfig(profile="small"))`` speaks generated English sentences with 10
+voices from two engines (6 espeak-ng, 4 flite), randomising pitch and rate per utterance, and
+writes ``<data_dir>/synth-small/``::
+
+    wav/<id>.wav       16 kHz mono PCM16
+    mel/<id>.npy       float32 [80, n_frames] raw natural-log mel (imf.data.features.LogMel)
+    meta/<id>.json     the utterance's manifest row (lets a re-run skip finished utterances)
+    manifest.csv       one row per utterance (columns: MANIFEST_COLUMNS)
+    corpus.json        config, builder version, mel config, phone inventory, speakers,
+                       per-bin mel mean/std over the train split
+
+Speaker ``s`` utterance ``j`` draws its sentence and prosody from ``numpy.random.default_rng(
+[seed, s, j])``, so the corpus is a pure function of the config: a re-run reproduces
+``manifest.csv`` byte for byte and reuses every finished wav/mel. One espeak and one flite
+voice are held out whole as the ``unseen`` split; the other speakers' utterances are split
+into train/dev/test by position (the last ones go to test, the ones before to dev).
+
+``load_corpus(path)`` returns a :class:`Corpus`; :mod:`imf.data.dataset` turns it into
+training items.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+from torch import Tensor
+
+from ..config import Config, require
+from ..runtime import atomic_path, atomic_write_json, data_dir
+from .engines import SAMPLE_RATE, EngineError, Prosody, Voice, sample_prosody, synthesize
+from .features import LogMel, MelConfig
+from .text import PHONES, expand, frame_durations, make_sentence
+
+BUILDER_VERSION = 1  # bump when the same config would produce different files
+
+#: The corpus speakers, chosen far apart by resemblyzer cosine (see data/README.md). ``holdout``
+#: voices form the ``unseen`` split. The order fixes the speaker ids.
+VOICES: tuple[Voice, ...] = (
+    Voice("es-gb-grandma", "espeak", "en+grandma"),
+    Voice("es-scotland-klatt", "espeak", "en-gb-scotland+klatt"),
+    Voice("es-gbclan-f1", "espeak", "en-gb-x-gbclan+f1"),
+    Voice("es-gbcwmd-klatt3", "espeak", "en-gb-x-gbcwmd+klatt3"),
+    Voice("es-caribbean-andy", "espeak", "en-029+Andy"),
+    Voice("es-nyc-m1", "espeak", "en-us-nyc+m1", holdout=True),
+    Voice("fl-slt", "flite", "slt", f0=170.0),
+    Voice("fl-rms", "flite", "rms", f0=100.0, pitch_by_speed=True),
+    Voice("fl-kal16", "flite", "kal16", f0=90.0),
+    Voice("fl-awb", "flite", "awb", f0=130.0, holdout=True),
+)
+VOICE_BY_NAME = {v.name: v for v in VOICES}
+
+SPLITS = ("train", "dev", "test", "unseen")
+PROFILE_UTTS = {"tiny": 30, "small": 150}  # utterances per speaker when utts_per_speaker == 0
+MANIFEST_COLUMNS = ["id", "speaker", "engine", "voice", "split", "text", "phones", "durations",
+                    "n_samples", "n_frames", "pitch", "rate", "wav", "mel", "pitch_range", "f0"]
+
+#: Loudness of every utterance: RMS scaled to this (peak kept below 0.99), so the engines'
+#: different output levels do not become a speaker cue or dominate the mel statistics.
+TARGET_RMS = 0.1
+
+
+class CorpusError(RuntimeError):
+    """A corpus file is missing, malformed or inconsistent (the message names the file)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusConfig(Config):
+    profile: str = "small"  # "tiny" (30 utts/speaker, tests) | "small" (150 utts/speaker)
+    name: str = ""  # folder under the data dir; "" -> f"synth-{profile}"
+    seed: int = 0  # texts, prosody and thus audio derive from (seed, speaker, utterance)
+    utts_per_speaker: int = 0  # 0 -> profile default (tiny 30, small 150)
+    dev_fraction: float = 0.1  # share of each seen speaker's utterances in dev
+    test_fraction: float = 0.1  # share of each seen speaker's utterances in test
+    speakers: tuple[str, ...] = ()  # subset of VOICES by name (keeps VOICES order); () = all 10
+    pitch_semitones: float = 3.0  # per-utterance pitch drawn uniformly in +- this many semitones
+    rate_min: float = 0.85  # per-utterance speaking-rate factor drawn uniformly in [min, max]
+    rate_max: float = 1.2
+    align_tolerance: float = 0.2  # s: max |last phone end - audio duration| before dropping
+
+    def validate(self) -> None:
+        require(self.profile in PROFILE_UTTS, "profile", f"{self.profile!r} is not one of {list(PROFILE_UTTS)}")
+        require(self.utts_per_speaker >= 0, "utts_per_speaker", "must be >= 0 (0 = profile default)")
+        require(0 <= self.dev_fraction < 1, "dev_fraction", "must lie in [0, 1)")
+        require(0 <= self.test_fraction < 1, "test_fraction", "must lie in [0, 1)")
+        require(self.dev_fraction + self.test_fraction < 1, "test_fraction", "dev + test must be < 1")
+        unknown = [s for s in self.speakers if s not in VOICE_BY_NAME]
+        require(not unknown, "speakers", f"unknown speaker(s) {unknown}; known: {list(VOICE_BY_NAME)}")
+        require(0 <= self.pitch_semitones <= 12, "pitch_semitones", "must lie in [0, 12]")
+        require(0.5 <= self.rate_min <= self.rate_max <= 2.0, "rate_min", "need 0.5 <= rate_min <= rate_max <= 2")
+        require(self.align_tolerance > 0, "align_tolerance", "must be positive")
+        n = self.n_utts_per_speaker
+        n_dev, n_test = self.split_sizes()
+        require(n - n_dev - n_test >= 2, "utts_per_speaker",
+                f"{n} utterances per speaker leave {n - n_dev - n_test} for train after dev {n_dev} "
+                f"and test {n_test}; need >= 2 (prompts come from another utterance)")
+
+    @property
+    def corpus_name(self) -> str:
+        return self.name or f"synth-{self.profile}"
+
+    @property
+    def n_utts_per_speaker(self) -> int:
+        return self.utts_per_speaker or PROFILE_UTTS[self.profile]
+
+    @property
+    def voices(self) -> tuple[Voice, ...]:
+        return tuple(v for v in VOICES if not self.speakers or v.name in self.speakers)
+
+    def split_sizes(self) -> tuple[int, int]:
+        """(dev, test) utterances per seen speaker (fractions rounded half up)."""
+        n = self.n_utts_per_speaker
+        return int(math.floor(n * self.dev_fraction + 0.5)), int(math.floor(n * self.test_fraction + 0.5))
+
+    def resolved(self) -> dict[str, Any]:
+        """The config with defaults resolved: what corpus.json records and re-runs compare."""
+        d = self.to_dict()
+        d.update(name=self.corpus_name, utts_per_speaker=self.n_utts_per_speaker, speakers=[v.name for v in self.voices])
+        return d
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    id: str
+    voice: Voice
+    split: str
+    text: str
+    prosody: Prosody
+    tolerance: float  # s, allowed |last phone end - audio duration|
+    key: str  # hash of everything that determines the files
+
+
+def plan(cfg: CorpusConfig) -> list[_Job]:
+    """Every utterance of the corpus, in manifest order (speaker by speaker)."""
+    n = cfg.n_utts_per_speaker
+    n_dev, n_test = cfg.split_sizes()
+    mel_cfg = MelConfig().to_dict()
+    jobs = []
+    for s, voice in enumerate(VOICES):
+        if voice not in cfg.voices:
+            continue
+        for j in range(n):
+            rng = np.random.default_rng([cfg.seed, s, j])
+            text = make_sentence(rng)
+            prosody = sample_prosody(rng, cfg.pitch_semitones, (cfg.rate_min, cfg.rate_max))
+            if voice.holdout:
+                split = "unseen"
+            else:
+                split = "test" if j >= n - n_test else "dev" if j >= n - n_test - n_dev else "train"
+            ident = f"{voice.name}_{j:04d}"
+            blob = json.dumps([BUILDER_VERSION, dataclasses.asdict(voice), text, dataclasses.asdict(prosody),
+                               split, cfg.align_tolerance, mel_cfg], sort_keys=True)
+            key = hashlib.sha1(blob.encode()).hexdigest()[:16]
+            jobs.append(_Job(ident, voice, split, text, prosody, cfg.align_tolerance, key))
+    return jobs
+
+
+def estimate_f0(wav: np.ndarray, sr: int = SAMPLE_RATE, fmin: float = 60.0, fmax: float = 400.0,
+                threshold: float = 0.5) -> float:
+    """Median F0 (Hz) over voiced 40 ms frames of ``wav`` [N]; NaN if nothing is voiced.
+
+    Normalised, window-unbiased autocorrelation per frame; a frame is voiced when its peak in
+    the lag range ``[sr/fmax, sr/fmin]`` exceeds ``threshold``. Crude but fast (~5 ms per
+    utterance); it is a corpus statistic, not a judge.
+    """
+    n, hop = int(0.04 * sr), int(0.01 * sr)
+    if len(wav) < n:
+        return float("nan")
+    frames = wav[np.arange(0, len(wav) - n + 1, hop)[:, None] + np.arange(n)[None]].astype(np.float64)
+    frames -= frames.mean(1, keepdims=True)
+    energy = (frames ** 2).mean(1)
+    frames = frames[energy > max(1e-6, 0.01 * energy.max())]
+    if len(frames) == 0:
+        return float("nan")
+    window = np.hanning(n)
+    ac = np.fft.irfft(np.abs(np.fft.rfft(frames * window, 2 * n)) ** 2)[:, :n]
+    ac /= np.maximum(np.fft.irfft(np.abs(np.fft.rfft(window, 2 * n)) ** 2)[:n], 1e-9)
+    ac /= np.maximum(ac[:, :1], 1e-12)
+    lo, hi = int(sr / fmax), int(sr / fmin)
+    lag, peak = ac[:, lo:hi].argmax(1), ac[:, lo:hi].max(1)
+    voiced = peak > threshold
+    return float(np.median(sr / (lo + lag[voiced]))) if voiced.any() else float("nan")
+
+
+def _paths(root: Path, ident: str) -> tuple[Path, Path, Path]:
+    return root / "wav" / f"{ident}.wav", root / "mel" / f"{ident}.npy", root / "meta" / f"{ident}.json"
+
+
+def _finished(root: Path, job: _Job) -> dict[str, Any] | None:
+    """The stored manifest row of ``job`` if its wav, mel and meta files are complete and current."""
+    wav_path, mel_path, meta_path = _paths(root, job.id)
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") != job.key:
+            return None
+        row = meta["row"]
+        if sf.info(str(wav_path)).frames != row["n_samples"]:
+            return None
+        if np.load(mel_path, mmap_mode="r").shape != (MelConfig().n_mels, row["n_frames"]):
+            return None
+        return row
+    except (OSError, ValueError, KeyError, RuntimeError, sf.LibsndfileError):
+        return None
+
+
+_LOGMEL: LogMel | None = None
+
+
+def _init_worker() -> None:
+    # one thread per worker: 2 cores are shared, and fixed threading keeps the mels bit-identical
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    torch.set_num_threads(1)
+
+
+def _make(root: Path, job: _Job) -> dict[str, Any] | str:
+    """Synthesise, align and write one utterance -> its manifest row, or a reason to drop it."""
+    global _LOGMEL
+    row = _finished(root, job)
+    if row is not None:
+        return row
+    try:
+        syn = synthesize(job.text, job.voice, job.prosody)
+    except EngineError as e:
+        return f"{job.id}: {e}"
+    wav = syn.wav.astype(np.float64)
+    rms, peak = np.sqrt((wav ** 2).mean()), np.abs(wav).max()
+    if not np.isfinite(rms) or rms < 1e-4:
+        return f"{job.id}: silent audio from {job.voice.engine} voice {job.voice.voice!r}"
+    pcm = np.clip(np.round(wav * min(TARGET_RMS / rms, 0.99 / peak) * 32767), -32768, 32767).astype(np.int16)
+    mel_cfg = MelConfig()
+    n_samples = len(pcm)
+    n_frames = mel_cfg.n_frames(n_samples)
+    duration = n_samples / SAMPLE_RATE
+    if abs(syn.ends[-1] - duration) > job.tolerance or any(b <= a for a, b in zip(syn.ends, syn.ends[1:])):
+        return (f"{job.id}: alignment does not fit the audio (last phone ends at {syn.ends[-1]:.3f} s, "
+                f"audio is {duration:.3f} s, or boundaries are not increasing)")
+    durations = frame_durations(syn.ends, n_frames, SAMPLE_RATE / mel_cfg.hop_length)
+    audio = torch.from_numpy(pcm.astype(np.float32) / 32768.0)  # exactly what load_wav returns
+    if _LOGMEL is None:
+        _LOGMEL = LogMel(mel_cfg)
+    with torch.no_grad():
+        mel = _LOGMEL(audio).numpy().astype(np.float32)
+    assert mel.shape == (mel_cfg.n_mels, n_frames), (job.id, mel.shape, n_frames)
+
+    wav_path, mel_path, meta_path = _paths(root, job.id)
+    with atomic_path(wav_path) as tmp:
+        sf.write(str(tmp), pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    with atomic_path(mel_path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, mel)
+    row = dict(
+        id=job.id, speaker=job.voice.name, engine=job.voice.engine, voice=job.voice.voice, split=job.split,
+        text=job.text, phones=" ".join(syn.phones), durations=" ".join(map(str, durations)),
+        n_samples=n_samples, n_frames=n_frames, pitch=syn.prosody.pitch, rate=syn.prosody.rate,
+        wav=f"wav/{job.id}.wav", mel=f"mel/{job.id}.npy", pitch_range=syn.prosody.pitch_range,
+        f0=round(estimate_f0(audio.numpy()), 1),
+    )
+    atomic_write_json(meta_path, {"key": job.key, "row": row})  # last: its presence marks completion
+    return row
+
+
+def _make_star(args: tuple[Path, _Job]) -> dict[str, Any] | str:
+    return _make(*args)
+
+
+def build_corpus(cfg: CorpusConfig | None = None, root: str | os.PathLike | None = None,
+                 progress: bool = True, workers: int | None = None) -> Path:
+    """Build (or finish, or just find) the corpus of ``cfg`` under ``root or data_dir()``.
+
+    Returns the corpus folder ``<root>/<cfg.corpus_name>``. If its ``corpus.json`` already
+    records the same resolved config and builder version, returns at once; otherwise builds,
+    reusing every utterance whose wav/mel/meta files are complete and current. ``workers``
+    processes synthesise in parallel (default ``min(2, cpu_count)``; 1 = in this process).
+    Utterances whose alignment does not fit their audio are dropped with a warning naming
+    them (listed in corpus.json); more than 5 % dropped raises :class:`CorpusError`.
+    """
+    cfg = cfg or CorpusConfig()
+    out = Path(root or data_dir()) / cfg.corpus_name
+    info_path = out / "corpus.json"
+    if info_path.exists() and (out / "manifest.csv").exists():
+        try:
+            info = json.loads(info_path.read_text())
+            if info.get("config") == cfg.resolved() and info.get("builder_version") == BUILDER_VERSION:
+                return out
+        except ValueError:
+            pass  # unreadable: rebuild it
+    t0 = time.time()
+    jobs = plan(cfg)
+    for sub in ("wav", "mel", "meta"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    workers = workers or min(2, os.cpu_count() or 1)
+    results: list[dict[str, Any] | str]
+    bar = _progress(len(jobs), f"corpus {cfg.corpus_name}", progress)
+    if workers <= 1:
+        threads = torch.get_num_threads()
+        _init_worker()
+        try:
+            results = []
+            for job in jobs:
+                results.append(_make(out, job))
+                bar.update(1)
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+            results = []
+            for r in pool.map(_make_star, [(out, j) for j in jobs], chunksize=8):
+                results.append(r)
+                bar.update(1)
+    bar.close()
+
+    rows = [r for r in results if isinstance(r, dict)]
+    dropped = [r for r in results if isinstance(r, str)]
+    for reason in dropped:
+        warnings.warn(f"corpus {cfg.corpus_name}: dropped {reason}", stacklevel=2)
+    if len(dropped) > 0.05 * len(jobs):
+        raise CorpusError(f"{out}: {len(dropped)} of {len(jobs)} utterances dropped; first: {dropped[:3]}")
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    with atomic_path(out / "manifest.csv") as tmp:
+        manifest.to_csv(tmp, index=False, lineterminator="\n")
+
+    mean, std = _mel_stats(out, manifest[manifest.split == "train"])
+    mel_cfg = MelConfig()
+    info = dict(
+        config=cfg.resolved(), builder_version=BUILDER_VERSION, sample_rate=SAMPLE_RATE, mel=mel_cfg.to_dict(),
+        phones=PHONES,
+        speakers=[dict(name=v.name, engine=v.engine, voice=v.voice, role="unseen" if v.holdout else "seen")
+                  for v in cfg.voices],
+        mel_mean=mean, mel_std=std, n_utts=len(manifest),
+        split_counts={s: int((manifest.split == s).sum()) for s in SPLITS},
+        dropped=dropped, build_seconds=round(time.time() - t0, 1),
+    )
+    atomic_write_json(info_path, info)
+    return out
+
+
+def _mel_stats(root: Path, rows: pd.DataFrame) -> tuple[list[float], list[float]]:
+    """Per-bin mean and std of the raw log-mel over ``rows`` (float64 sums over all frames)."""
+    if len(rows) == 0:
+        raise CorpusError(f"{root}: the train split is empty: cannot compute mel statistics")
+    s1 = np.zeros(MelConfig().n_mels)
+    s2 = np.zeros(MelConfig().n_mels)
+    n = 0
+    for rel in rows.mel:
+        m = np.load(root / rel).astype(np.float64)
+        s1 += m.sum(1)
+        s2 += (m ** 2).sum(1)
+        n += m.shape[1]
+    mean = s1 / n
+    std = np.sqrt(np.maximum(s2 / n - mean ** 2, 1e-8))
+    return [round(float(x), 6) for x in mean], [round(float(x), 6) for x in std]
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="utt")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+_REQUIRED_INFO = ("config", "builder_version", "sample_rate", "mel", "phones", "speakers", "mel_mean", "mel_std")
+
+
+class Corpus:
+    """A built corpus on disk (see :func:`load_corpus`).
+
+    Attributes: ``root`` (folder), ``info`` (corpus.json), ``mel_config`` (:class:`MelConfig`),
+    ``phones`` (inventory, id 0 = ``<pad>``), ``n_tokens``, ``speakers`` (names; the index is
+    the speaker id, unseen speakers included), ``manifest`` (DataFrame, one row per utterance),
+    ``mel_mean`` / ``mel_std`` (float32 [80], over the train split).
+    """
+
+    def __init__(self, root: Path, info: dict[str, Any], manifest: pd.DataFrame):
+        self.root = root
+        self.info = info
+        self.mel_config = MelConfig.from_dict(info["mel"])
+        self.sample_rate = int(info["sample_rate"])
+        self.phones: list[str] = list(info["phones"])
+        self.n_tokens = len(self.phones)
+        self.phone_id = {p: i for i, p in enumerate(self.phones)}
+        self.speakers: list[str] = [s["name"] for s in info["speakers"]]
+        self._speaker_id = {s: i for i, s in enumerate(self.speakers)}
+        self.speaker_info: dict[str, dict[str, Any]] = {s["name"]: s for s in info["speakers"]}
+        self.manifest = manifest
+        self.mel_mean = torch.tensor(info["mel_mean"], dtype=torch.float32)
+        self.mel_std = torch.tensor(info["mel_std"], dtype=torch.float32)
+        self._row = {ident: i for i, ident in enumerate(manifest["id"])}
+        self._tokens: dict[str, Tensor] = {}
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{s} {int((self.manifest.split == s).sum())}" for s in SPLITS)
+        return f"Corpus({str(self.root)!r}: {len(self.manifest)} utts, {len(self.speakers)} speakers; {counts})"
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    # -- metadata -------------------------------------------------------------------------------
+    def speaker_id(self, name: str) -> int:
+        """The integer id of speaker ``name`` (its index in ``speakers``)."""
+        try:
+            return self._speaker_id[name]
+        except KeyError:
+            raise CorpusError(f"{self.root}: unknown speaker {name!r}; known: {self.speakers}") from None
+
+    @property
+    def seen_speakers(self) -> list[str]:
+        return [s for s in self.speakers if self.speaker_info[s].get("role") != "unseen"]
+
+    @property
+    def unseen_speakers(self) -> list[str]:
+        return [s for s in self.speakers if self.speaker_info[s].get("role") == "unseen"]
+
+    def split(self, name: str) -> pd.DataFrame:
+        """Manifest rows of split ``name`` ("train" | "dev" | "test" | "unseen")."""
+        if name not in SPLITS:
+            raise CorpusError(f"{self.root}: unknown split {name!r}; known: {list(SPLITS)}")
+        return self.manifest[self.manifest.split == name]
+
+    def row(self, ident: str) -> pd.Series:
+        """The manifest row of utterance ``ident``."""
+        try:
+            return self.manifest.iloc[self._row[ident]]
+        except KeyError:
+            raise CorpusError(f"{self.root / 'manifest.csv'}: no utterance {ident!r}") from None
+
+    # -- features -------------------------------------------------------------------------------
+    def normalize(self, mel: Tensor) -> Tensor:
+        """Raw log-mel [..., 80, T] -> per-bin standardised ``(mel - mean) / std``."""
+        self._check_bins(mel)
+        return (mel - self.mel_mean.to(mel)[:, None]) / self.mel_std.to(mel)[:, None]
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        """Inverse of :meth:`normalize`: [..., 80, T] -> raw log-mel."""
+        self._check_bins(x)
+        return x * self.mel_std.to(x)[:, None] + self.mel_mean.to(x)[:, None]
+
+    def _check_bins(self, mel: Tensor) -> None:
+        if mel.dim() < 2 or mel.shape[-2] != self.mel_config.n_mels:
+            raise ValueError(f"expected a mel [..., {self.mel_config.n_mels}, T], got shape {tuple(mel.shape)}")
+
+    def load_mel(self, ident: str) -> Tensor:
+        """Raw log-mel of ``ident``: float32 [80, n_frames]."""
+        row = self.row(ident)
+        path = self.root / row["mel"]
+        try:
+            mel = np.load(path)
+        except FileNotFoundError:
+            raise CorpusError(f"{path}: mel file missing (utterance {ident!r})") from None
+        except (OSError, ValueError) as e:
+            raise CorpusError(f"{path}: unreadable mel file: {e}") from None
+        if mel.shape != (self.mel_config.n_mels, int(row["n_frames"])):
+            raise CorpusError(f"{path}: mel shape {mel.shape}, manifest says ({self.mel_config.n_mels}, {row['n_frames']})")
+        return torch.from_numpy(mel.astype(np.float32, copy=False))
+
+    def load_wav(self, ident: str) -> Tensor:
+        """Audio of ``ident``: float32 [N] in [-1, 1) at 16 kHz.
+
+        Raises :class:`CorpusError` naming the file if it is missing, unreadable, empty, not
+        mono or not at the corpus sample rate.
+        """
+        path = self.root / self.row(ident)["wav"]
+        if not path.exists():
+            raise CorpusError(f"{path}: audio file missing (utterance {ident!r})")
+        try:
+            wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
+            raise CorpusError(f"{path}: corrupt or unreadable audio: {e}") from None
+        if sr != self.sample_rate:
+            raise CorpusError(f"{path}: sample rate {sr} Hz, expected {self.sample_rate} Hz")
+        if wav.shape[0] == 0:
+            raise CorpusError(f"{path}: empty audio (0 samples)")
+        if wav.shape[1] != 1:
+            raise CorpusError(f"{path}: {wav.shape[1]} channels, expected mono")
+        return torch.from_numpy(np.ascontiguousarray(wav[:, 0]))
+
+    def phone_ids(self, ident: str) -> tuple[Tensor, Tensor]:
+        """(phone ids LongTensor [P], durations in frames LongTensor [P]) of ``ident``."""
+        row = self.row(ident)
+        try:
+            ids = [self.phone_id[p] for p in row["phones"].split()]
+        except KeyError as e:
+            raise CorpusError(f"{self.root / 'manifest.csv'}: utterance {ident!r} has phone {e} not in the inventory") from None
+        durations = [int(d) for d in row["durations"].split()]
+        return torch.tensor(ids, dtype=torch.long), torch.tensor(durations, dtype=torch.long)
+
+    def tokens(self, ident: str) -> Tensor:
+        """Frame-level phone ids of ``ident``: LongTensor [n_frames] (phones x durations)."""
+        if ident not in self._tokens:
+            ids, durations = self.phone_ids(ident)
+            tokens = expand(ids, durations)
+            n_frames = int(self.row(ident)["n_frames"])
+            if tokens.numel() != n_frames:
+                raise CorpusError(f"{self.root / 'manifest.csv'}: utterance {ident!r} durations sum to "
+                                  f"{tokens.numel()}, n_frames is {n_frames}")
+            self._tokens[ident] = tokens
+        return self._tokens[ident]
+
+
+def load_corpus(path: str | os.PathLike) -> Corpus:
+    """Open a built corpus: its folder, its ``corpus.json``, or a folder name under ``data_dir()``.
+
+    Raises :class:`CorpusError` naming the file if ``corpus.json`` or ``manifest.csv`` is
+    missing or malformed.
+    """
+    root = Path(path)
+    if root.name == "corpus.json":
+        root = root.parent
+    if not root.exists() and not root.is_absolute() and (data_dir() / root).exists():
+        root = data_dir() / root
+    info_path, manifest_path = root / "corpus.json", root / "manifest.csv"
+    if not info_path.exists():
+        raise CorpusError(f"{info_path}: missing (not a built corpus; build it with imf.data.build_corpus)")
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError) as e:
+        raise CorpusError(f"{info_path}: malformed JSON: {e}") from None
+    missing = [k for k in _REQUIRED_INFO if not isinstance(info, dict) or k not in info]
+    if missing:
+        raise CorpusError(f"{info_path}: missing key(s) {missing}")
+    if not manifest_path.exists():
+        raise CorpusError(f"{manifest_path}: missing")
+    try:
+        manifest = pd.read_csv(manifest_path, dtype={"id": str, "phones": str, "durations": str, "text": str},
+                               keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as e:
+        raise CorpusError(f"{manifest_path}: malformed CSV: {e}") from None
+    need = [c for c in MANIFEST_COLUMNS[:14] if c not in manifest.columns]
+    if need:
+        raise CorpusError(f"{manifest_path}: missing column(s) {need}")
+    bad_split = sorted(set(manifest.split) - set(SPLITS))
+    if bad_split:
+        raise CorpusError(f"{manifest_path}: unknown split(s) {bad_split}")
+    names = {s.get("name") for s in info["speakers"]}
+    bad_spk = sorted(set(manifest.speaker) - names)
+    if bad_spk:
+        raise CorpusError(f"{manifest_path}: speaker(s) {bad_spk} not listed in {info_path}")
+    if manifest.id.duplicated().any():
+        raise CorpusError(f"{manifest_path}: duplicate ids {manifest.id[manifest.id.duplicated()].tolist()[:5]}")
+    n_mels = info["mel"].get("n_mels", 80)
+    if len(info["mel_mean"]) != n_mels or len(info["mel_std"]) != n_mels:
+        raise CorpusError(f"{info_path}: mel_mean/mel_std must have {n_mels} values")
+    try:
+        return Corpus(root, info, manifest)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorpusError(f"{info_path}: malformed: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries (for the corpus notebook)
+# ---------------------------------------------------------------------------------------------
+
+def speaker_table(corpus: Corpus) -> pd.DataFrame:
+    """One row per speaker: engine, voice, role, split(s), #utts, minutes, mean measured F0
+    (Hz), mean pitch and rate factors, mean utterance seconds."""
+    m = corpus.manifest.assign(seconds=corpus.manifest.n_samples / corpus.sample_rate)
+    rows = []
+    for name in corpus.speakers:
+        g = m[m.speaker == name]
+        sp = corpus.speaker_info[name]
+        rows.append(dict(
+            speaker=name, engine=sp["engine"], voice=sp["voice"], role=sp.get("role", "seen"),
+            splits="/".join(s for s in SPLITS if (g.split == s).any()), utts=len(g),
+            minutes=round(g.seconds.sum() / 60, 2), f0_hz=round(float(g.f0.mean()), 1) if "f0" in g else float("nan"),
+            pitch_factor=round(float(g.pitch.mean()), 3), rate_factor=round(float(g.rate.mean()), 3),
+            mean_seconds=round(float(g.seconds.mean()), 2),
+        ))
+    return pd.DataFrame(rows)
+
+
+def corpus_metrics(corpus: Corpus) -> dict[str, Any]:
+    """Headline numbers: n_utts, n_speakers, n_engines, per-split counts, hours, build seconds."""
+    m = corpus.manifest
+    return dict(
+        n_utts=int(len(m)), n_speakers=int(m.speaker.nunique()), n_engines=int(m.engine.nunique()),
+        split_counts={s: int((m.split == s).sum()) for s in SPLITS},
+        hours=round(float(m.n_samples.sum()) / corpus.sample_rate / 3600, 4),
+        mean_seconds=round(float(m.n_samples.mean()) / corpus.sample_rate, 3),
+        corpus_build_seconds=corpus.info.get("build_seconds"),
+        n_phones=corpus.n_tokens, dropped=len(corpus.info.get("dropped", [])),
+    )
