@@ -18,8 +18,9 @@ _SMALL: dict[str, dict[str, Any]] = {
     "cfm": {"p_drop": 0.2},
     "student_train": {"steps": 300, "batch_size": 16, "lr": 3e-4, "warmup": 20, "ema_decay": 0.99,
                       "ckpt_every": 50, "log_every": 5},
+    "meanflow_train": {"steps": 200},
     "imf": {"teacher_nfe": 16, "cfg_scale": 2.0, "p_instant": 0.2, "p_full": 0.1},
-    "ablation": {"teacher_nfes": [2, 4, 8, 16, 32], "steps": 150, "timing_steps": 3},
+    "ablation": {"teacher_nfes": [2, 4, 8, 16, 32], "steps": 100, "batch_size": 8},
     "eval": {"split": "test", "n_utts": 32, "batch_size": 32, "max_frames": 256, "seed": 1234,
              "teacher_nfes": [1, 2, 4, 8, 16, 32], "student_nfes": [1, 2, 3, 4], "cfg_scale": 2.0},
 }
@@ -33,8 +34,9 @@ _TINY: dict[str, dict[str, Any]] = {
     "cfm": {"p_drop": 0.2},
     "student_train": {"steps": 4, "batch_size": 4, "lr": 3e-4, "warmup": 1, "ema_decay": 0.5,
                       "ckpt_every": 2, "log_every": 1},
+    "meanflow_train": {"steps": 3},
     "imf": {"teacher_nfe": 4, "cfg_scale": 2.0, "p_instant": 0.2, "p_full": 0.1},
-    "ablation": {"teacher_nfes": [2, 4], "steps": 2, "timing_steps": 1},
+    "ablation": {"teacher_nfes": [2, 4], "steps": 2, "batch_size": 2},
     "eval": {"split": "test", "n_utts": 4, "batch_size": 4, "max_frames": 64, "seed": 1234,
              "teacher_nfes": [1, 2, 4], "student_nfes": [1, 2], "cfg_scale": 2.0},
 }
@@ -46,6 +48,7 @@ _PAPER["teacher_train"].update(steps=200_000, batch_size=64, lr=2e-4, warmup=200
                                ckpt_every=2000, log_every=100)
 _PAPER["student_train"].update(steps=20_000, batch_size=64, lr=2e-5, warmup=500, ema_decay=0.999,
                                ckpt_every=1000, log_every=50)
+_PAPER["meanflow_train"] = {"steps": 20_000}
 _PAPER["eval"].update(n_utts=512, batch_size=64, max_frames=1024)
 
 PROFILES = {"tiny": _TINY, "small": _SMALL, "paper": _PAPER}

@@ -36,6 +36,7 @@ class EvalSet:
     corpus: Any
     texts: list[str] = dataclasses.field(default_factory=list)
     speakers: Tensor | None = None
+    prompt_ids: list[str] = dataclasses.field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -48,12 +49,14 @@ class EvalSet:
         return EvalSet([self.ids[i] for i in idx], self.x1[idx_t], self.mask[idx_t],
                        {k: v[idx_t] for k, v in self.cond.items()}, self.z_0[idx_t], self.corpus,
                        [self.texts[i] for i in idx] if self.texts else [],
-                       None if self.speakers is None else self.speakers[idx_t])
+                       None if self.speakers is None else self.speakers[idx_t],
+                       [self.prompt_ids[i] for i in idx] if self.prompt_ids else [])
 
 
 def make_eval_set(corpus, split: str = "test", n: int = 32, seed: int = 1234, max_frames: int = 256,
                   prompt_frames: int = 96) -> EvalSet:
-    """The first ``n`` utterances of a seeded shuffle of ``split``, cropped from the start."""
+    """``n`` utterances of ``split`` that fit whole in ``max_frames`` (so transcripts match the
+    audio for WER), picked by a seeded shuffle; prompts are deterministic per (seed, id)."""
     from ..data import MelTokenDataset, collate
 
     ds = MelTokenDataset(corpus, split=split, max_frames=max_frames, prompt_frames=prompt_frames, crop="start",
@@ -61,12 +64,16 @@ def make_eval_set(corpus, split: str = "test", n: int = 32, seed: int = 1234, ma
     if len(ds) == 0:
         raise ValueError(f"split {split!r} of corpus {corpus.root} is empty")
     g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(ds), generator=g)[: min(n, len(ds))].tolist()
+    frames = corpus.manifest.set_index("id")["n_frames"]
+    fits = [i for i in torch.randperm(len(ds), generator=g).tolist() if frames[ds.ids[i]] <= max_frames]
+    if not fits:
+        raise ValueError(f"no utterance of split {split!r} fits in max_frames={max_frames}")
+    order = fits[:n]
     batch = collate([ds[i] for i in order])
     z_0 = torch.randn(batch["x1"].shape, generator=g) * batch["mask"][:, None]
     cond = {k: batch[k] for k in ("tokens", "mask", "prompt", "prompt_mask")}
     return EvalSet(batch["ids"], batch["x1"], batch["mask"], cond, z_0, corpus, batch.get("texts", []),
-                   batch.get("speaker"))
+                   batch.get("speaker"), batch.get("prompt_ids", []))
 
 
 @torch.no_grad()

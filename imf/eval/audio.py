@@ -1,0 +1,57 @@
+"""Audio judges on generated mels: vocode, then WER / SIM / MOS / PESQ / STOI.
+
+:class:`AudioJudges` is the ``judges`` hook of :func:`imf.eval.evaluate.nfe_sweep` and
+:func:`imf.eval.evaluate.grid_metric`: ``judges(es, x) -> {"wer": ..., "sim": ..., ...}``
+for normalised mels ``x`` (N, C, T) generated on the eval set ``es``. Each utterance is
+vocoded over its valid frames; WER uses the utterance's transcript, SIM the REAL audio of
+its prompt utterance (same speaker, SIM-o style), PESQ/STOI the real audio of the same
+utterance. The same judges on the real mels give the vocoder's copy-synthesis ceiling, and
+on the real audio the corpus ceiling.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from .judges import JudgeItem, evaluate, summarise
+
+
+class AudioJudges:
+    """``judges(es, x_norm) -> dict`` of corpus-level summaries (WER over words, other means)."""
+
+    def __init__(self, vocoder: Any, judges: Sequence[Any]):
+        self.vocoder, self.judges = vocoder, list(judges)
+        self.last_table = None  # per-utterance scores of the last call
+
+    @torch.inference_mode()
+    def wavs(self, es, x_norm: Tensor) -> list[Tensor]:
+        """Vocode each utterance's valid frames: list of (N_i,) float32 at 16 kHz."""
+        out = []
+        for i in range(len(es)):
+            n = int(es.mask[i].sum())
+            mel = es.corpus.denormalize(x_norm[i, :, :n])
+            out.append(self.vocoder.vocode(mel[None])[0].float().clamp(-1, 1))
+        return out
+
+    def items(self, es, wavs: Sequence[Tensor]) -> list[JudgeItem]:
+        items = []
+        for i, wav in enumerate(wavs):
+            ref = es.corpus.load_wav(es.ids[i])
+            prompt = es.corpus.load_wav(es.prompt_ids[i]) if es.prompt_ids else None
+            items.append(JudgeItem(wav=wav.numpy(), text=es.texts[i] if es.texts else None,
+                                   ref_wav=ref.numpy(), prompt_wav=None if prompt is None else prompt.numpy(),
+                                   id=es.ids[i]))
+        return items
+
+    def score_wavs(self, es, wavs: Sequence[Tensor]) -> dict[str, float]:
+        self.last_table = evaluate(self.judges, self.items(es, wavs))
+        return {k: v for k, v in summarise(self.last_table).items() if k != "n_items"}
+
+    def __call__(self, es, x_norm: Tensor) -> dict[str, float]:
+        return self.score_wavs(es, self.wavs(es, x_norm))
+
+    def real_audio(self, es) -> dict[str, float]:
+        """The corpus ceiling: the same judges on the real recordings (no vocoder)."""
+        return self.score_wavs(es, [es.corpus.load_wav(i) for i in es.ids])
