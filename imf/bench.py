@@ -62,6 +62,38 @@ def speed_table(teacher, student, x_0: torch.Tensor, cond: dict, cfg_scale: floa
     return df
 
 
+@torch.no_grad()
+def rtf_table(systems: Sequence[tuple[str, Callable, Sequence[int]]], x_0: torch.Tensor, cond: dict,
+              audio_seconds: float, vocoder=None, repeats: int = 3) -> pd.DataFrame:
+    """Real-time factor (compute seconds / seconds of audio) of each (name, model, NFEs), for
+    the flow module alone and, with a ``vocoder``, end to end; all on one batch, one process.
+
+    ``x_0`` (B, C, T) noise and ``cond`` of the batch; ``audio_seconds``: total audio the batch
+    represents. ``speedup`` columns divide the first row's time by each row's.
+    """
+    rows = []
+    for name, model, nfes in systems:
+        for n in nfes:
+            grid = schedules.uniform(n)
+            t_flow = time_call(lambda: sample(model, x_0, grid, cond), repeats)
+            row = {"system": name, "nfe": n, "flow_s": t_flow, "rtf_flow": t_flow / audio_seconds}
+            if vocoder is not None:
+                x, _ = sample(model, x_0, grid, cond)
+                mask = cond["mask"]
+
+                def voc():
+                    for i in range(x.shape[0]):
+                        vocoder.vocode(x[i:i + 1, :, : int(mask[i].sum())])
+                t_voc = time_call(voc, repeats)
+                row.update(vocoder_s=t_voc, rtf_e2e=(t_flow + t_voc) / audio_seconds)
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    df["speedup_flow"] = df["flow_s"].iloc[0] / df["flow_s"]
+    if "rtf_e2e" in df:
+        df["speedup_e2e"] = df["rtf_e2e"].iloc[0] / df["rtf_e2e"]
+    return df
+
+
 # ---------------------------------------------------------------------------------------
 # memory per objective (each in a fresh subprocess)
 # ---------------------------------------------------------------------------------------
