@@ -72,6 +72,10 @@ MANIFEST_COLUMNS = ["id", "speaker", "engine", "voice", "split", "text", "phones
 #: Loudness of every utterance: RMS scaled to this (peak kept below 0.99), so the engines'
 #: different output levels do not become a speaker cue or dominate the mel statistics.
 TARGET_RMS = 0.1
+#: Gaussian dither (std, full scale 1; about -70 dBFS, the level of flite's pauses) added to every
+#: utterance: espeak-ng pauses are digital zeros, which would pin those log-mel frames to the
+#: log floor (a constant no generative model should have to hit exactly).
+DITHER = 3e-4
 
 
 class CorpusError(RuntimeError):
@@ -145,6 +149,7 @@ class _Job:
     text: str
     prosody: Prosody
     tolerance: float  # s, allowed |last phone end - audio duration|
+    seed: tuple[int, int, int]  # (corpus seed, speaker index, utterance index): the dither's seed
     key: str  # hash of everything that determines the files
 
 
@@ -167,9 +172,10 @@ def plan(cfg: CorpusConfig) -> list[_Job]:
                 split = "test" if j >= n - n_test else "dev" if j >= n - n_test - n_dev else "train"
             ident = f"{voice.name}_{j:04d}"
             blob = json.dumps([BUILDER_VERSION, dataclasses.asdict(voice), text, dataclasses.asdict(prosody),
-                               split, cfg.align_tolerance, mel_cfg], sort_keys=True)
+                               split, cfg.align_tolerance, mel_cfg, [cfg.seed, s, j], DITHER, TARGET_RMS],
+                              sort_keys=True)
             key = hashlib.sha1(blob.encode()).hexdigest()[:16]
-            jobs.append(_Job(ident, voice, split, text, prosody, cfg.align_tolerance, key))
+            jobs.append(_Job(ident, voice, split, text, prosody, cfg.align_tolerance, (cfg.seed, s, j), key))
     return jobs
 
 
@@ -244,7 +250,9 @@ def _make(root: Path, job: _Job) -> dict[str, Any] | str:
     rms, peak = np.sqrt((wav ** 2).mean()), np.abs(wav).max()
     if not np.isfinite(rms) or rms < 1e-4:
         return f"{job.id}: silent audio from {job.voice.engine} voice {job.voice.voice!r}"
-    pcm = np.clip(np.round(wav * min(TARGET_RMS / rms, 0.99 / peak) * 32767), -32768, 32767).astype(np.int16)
+    wav = wav * min(TARGET_RMS / rms, 0.99 / peak)
+    wav += np.random.default_rng([*job.seed, 1]).normal(0.0, DITHER, len(wav))
+    pcm = np.clip(np.round(wav * 32767), -32768, 32767).astype(np.int16)
     mel_cfg = MelConfig()
     n_samples = len(pcm)
     n_frames = mel_cfg.n_frames(n_samples)

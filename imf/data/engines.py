@@ -311,11 +311,13 @@ class Flite:
         if not self.binary:
             raise EngineError("the flite binary is not on PATH: install it with `sudo apt-get install flite` "
                               "(Debian/Ubuntu; `make sysdeps` does this)")
-        self._tmp = Path(tempfile.mkdtemp(prefix="imf-flite-"))
 
     def synthesize(self, text: str, voice: Voice, prosody: Prosody = Prosody()) -> Synthesis:
         what = f"flite voice {voice.voice!r}, text {text!r}"
-        out = self._tmp / f"{os.getpid()}-{threading.get_ident()}.wav"
+        with tempfile.TemporaryDirectory(prefix="imf-flite-") as tmp:
+            return self._synthesize(text, voice, prosody, Path(tmp) / "out.wav", what)
+
+    def _synthesize(self, text: str, voice: Voice, prosody: Prosody, out: Path, what: str) -> Synthesis:
         if voice.pitch_by_speed:
             # tape speed in steps of 1/40 (resampling 16 kHz <-> multiples of 400 Hz stays cheap)
             speed = round(prosody.pitch * 40) / 40
@@ -333,10 +335,7 @@ class Flite:
             raise EngineError(f"{what}: running {args[0]} failed: {e}") from e
         if proc.returncode != 0 or not out.exists():
             raise EngineError(f"{what}: flite exited with {proc.returncode}: {proc.stderr.strip()[:300]}")
-        try:
-            wav, sr = sf.read(out, dtype="float32", always_2d=False)
-        finally:
-            out.unlink(missing_ok=True)
+        wav, sr = sf.read(out, dtype="float32", always_2d=False)
         labels, ends = [], []
         for tok in proc.stdout.split():
             label, _, t = tok.rpartition(":")
@@ -348,7 +347,6 @@ class Flite:
         if not labels:
             raise EngineError(f"{what}: flite printed no segments")
         starts = [0.0] + ends[:-1]
-        duration = len(wav) / sr
         phones, p_ends = map_segments(labels, starts, ends[-1], FLITE_TO_SHARED, what)
         if speed != 1.0:
             # play the waveform `speed` times faster: pitch x speed, times / speed
@@ -356,7 +354,6 @@ class Flite:
             wav = resample(resample(wav, sr, SAMPLE_RATE), sr_eff, SAMPLE_RATE)
             scale = SAMPLE_RATE / sr_eff
             p_ends = [t * scale for t in p_ends]
-            duration *= scale
         else:
             wav = resample(wav, sr, SAMPLE_RATE)
         return Synthesis(wav=wav, phones=phones, ends=p_ends, prosody=prosody)
