@@ -295,7 +295,8 @@ def build_corpus(cfg: CorpusConfig | None = None, root: str | os.PathLike | None
 
     Returns the corpus folder ``<root>/<cfg.corpus_name>``. If its ``corpus.json`` already
     records the same resolved config and builder version, returns at once; otherwise builds,
-    reusing every utterance whose wav/mel/meta files are complete and current. ``workers``
+    reusing every utterance whose wav/mel/meta files are complete and current (files of
+    utterances the config no longer has are deleted). ``workers``
     processes synthesise in parallel (default ``min(2, cpu_count)``; 1 = in this process).
     Utterances whose alignment does not fit their audio are dropped with a warning naming
     them (listed in corpus.json); more than 5 % dropped raises :class:`CorpusError`.
@@ -312,8 +313,14 @@ def build_corpus(cfg: CorpusConfig | None = None, root: str | os.PathLike | None
             pass  # unreadable: rebuild it
     t0 = time.time()
     jobs = plan(cfg)
-    for sub in ("wav", "mel", "meta"):
+    # a corpus being (re)built is not loadable: corpus.json reappears only when it is complete
+    info_path.unlink(missing_ok=True)
+    wanted = {j.id for j in jobs}
+    for sub, ext in (("wav", ".wav"), ("mel", ".npy"), ("meta", ".json")):
         (out / sub).mkdir(parents=True, exist_ok=True)
+        for stale in (out / sub).glob(f"*{ext}"):  # utterances of an earlier, different config
+            if stale.name[: -len(ext)] not in wanted:
+                stale.unlink()
     workers = workers or min(2, os.cpu_count() or 1)
     results: list[dict[str, Any] | str]
     bar = _progress(len(jobs), f"corpus {cfg.corpus_name}", progress)

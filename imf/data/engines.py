@@ -10,18 +10,14 @@ Both return a :class:`Synthesis`: 16 kHz float32 audio, phones of the shared inv
   end time.
 
 Prosody is drawn per utterance (:func:`sample_prosody`) as unitless factors relative to the
-voice's default, mapped onto each engine's controls:
+voice's default and mapped onto each engine's controls:
 
-============  =====================================================  ==============================
-factor        espeak-ng                                              flite
-============  =====================================================  ==============================
-``pitch``     pitch parameter ``50 + ln(pitch) / 0.0097`` (measured:  ``int_f0_target_mean = f0 *
-              F0 ~ exp(0.0097 (p - 50)) on en-us and en-us+f3)        pitch``; voices whose F0 is
-                                                                     fixed (rms) are tape-speed
-                                                                     shifted by ``pitch``
-``rate``      words per minute ``175 * rate``                        ``duration_stretch = 1/rate``
-``pitch_range``  range parameter ``50 * pitch_range``                 not used (1.0)
-============  =====================================================  ==============================
+* ``pitch``: espeak pitch parameter ``50 + ln(pitch) / 0.0097`` (measured on en-us and en-us+f3:
+  F0 ~ exp(0.0097 (p - 50))); flite ``int_f0_target_mean = Voice.f0 * pitch``, or, for voices
+  that ignore F0 targets (Debian's rms), a tape-speed change by ``pitch`` (quantised to 1/40).
+* ``rate``: espeak ``175 * rate`` words per minute; flite ``duration_stretch = 1 / rate``
+  (times the tape speed, so the rate holds for tape-shifted voices).
+* ``pitch_range``: espeak range parameter ``50 * pitch_range``; flite: not used (1.0).
 """
 from __future__ import annotations
 
