@@ -18,6 +18,7 @@ from .runtime import atomic_path, repo_root
 
 NOTEBOOKS = [
     "00_corpus",
+    "00_vocoder",
     "01_teacher",
     "02_distill",
     "03_nfe_curves",
