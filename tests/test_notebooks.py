@@ -64,3 +64,17 @@ def test_05_meanflow_vs_imf(tree):
     m = run(tree, "05_meanflow_vs_imf", STEPS=3)
     assert {r["objective"] for r in m["memory"]} == {"cfm", "imf", "meanflow"}
     assert len(m["quality_1nfe"]) == 4
+
+
+def test_06_listen(tree):
+    m = run(tree, "06_listen", N_UTTS=2, JUDGES="pesq")
+    assert m["n_utts"] == 2 and m["judges"] == ["pesq"]
+    assert m["systems"] == ["ground truth", "copy-synthesis", "teacher + CFG 2", "IntMeanFlow student"]
+    points = {(r["system"], r["nfe"]) for r in m["mean_scores"]}
+    assert points == {("ground truth", 0), ("copy-synthesis", 0)} | {
+        (s, n) for s in ("teacher + CFG 2", "IntMeanFlow student") for n in (1, 2, 4, 32)}
+    assert all(r["pesq"] > 0 and r["fs_ratio"] > 0 for r in m["mean_scores"])
+    assert (tree / "results/06_listen/comparison.png").exists() and (tree / "results/06_listen/scores.csv").exists()
+    executed = (tree / "results/runs/06_listen.ipynb").read_text()
+    assert executed.count("<audio") == 6  # the static players (2 utterances x 3 systems)
+    assert "06 — listening comparison" in (tree / "results/README.md").read_text()
