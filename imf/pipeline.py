@@ -43,6 +43,7 @@ def run_notebook(name: str, out_dir: str | os.PathLike, parameters: dict[str, An
     """
     import papermill as pm
 
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # inherited by the kernel, read when it imports torch
     src = notebook_path(name)
     if not src.exists():
         raise FileNotFoundError(f"notebook {src} does not exist; known: {NOTEBOOKS}")

@@ -37,7 +37,7 @@ _TINY: dict[str, dict[str, Any]] = {
     "meanflow_train": {"steps": 3},
     "imf": {"teacher_nfe": 4, "cfg_scale": 2.0, "p_instant": 0.2, "p_full": 0.1},
     "ablation": {"teacher_nfes": [2, 4], "steps": 2, "batch_size": 2},
-    "eval": {"split": "test", "n_utts": 4, "batch_size": 4, "max_frames": 64, "seed": 1234,
+    "eval": {"split": "test", "n_utts": 4, "batch_size": 4, "max_frames": 256, "seed": 1234,
              "teacher_nfes": [1, 2, 4], "student_nfes": [1, 2], "cfg_scale": 2.0},
 }
 
