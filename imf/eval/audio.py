@@ -19,10 +19,16 @@ from .judges import JudgeItem, evaluate, summarise
 
 
 class AudioJudges:
-    """``judges(es, x_norm) -> dict`` of corpus-level summaries (WER over words, other means)."""
+    """``judges(es, x_norm) -> dict`` of corpus-level summaries (WER over words, other means).
 
-    def __init__(self, vocoder: Any, judges: Sequence[Any]):
+    ``wer_speakers``: WER is computed only on utterances of these speakers (voices that the
+    ASR transcribes reliably on real recordings; robotic voices would swamp the column), the
+    other judges on every utterance. None: WER on all.
+    """
+
+    def __init__(self, vocoder: Any, judges: Sequence[Any], wer_speakers: Sequence[str] | None = None):
         self.vocoder, self.judges = vocoder, list(judges)
+        self.wer_speakers = None if wer_speakers is None else set(wer_speakers)
         self.last_table = None  # per-utterance scores of the last call
 
     @torch.inference_mode()
@@ -46,8 +52,20 @@ class AudioJudges:
         return items
 
     def score_wavs(self, es, wavs: Sequence[Tensor]) -> dict[str, float]:
-        self.last_table = evaluate(self.judges, self.items(es, wavs))
-        return {k: v for k, v in summarise(self.last_table).items() if k != "n_items"}
+        items = self.items(es, wavs)
+        asr = [j for j in self.judges if getattr(j, "name", "") == "wer"]
+        rest = [j for j in self.judges if j not in asr]
+        table = evaluate(rest, items) if rest else None
+        if asr:
+            keep = items
+            if self.wer_speakers is not None and es.speakers is not None:
+                names = [es.corpus.speakers[int(k)] for k in es.speakers]
+                keep = [it for it, n in zip(items, names) if n in self.wer_speakers]
+            if keep:
+                wer = evaluate(asr, keep)
+                table = wer if table is None else table.join(wer, how="left")
+        self.last_table = table
+        return {k: v for k, v in summarise(table).items() if k != "n_items"}
 
     def __call__(self, es, x_norm: Tensor) -> dict[str, float]:
         return self.score_wavs(es, self.wavs(es, x_norm))
