@@ -21,6 +21,9 @@ _SMALL: dict[str, dict[str, Any]] = {
     "meanflow_train": {"steps": 200},
     "imf": {"teacher_nfe": 16, "cfg_scale": 2.0, "p_instant": 0.2, "p_full": 0.1},
     "ablation": {"teacher_nfes": [2, 4, 8, 16, 32], "steps": 100, "batch_size": 8},
+    "vocoder": {"model": {"dim": 192, "n_layers": 6}, "seg_seconds": 1.0, "per_voice": 10,
+                "train": {"steps": 1500, "batch_size": 16, "lr": 1e-3, "warmup": 50, "ema_decay": 0.998,
+                          "ckpt_every": 100, "log_every": 10}},
     "eval": {"split": "test", "n_utts": 32, "batch_size": 32, "max_frames": 256, "seed": 1234,
              "teacher_nfes": [1, 2, 4, 8, 16, 32], "student_nfes": [1, 2, 3, 4], "cfg_scale": 2.0},
 }
@@ -37,6 +40,9 @@ _TINY: dict[str, dict[str, Any]] = {
     "meanflow_train": {"steps": 3},
     "imf": {"teacher_nfe": 4, "cfg_scale": 2.0, "p_instant": 0.2, "p_full": 0.1},
     "ablation": {"teacher_nfes": [2, 4], "steps": 2, "batch_size": 2},
+    "vocoder": {"model": {"dim": 32, "n_layers": 1}, "seg_seconds": 0.5, "per_voice": 1,
+                "train": {"steps": 4, "batch_size": 2, "lr": 1e-3, "warmup": 1, "ema_decay": 0.5,
+                          "ckpt_every": 2, "log_every": 1}},
     "eval": {"split": "test", "n_utts": 4, "batch_size": 4, "max_frames": 256, "seed": 1234,
              "teacher_nfes": [1, 2, 4], "student_nfes": [1, 2], "cfg_scale": 2.0},
 }

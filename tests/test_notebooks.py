@@ -32,6 +32,15 @@ def test_00_corpus(tree):
     assert m["n_speakers"] >= 8 and m["n_engines"] >= 2 and m["n_utts"] > 0
 
 
+def test_00_vocoder(tree):
+    m = run(tree, "00_vocoder", JUDGES="sim,mos")
+    assert m["vocoder_steps"] == 4 and (tree / "runs/tiny/vocoder/checkpoints/last.pt").exists()
+    systems = {r["system"]: r for r in m["copy_synthesis"]}
+    assert {"vocoder", "Griffin-Lim", "real recordings"} <= set(systems)
+    assert 1.0 <= systems["Griffin-Lim"]["pesq"] <= 4.7 and 0 < systems["Griffin-Lim"]["stoi"] <= 1
+    assert len(m["per_voice"]) >= 8
+
+
 def test_01_teacher(tree):
     m = run(tree, "01_teacher")
     assert m["steps"] == 12 and m["final_loss"] > 0
