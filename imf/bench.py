@@ -164,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     mp = sub.add_parser("memory", help="peak memory and s/step: CFM, IntMeanFlow (several N), MeanFlow")
     mp.add_argument("--profile", default="small")
     mp.add_argument("--teacher-nfes", type=int, nargs="*", default=[4, 16])
+    rp = sub.add_parser("rtf", help="real-time factor, flow alone and end to end (with the vocoder), per system and NFE")
+    rp.add_argument("--profile", default="small")
+    rp.add_argument("--repeats", type=int, default=3)
     ip = sub.add_parser("_memstep")
     ip.add_argument("args")
     a = p.parse_args(argv)
@@ -190,10 +193,30 @@ def main(argv: list[str] | None = None) -> int:
     corpus = load_corpus(load_checkpoint(run / "teacher" / "checkpoints" / "last.pt")["config"]["corpus"])
     E = P["eval"]
     es = make_eval_set(corpus, E["split"], E["batch_size"], E["seed"], E["max_frames"], P["data"]["prompt_frames"])
-    df = speed_table(teacher, student, es.z_0, es.cond, E["cfg_scale"], repeats=a.repeats)
     print(f"batch of {len(es)} utterances, {int(es.mask.sum())} frames, {torch.get_num_threads()} threads")
+    if a.cmd == "rtf":
+        from .models.vocoder import load_vocoder
+
+        voc_ckpt = run / "vocoder" / "checkpoints" / "last.pt"
+        vocoder = load_vocoder(voc_ckpt if voc_ckpt.exists() else None)
+        df = rtf_table(default_rtf_systems(teacher, student, E["cfg_scale"]), es.z_0, es.cond,
+                       audio_seconds_of(es), vocoder, a.repeats)
+    else:
+        df = speed_table(teacher, student, es.z_0, es.cond, E["cfg_scale"], repeats=a.repeats)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
+
+
+def default_rtf_systems(teacher, student, cfg_scale: float) -> list[tuple[str, Callable, list[int]]]:
+    """The guided teacher at 32/16/4 NFE (first row = the reference), then the student at 1/2/4."""
+    return [(f"teacher + CFG {cfg_scale:g}", Guided(teacher, cfg_scale), [32, 16, 4]),
+            ("IntMeanFlow student", student, [1, 2, 4])]
+
+
+def audio_seconds_of(es) -> float:
+    """Seconds of audio represented by an eval set's valid frames."""
+    mc = es.corpus.mel_config
+    return float(es.mask.sum()) * mc.hop_length / mc.sample_rate
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def test_03_nfe_curves(tree):
 
 
 def test_04_o3s(tree):
-    m = run(tree, "04_o3s", MAX_EVALS=6, ITERS=2, SCAN_POINTS=3, STUDENT_NFES="2", TEACHER_NFES="5")
+    m = run(tree, "04_o3s", METRIC="sim", MAX_EVALS=6, ITERS=2, SCAN_POINTS=3, STUDENT_NFES="2", TEACHER_NFES="5")
     assert {(s["model"], s["nfe"]) for s in m["searches"]} == {("student", 2), ("teacher", 5)}
     assert all(s["dev_best"] >= s["dev_init"] for s in m["searches"])
     assert (tree / "results/04_o3s/student_nfe2/grid.json").exists()
