@@ -159,11 +159,12 @@ def rollout_average_velocity(teacher: Callable[..., Tensor], z_t: Tensor, t: Ten
 
 def intmeanflow_loss(student: Callable[..., Tensor], teacher: Callable[..., Tensor], z_1: Tensor, cond: Cond,
                      mask: Tensor | None, cfg: IMFConfig, generator: torch.Generator | None = None,
-                     ) -> tuple[Tensor, dict[str, float]]:
+                     teacher_cond: Cond | None = None) -> tuple[Tensor, dict[str, float]]:
     """IntMeanFlow distillation: ``|| u_theta(z_t, t, r) - mean_k v_teacher^cfg ||^2``.
 
     ``teacher`` must already include guidance (e.g. ``Guided(teacher, w)``) and be frozen;
-    the student is called WITHOUT guidance (conditional rows only).
+    the student is called WITHOUT guidance (conditional rows only). ``teacher_cond``: the
+    teacher's view of ``cond`` (e.g. with cached encodings); default ``cond``.
     """
     b = z_1.shape[0]
     t, r = sample_intervals(b, cfg, generator)
@@ -171,7 +172,7 @@ def intmeanflow_loss(student: Callable[..., Tensor], teacher: Callable[..., Tens
     z_0 = torch.randn(z_1.shape, generator=generator).to(z_1)
     z_t, _ = sample_path(z_0, z_1, t)
     n = substep_counts(t, r, cfg).to(z_1.device)
-    target, rows = rollout_average_velocity(teacher, z_t, t, r, cond, n)
+    target, rows = rollout_average_velocity(teacher, z_t, t, r, cond if teacher_cond is None else teacher_cond, n)
     pred = student(z_t, t=t, r=r, cond=cond)
     loss = masked_mse(pred, target, mask)
     return loss, {"loss": loss.item(), "teacher_rows": float(rows), "mean_substeps": n.float().mean().item()}

@@ -86,3 +86,21 @@ def test_config_validation_names_parameter():
         Token2MelConfig.from_dict({"n_layers": 0})
     m = build_model("Token2Mel", Token2MelConfig(n_tokens=10, dim=16, n_layers=1).to_dict())
     assert isinstance(m, Token2Mel)
+
+
+def test_cached_condition_encodings_give_identical_output():
+    from imf.solvers import Guided
+    m = tiny_model(3)
+    cond = make_cond(4, 11, n_mels=8)
+    x, t = torch.randn(4, 8, 11), torch.rand(4)
+    cached = m.encode_cond(cond)
+    assert torch.equal(m(x, t=t, cond=cached), m(x, t=t, cond=cond))
+    drop = torch.tensor([True, False, False, True])
+    assert torch.equal(m(x, t=t, cond={**cached, "drop": drop}), m(x, t=t, cond={**cond, "drop": drop}))
+    g = Guided(m, 2.5)
+    assert torch.equal(g(x, t=t, cond=cached), g(x, t=t, cond=cond))
+    idx = torch.tensor([2, 0])
+    sub = {k: v[idx] for k, v in cached.items()}
+    # rows selected after caching: the encoders ran at another batch size, so equal up to rounding
+    assert torch.allclose(m(x[idx], t=t[idx], cond=sub), m(x[idx], t=t[idx], cond={k: v[idx] for k, v in cond.items()}),
+                          atol=1e-6)

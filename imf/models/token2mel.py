@@ -104,6 +104,24 @@ class Token2Mel(nn.Module):
             s = torch.where(drop[:, None], self.null_speaker.expand_as(s), s)
         return s
 
+    @torch.no_grad()
+    def encode_cond(self, cond: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``cond`` plus its encodings, for a FROZEN model called many times on one batch.
+
+        Adds ``h_text``/``h_text_null`` (B, dim, T) and ``spk`` (B, dim): the text encoding with
+        and without dropped conditioning and the speaker vector. :meth:`forward` then skips
+        the encoders (it picks the null rows by ``drop``), with bit-identical output. The
+        keys are batch-first, so they survive row selection and guidance's batch doubling.
+        """
+        mask = cond.get("mask")
+        if mask is None:
+            mask = torch.ones_like(cond["tokens"], dtype=torch.bool)
+        b = cond["tokens"].shape[0]
+        keep = torch.zeros(b, dtype=torch.bool, device=mask.device)
+        return {**cond, "h_text": self.encode_text(cond["tokens"], mask, keep),
+                "h_text_null": self.encode_text(cond["tokens"], mask, ~keep),
+                "spk": self.encode_speaker(cond["prompt"], cond["prompt_mask"], None)}
+
     def forward(self, x: Tensor, *, t: Tensor, r: Tensor | None = None, cond: Mapping[str, Tensor]) -> Tensor:
         b, _, n = x.shape
         mask = cond.get("mask")
@@ -113,8 +131,16 @@ class Token2Mel(nn.Module):
             raise ValueError(f"cond['tokens'] must be (B, T) = {(b, n)}, got {tuple(cond['tokens'].shape)}")
         drop = cond.get("drop")
         m = mask[:, None].to(x.dtype)
-        c = self.embed_time(t, r) + self.encode_speaker(cond["prompt"], cond["prompt_mask"], drop)
-        h = (self.in_proj(x) + self.encode_text(cond["tokens"], mask, drop)) * m
+        if "h_text" in cond:  # encodings cached by encode_cond
+            h_text, spk = cond["h_text"], cond["spk"]
+            if drop is not None:
+                h_text = torch.where(drop[:, None, None], cond["h_text_null"], h_text)
+                spk = torch.where(drop[:, None], self.null_speaker.expand_as(spk), spk)
+        else:
+            h_text = self.encode_text(cond["tokens"], mask, drop)
+            spk = self.encode_speaker(cond["prompt"], cond["prompt_mask"], drop)
+        c = self.embed_time(t, r) + spk
+        h = (self.in_proj(x) + h_text) * m
         for blk in self.blocks:
             h = blk(h, c, mask=m)
         shift, scale = self.ada_out(c)[:, :, None].chunk(2, dim=1)

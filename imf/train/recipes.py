@@ -76,7 +76,10 @@ def distill(corpus, teacher_ckpt: str | Path, run_dir: str | Path, train_cfg: Tr
     guided = Guided(teacher, imf_cfg.cfg_scale)
 
     def objective(m, batch, g):
-        return intmeanflow_loss(m, guided, batch["x1"], cond_of(batch), batch["mask"], imf_cfg, g)
+        cond = cond_of(batch)
+        # the frozen teacher's text/speaker encodings are computed once per batch, not per sub-step
+        teacher_cond = teacher.encode_cond(cond) if hasattr(teacher, "encode_cond") else cond
+        return intmeanflow_loss(m, guided, batch["x1"], cond, batch["mask"], imf_cfg, g, teacher_cond=teacher_cond)
 
     trainer = Trainer(run_dir, student, objective, train_dataset(corpus, data_cfg, train_cfg.seed), collate,
                       train_cfg, params=params,
