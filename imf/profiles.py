@@ -26,6 +26,30 @@ _SMALL: dict[str, dict[str, Any]] = {
                           "ckpt_every": 100, "log_every": 10}},
     "eval": {"split": "test", "n_utts": 32, "batch_size": 32, "max_frames": 256, "seed": 1234,
              "teacher_nfes": [1, 2, 4, 8, 16, 32], "student_nfes": [1, 2, 3, 4], "cfg_scale": 2.0},
+    # notebook 07 (one-step Token2Wav): ~13-14 min on 2 cores in all (see imf/train/token2wav.py)
+    "token2wav": {
+        "vae": {"latent_dim": 16, "enc_dim": 128, "enc_layers": 2, "dec_dim": 192, "dec_low_layers": 2, "up": 4,
+                "dec_layers": 4},
+        "wave_loss": {"mel_weight": 1.0, "stft_weight": 1.0, "kl_weight": 1e-4},
+        "data": {"seg_frames": 25, "max_frames": 128, "prompt_frames": 50},
+        "generator": {"dim": 128, "n_layers": 4, "n_heads": 4, "ff_mult": 2, "token_layers": 2, "prompt_layers": 1},
+        "vae_train": {"steps": 600, "batch_size": 16, "lr": 2e-3, "warmup": 30, "ema_decay": 0.99,
+                      "ckpt_every": 100, "log_every": 10},
+        "fm_train": {"steps": 600, "batch_size": 16, "lr": 1e-3, "warmup": 30, "ema_decay": 0.99,
+                     "ckpt_every": 100, "log_every": 10},
+        "cfm": {"p_drop": 0.2},
+        "mf_train": {"steps": 600, "batch_size": 16, "lr": 1e-3, "warmup": 30, "ema_decay": 0.99,
+                     "ckpt_every": 100, "log_every": 10},
+        "meanflow": {"p_instant": 0.75, "cfg_scale": 1.0, "p_drop": 0.1},
+        "imf_train": {"steps": 200, "batch_size": 16, "lr": 5e-4, "warmup": 10, "ema_decay": 0.98,
+                      "ckpt_every": 50, "log_every": 5},
+        "imf": {"teacher_nfe": 8, "cfg_scale": 2.0, "p_instant": 0.2, "p_full": 0.2},
+        "decft_train": {"steps": 200, "batch_size": 16, "lr": 5e-4, "warmup": 10, "ema_decay": 0.98,
+                        "ckpt_every": 50, "log_every": 5},
+        "joint_train": {"steps": 200, "batch_size": 16, "lr": 1e-4, "warmup": 10, "ema_decay": 0.98,
+                        "ckpt_every": 50, "log_every": 5},
+        "eval": {"split": "test", "n_utts": 24, "seed": 1234, "fm_nfe": 10, "fm_cfg": 2.0, "rtf_repeats": 3},
+    },
 }
 
 _TINY: dict[str, dict[str, Any]] = {
@@ -45,6 +69,23 @@ _TINY: dict[str, dict[str, Any]] = {
                           "ckpt_every": 2, "log_every": 1}},
     "eval": {"split": "test", "n_utts": 4, "batch_size": 4, "max_frames": 256, "seed": 1234,
              "teacher_nfes": [1, 2, 4], "student_nfes": [1, 2], "cfg_scale": 2.0},
+    "token2wav": {
+        "vae": {"latent_dim": 8, "enc_dim": 16, "enc_layers": 1, "dec_dim": 16, "dec_low_layers": 1, "up": 4,
+                "dec_layers": 1},
+        "wave_loss": {"mel_weight": 1.0, "stft_weight": 1.0, "kl_weight": 1e-4},
+        "data": {"seg_frames": 12, "max_frames": 32, "prompt_frames": 12, "max_utts": 16},
+        "generator": {"dim": 32, "n_layers": 1, "n_heads": 2, "ff_mult": 2, "token_layers": 1, "prompt_layers": 1},
+        "vae_train": {"steps": 4, "batch_size": 4, "lr": 2e-3, "warmup": 1, "ema_decay": 0.5, "ckpt_every": 2, "log_every": 1},
+        "fm_train": {"steps": 4, "batch_size": 4, "lr": 2e-3, "warmup": 1, "ema_decay": 0.5, "ckpt_every": 2, "log_every": 1},
+        "cfm": {"p_drop": 0.2},
+        "mf_train": {"steps": 3, "batch_size": 4, "lr": 2e-3, "warmup": 1, "ema_decay": 0.5, "ckpt_every": 2, "log_every": 1},
+        "meanflow": {"p_instant": 0.75, "cfg_scale": 1.0, "p_drop": 0.1},
+        "imf_train": {"steps": 2, "batch_size": 4, "lr": 3e-4, "warmup": 1, "ema_decay": 0.5, "ckpt_every": 2, "log_every": 1},
+        "imf": {"teacher_nfe": 2, "cfg_scale": 2.0, "p_instant": 0.2, "p_full": 0.2},
+        "decft_train": {"steps": 2, "batch_size": 4, "lr": 5e-4, "warmup": 1, "ema_decay": 0.5, "ckpt_every": 2, "log_every": 1},
+        "joint_train": {"steps": 2, "batch_size": 4, "lr": 1e-4, "warmup": 1, "ema_decay": 0.5, "ckpt_every": 2, "log_every": 1},
+        "eval": {"split": "test", "n_utts": 3, "seed": 1234, "fm_nfe": 10, "fm_cfg": 2.0, "rtf_repeats": 1},
+    },
 }
 
 _PAPER: dict[str, dict[str, Any]] = copy.deepcopy(_SMALL)
@@ -56,6 +97,14 @@ _PAPER["student_train"].update(steps=20_000, batch_size=64, lr=2e-5, warmup=500,
                                ckpt_every=1000, log_every=50)
 _PAPER["meanflow_train"] = {"steps": 20_000}
 _PAPER["eval"].update(n_utts=512, batch_size=64, max_frames=1024)
+_PAPER["token2wav"]["vae"].update(latent_dim=24, enc_dim=256, dec_dim=512, dec_layers=8)  # the paper: dim 24
+_PAPER["token2wav"]["generator"].update(dim=768, n_layers=12, n_heads=12, token_layers=4)  # the paper's DiT-1D 768 x 12
+for _k in ("vae_train", "fm_train", "mf_train"):
+    _PAPER["token2wav"][_k].update(steps=200_000, batch_size=64, lr=2e-4, warmup=2000, ema_decay=0.9999, ckpt_every=2000)
+for _k in ("imf_train", "decft_train", "joint_train"):
+    _PAPER["token2wav"][_k].update(steps=20_000, batch_size=64, warmup=500, ema_decay=0.999, ckpt_every=1000)
+_PAPER["token2wav"]["meanflow"].update(p_instant=0.5)  # the paper's flow ratio 0.5
+_PAPER["token2wav"]["eval"].update(n_utts=512)
 
 PROFILES = {"tiny": _TINY, "small": _SMALL, "paper": _PAPER}
 

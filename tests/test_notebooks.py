@@ -87,3 +87,19 @@ def test_06_listen(tree):
     executed = (tree / "results/runs/06_listen.ipynb").read_text()
     assert executed.count("<audio") == 6  # the static players (2 utterances x 3 systems)
     assert "06 — listening comparison" in (tree / "results/README.md").read_text()
+
+
+def test_07_token2wav(tree):
+    m = run(tree, "07_token2wav", JUDGES="sim,pesq,stoi")
+    names = ["VAE oracle", "FM 10-step", "MF No-FT", "MF Decoder-FT", "MF Joint-FT", "IMF-distilled (1 step)"]
+    assert [r["system"] for r in m["table"]] == names
+    assert [r["nfe"] for r in m["table"]] == [0, 10, 1, 1, 1, 1]
+    assert {k: v["steps"] for k, v in m["stages"].items()} == {
+        "vae": 4, "fm": 4, "meanflow": 3, "imf": 2, "decoder_ft": 2, "joint_ft": 2}
+    assert all(1.0 <= r["pesq"] <= 4.7 and 0 < r["stoi"] <= 1 and r["rtf"] > 0 for r in m["table"])
+    assert m["speed_ratio_fm_mf"] > 0 and set(m["orderings"]) == {"sim", "pesq", "stoi"}
+    for run_name in ("vae", "fm", "mf", "imf", "mf_decft", "mf_joint"):
+        assert (tree / f"runs/tiny/t2w_{run_name}/checkpoints/last.pt").exists()
+    assert (tree / "results/07_token2wav/token2wav.png").exists()
+    assert (tree / "results/runs/07_token2wav.ipynb").read_text().count("<audio") == 6
+    assert "07 — one-step Token2Wav" in (tree / "results/README.md").read_text()

@@ -11,3 +11,10 @@ def build_model(name: str, config: dict):
         raise KeyError(f"unknown model class {name!r}; known: {sorted(MODELS)}")
     cls, cfg_cls = MODELS[name]
     return cls(cfg_cls.from_dict(config))
+
+
+# Token2Wav (one-step token -> waveform in a VAE latent space)
+from .dit import DiT1D, DiTConfig, Token2Wav, Token2WavConfig  # noqa: E402
+from .vae import VAEConfig, WaveVAE  # noqa: E402
+
+MODELS.update({"WaveVAE": (WaveVAE, VAEConfig), "DiT1D": (DiT1D, DiTConfig), "Token2Wav": (Token2Wav, Token2WavConfig)})
