@@ -26,7 +26,7 @@ _SMALL: dict[str, dict[str, Any]] = {
                           "ckpt_every": 100, "log_every": 10}},
     "eval": {"split": "test", "n_utts": 32, "batch_size": 32, "max_frames": 256, "seed": 1234,
              "teacher_nfes": [1, 2, 4, 8, 16, 32], "student_nfes": [1, 2, 3, 4], "cfg_scale": 2.0},
-    # notebook 07 (one-step Token2Wav): ~13-14 min on 2 cores in all (see imf/train/token2wav.py)
+    # notebook 07 (one-step Token2Wav): ~13 CPU-minutes in all (~10 min on 2 free cores); see imf/train/token2wav.py
     "token2wav": {
         "vae": {"latent_dim": 16, "enc_dim": 128, "enc_layers": 2, "dec_dim": 192, "dec_low_layers": 2, "up": 4,
                 "dec_layers": 4},

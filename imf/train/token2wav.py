@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -331,19 +332,23 @@ class VAEObjective(nn.Module):
 
 
 @torch.no_grad()
-def latent_stats(vae: WaveVAE, data: Utterances) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and std of ``mu`` over every frame of ``data`` ((latent_dim,) each)."""
+def latent_stats(vae: WaveVAE, data: Utterances) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-channel mean and std of ``mu`` over every frame of ``data``, and the RMS posterior std
+    ``exp(logvar / 2)``: ((latent_dim,) each). A std of ``mu`` not well above the posterior std
+    means the latent carries little information (posterior collapse)."""
     vae = vae.eval()
     s1 = torch.zeros(vae.config.latent_dim, dtype=torch.float64)
-    s2 = torch.zeros_like(s1)
+    s2, sv = torch.zeros_like(s1), torch.zeros_like(s1)
     n = 0
     for it in data.items:
-        mu = vae.encode(it["wav"][None])[0][0].double()
+        mu, logvar = vae.encode(it["wav"][None])
+        mu = mu[0].double()
         s1 += mu.sum(-1)
         s2 += (mu ** 2).sum(-1)
+        sv += logvar[0].double().exp().sum(-1)
         n += mu.shape[-1]
     mean = s1 / n
-    return mean.float(), (s2 / n - mean ** 2).clamp(min=1e-8).sqrt().float()
+    return mean.float(), (s2 / n - mean ** 2).clamp(min=1e-8).sqrt().float(), (sv / n).sqrt().float()
 
 
 def train_vae(corpus, run_dir: str | Path, model_cfg: VAEConfig = VAEConfig(), train_cfg: TrainConfig = TrainConfig(),
@@ -366,7 +371,12 @@ def train_vae(corpus, run_dir: str | Path, model_cfg: VAEConfig = VAEConfig(), t
                                     "corpus": str(corpus.root)},
                       progress=progress, desc="Token2Wav VAE")
     summary = trainer.fit()
-    mean, std = latent_stats(trainer.ema, data)
+    mean, std, post_std = latent_stats(trainer.ema, data)
+    summary["latent_snr"] = float((std / post_std).median())
+    if summary["latent_snr"] < 2.0:
+        warnings.warn(f"{run_dir}: the VAE latent barely varies beyond its posterior noise (median std(mu) / "
+                      f"posterior std = {summary['latent_snr']:.2f}): posterior collapse; lower the learning rate "
+                      "or kl_weight, or train longer", stacklevel=2)
     if not (torch.equal(trainer.ema.latent_mean, mean) and torch.equal(trainer.ema.latent_std, std.clamp(min=1e-4))):
         for m in (trainer.model, trainer.ema):
             m.set_latent_stats(mean, std)
