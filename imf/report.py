@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .runtime import atomic_write_text, repo_root
@@ -37,10 +38,10 @@ def table_md(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     """A DataFrame as a GitHub Markdown table (no extra dependency)."""
     cols = [str(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
-    for _, row in df.iterrows():
+    for row in df.itertuples(index=False):  # keeps each column's type (iterrows upcasts ints)
         cells = []
-        for v in row.tolist():
-            if isinstance(v, float):
+        for v in row:
+            if isinstance(v, (float, np.floating)):
                 cells.append(format(v, floatfmt))
             else:
                 cells.append(str(v))
