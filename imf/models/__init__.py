@@ -1,8 +1,9 @@
 """Concrete models. Nothing here imports training code."""
 from .student import freeze, student_from_teacher
 from .token2mel import Token2Mel, Token2MelConfig
+from .vocoder import GriffinLim, Vocoder, VocoderConfig, load_vocoder
 
-MODELS = {"Token2Mel": (Token2Mel, Token2MelConfig)}
+MODELS = {"Token2Mel": (Token2Mel, Token2MelConfig), "Vocoder": (Vocoder, VocoderConfig)}
 
 
 def build_model(name: str, config: dict):
