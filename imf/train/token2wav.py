@@ -52,7 +52,7 @@ from ..config import Config, require
 from ..losses import CFMConfig, IMFConfig, MeanFlowConfig, cfm_loss, intmeanflow_loss, meanflow_loss
 from ..models.dit import DiT1D, DiTConfig, Token2Wav
 from ..models.student import freeze, init_time_mix, student_from_teacher
-from ..models.vae import VAEConfig, WaveVAE, kl_divergence, pad_to_stride
+from ..models.vae import VAEConfig, WaveVAE, kl_divergence
 from ..solvers import Guided
 from .loop import TrainConfig, Trainer, load_model
 
@@ -475,7 +475,8 @@ class RefineObjective(nn.Module):
 
 def finetune_decoder(data: Utterances, vae_ckpt: str | Path, generator_ckpt: str | Path, run_dir: str | Path,
                      train_cfg: TrainConfig = TrainConfig(), loss_cfg: WaveLossConfig = WaveLossConfig(),
-                     data_cfg: T2WDataConfig = T2WDataConfig(), progress: bool = True) -> tuple[Trainer, dict[str, Any]]:
+                     data_cfg: T2WDataConfig = T2WDataConfig(),
+                     progress: bool = True) -> tuple[Trainer, dict[str, Any]]:
     """Decoder-only fine-tuning of the VAE decoder on latents of the FROZEN 1-step generator.
 
     The trained unit is a :class:`Token2Wav` (generator + VAE) so the result loads alone; only
@@ -622,24 +623,34 @@ def score_systems(wavs: dict[str, list[Tensor]], es: T2WEvalSet, judges: Sequenc
 @torch.no_grad()
 def rtf_table(systems: Sequence[T2WSystem], es: T2WEvalSet, repeats: int = 3):
     """Seconds per eval-set batch, side by side in one process: generator alone (``flow_s``) and
-    end to end (``total_s``, latent generation + decoding), real-time factors and speed-ups over
-    the first row that has a generator."""
+    end to end (``total_s``, latent generation + decoding), and real-time factors.
+
+    Timing is interleaved: each of ``repeats`` rounds times every system once (after one
+    warm-up round), and a system's time is its fastest round, so a burst of load from another
+    process does not land on one row only.
+    """
     import pandas as pd
 
     from ..bench import time_call
     from ..solvers import sample
 
-    rows = []
+    calls = {}
     for s in systems:
         s.system.eval()
-        if s.oracle:
-            total = time_call(lambda: s(es), repeats)
-            rows.append({"system": s.name, "nfe": 0, "flow_s": float("nan"), "total_s": total})
-            continue
         model = s.system.generator if s.model is None else s.model
-        flow = time_call(lambda: sample(model, es.z_0, s.time_grid, es.cond), repeats)
-        total = time_call(lambda: s(es), repeats)
-        rows.append({"system": s.name, "nfe": s.nfe, "flow_s": flow, "total_s": total})
+        flow = None if s.oracle else (lambda s=s, model=model: sample(model, es.z_0, s.time_grid, es.cond))
+        calls[s.name] = (flow, lambda s=s: s(es))
+    times = {name: ([], []) for name in calls}
+    for r in range(repeats + 1):
+        for name, (flow, total) in calls.items():
+            if flow is not None:
+                times[name][0].append(time_call(flow, repeats=1, warmup=0))
+            times[name][1].append(time_call(total, repeats=1, warmup=0))
+    rows = []
+    for s in systems:
+        flow_t, total_t = (t[1:] for t in times[s.name])  # round 0 is the warm-up
+        rows.append({"system": s.name, "nfe": s.nfe, "flow_s": min(flow_t) if flow_t else float("nan"),
+                     "total_s": min(total_t)})
     df = pd.DataFrame(rows)
     df["rtf"] = df["total_s"] / es.audio_seconds
     df["rtf_flow"] = df["flow_s"] / es.audio_seconds
