@@ -250,6 +250,11 @@ def test_stages_end_to_end_and_decoder_ft_keeps_the_generator_bit_for_bit(data, 
     assert lat.mean(-1).abs().max() < 1e-3 and (lat.std(-1) - 1).abs().max() < 0.05  # standardised
 
     T.train_generator(data, tmp_path / "fm", "fm", DIT_CFG, train_cfg(), data_cfg=DATA_CFG, progress=False)
+    # latents of another VAE cannot resume the run (the run records which VAE encoded its latents)
+    data.attach_latents(WaveVAE(VAE_CFG))
+    with pytest.raises(ValueError, match="different config"):
+        T.train_generator(data, tmp_path / "fm", "fm", DIT_CFG, train_cfg(), data_cfg=DATA_CFG, progress=False)
+    data.attach_latents(vae)
     T.train_generator(data, tmp_path / "mf", "meanflow", DIT_CFG, train_cfg(), mf_cfg=MeanFlowConfig(),
                       data_cfg=DATA_CFG, progress=False)
     T.distill_generator(data, tmp_path / "fm/checkpoints/last.pt", tmp_path / "imf", train_cfg(),

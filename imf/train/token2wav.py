@@ -158,6 +158,7 @@ class Utterances(torch.utils.data.Dataset):
                                "tokens": tokenizer.tokens(corpus, str(ident), t), "speaker": str(speaker),
                                "text": str(text)})
         self.index = {it["id"]: i for i, it in enumerate(self.items)}
+        self.latent_source: str | None = None  # fingerprint of the VAE that encoded the latents
         self.by_speaker: dict[str, list[int]] = {}
         for i, it in enumerate(self.items):
             self.by_speaker.setdefault(it["speaker"], []).append(i)
@@ -175,12 +176,30 @@ class Utterances(torch.utils.data.Dataset):
 
     @torch.no_grad()
     def attach_latents(self, vae: WaveVAE) -> "Utterances":
-        """Encode every utterance (one at a time, whole) with ``vae``: ``item["latent"]`` (C, T) standardised."""
+        """Encode every utterance (one at a time, whole) with ``vae``: ``item["latent"]`` (C, T) standardised.
+
+        ``latent_source`` becomes a fingerprint of the VAE's weights; the generator and
+        fine-tuning runs record it, so resuming one of them on latents of a different VAE is
+        refused instead of silently mixing latent spaces.
+        """
         vae = vae.eval()
         for it in self.items:
             mu, _ = vae.encode(it["wav"][None])
             it["latent"] = vae.normalize(mu)[0]
+        self.latent_source = state_fingerprint(vae)
         return self
+
+
+def state_fingerprint(model: nn.Module) -> str:
+    """SHA-1 (16 hex digits) of a model's state dict: names, shapes and float32 bytes."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def collate_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -387,6 +406,11 @@ def train_vae(corpus, run_dir: str | Path, model_cfg: VAEConfig = VAEConfig(), t
 # ---------------------------------------------------------------------------------------------
 # Stage 2: latent generators (flow matching, MeanFlow) and the IntMeanFlow student
 # ---------------------------------------------------------------------------------------------
+def _require_latents(data: Utterances) -> None:
+    if data.latent_source is None:
+        raise ValueError("data has no latents: call data.attach_latents(vae) first")
+
+
 def train_generator(data: Utterances, run_dir: str | Path, kind: str, model_cfg: DiTConfig = DiTConfig(),
                     train_cfg: TrainConfig = TrainConfig(), cfm_cfg: CFMConfig = CFMConfig(),
                     mf_cfg: MeanFlowConfig = MeanFlowConfig(), data_cfg: T2WDataConfig = T2WDataConfig(),
@@ -400,8 +424,7 @@ def train_generator(data: Utterances, run_dir: str | Path, kind: str, model_cfg:
     """
     if kind not in ("fm", "meanflow"):
         raise ValueError(f"kind must be 'fm' or 'meanflow', got {kind!r}")
-    if "latent" not in data.items[0]:
-        raise ValueError("data has no latents: call data.attach_latents(vae) first")
+    _require_latents(data)
     model_cfg = model_cfg.replace(latent_dim=int(data.items[0]["latent"].shape[0]),
                                   n_tokens=data.tokenizer.vocab_size(data.corpus), mean_flow=kind == "meanflow")
     torch.manual_seed(train_cfg.seed)
@@ -415,7 +438,8 @@ def train_generator(data: Utterances, run_dir: str | Path, kind: str, model_cfg:
             return cfm_loss(m, b["x1"], b["cond"], b["cond"]["mask"], cfm_cfg, g)
         return meanflow_loss(m, b["x1"], b["cond"], b["cond"]["mask"], mf_cfg, g)
 
-    extra = {"objective": kind, "data": data_cfg.to_dict(), "corpus": str(data.corpus.root)}
+    extra = {"objective": kind, "data": data_cfg.to_dict(), "corpus": str(data.corpus.root),
+             "latents": data.latent_source}
     extra.update({"cfm": cfm_cfg.to_dict()} if kind == "fm" else {"meanflow": mf_cfg.to_dict()})
     trainer = Trainer(run_dir, model, objective, data, collate_items, train_cfg, extra_config=extra,
                       progress=progress, desc=f"Token2Wav generator ({kind})")
@@ -428,6 +452,7 @@ def distill_generator(data: Utterances, teacher_ckpt: str | Path, run_dir: str |
                       progress: bool = True) -> tuple[Trainer, dict[str, Any]]:
     """IntMeanFlow: a 1-step student of the FM generator in ``teacher_ckpt`` (init strategy,
     guided teacher rollouts of :func:`imf.losses.intmeanflow_loss`)."""
+    _require_latents(data)
     teacher = load_model(teacher_ckpt)
     student = student_from_teacher(teacher).train()
     params = freeze(student, freeze_mode)
@@ -439,7 +464,8 @@ def distill_generator(data: Utterances, teacher_ckpt: str | Path, run_dir: str |
 
     trainer = Trainer(run_dir, student, objective, data, collate_items, train_cfg, params=params,
                       extra_config={"imf": imf_cfg.to_dict(), "data": data_cfg.to_dict(), "freeze": freeze_mode,
-                                    "teacher": str(teacher_ckpt), "corpus": str(data.corpus.root)},
+                                    "teacher": str(teacher_ckpt), "corpus": str(data.corpus.root),
+                                    "latents": data.latent_source},
                       progress=progress, desc=f"Token2Wav IntMeanFlow student (N={imf_cfg.teacher_nfe})")
     return trainer, trainer.fit()
 
@@ -483,6 +509,7 @@ def finetune_decoder(data: Utterances, vae_ckpt: str | Path, generator_ckpt: str
     ``vae.decoder_parameters()`` are optimised, the generator (and encoder) keep their weights
     bit for bit (their EMA too: the EMA of an unchanged weight is that weight).
     """
+    _require_latents(data)
     system = Token2Wav.from_parts(load_model(vae_ckpt), load_model(generator_ckpt))
     system.requires_grad_(False)
     params = system.vae.decoder_parameters()
@@ -492,7 +519,7 @@ def finetune_decoder(data: Utterances, vae_ckpt: str | Path, generator_ckpt: str
                       train_cfg, params=params,
                       extra_config={"stage": "decoder_ft", "wave_loss": loss_cfg.to_dict(), "data": data_cfg.to_dict(),
                                     "vae": str(vae_ckpt), "generator": str(generator_ckpt),
-                                    "corpus": str(data.corpus.root)},
+                                    "corpus": str(data.corpus.root), "latents": data.latent_source},
                       progress=progress, desc="Token2Wav decoder-only FT")
     return trainer, trainer.fit()
 
@@ -502,6 +529,7 @@ def finetune_joint(data: Utterances, system_ckpt: str | Path, run_dir: str | Pat
                    data_cfg: T2WDataConfig = T2WDataConfig(), progress: bool = True) -> tuple[Trainer, dict[str, Any]]:
     """Joint fine-tuning of generator + decoder (from a decoder-FT :class:`Token2Wav` checkpoint)
     through the generator's 1-step output, with the waveform loss; the encoder stays frozen."""
+    _require_latents(data)
     system = load_model(system_ckpt)
     system.requires_grad_(False)
     params = list(system.generator.parameters()) + system.vae.decoder_parameters()
@@ -510,7 +538,8 @@ def finetune_joint(data: Utterances, system_ckpt: str | Path, run_dir: str | Pat
     trainer = Trainer(run_dir, system, RefineObjective(data, loss_cfg, data_cfg, joint=True), data, collate_items,
                       train_cfg, params=params,
                       extra_config={"stage": "joint_ft", "wave_loss": loss_cfg.to_dict(), "data": data_cfg.to_dict(),
-                                    "init": str(system_ckpt), "corpus": str(data.corpus.root)},
+                                    "init": str(system_ckpt), "corpus": str(data.corpus.root),
+                                    "latents": data.latent_source},
                       progress=progress, desc="Token2Wav joint FT")
     return trainer, trainer.fit()
 
