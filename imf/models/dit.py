@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Config, require
-from .layers import ConvNeXtBlock, TimeEmbedding
+from .layers import ConvNeXtBlock, PromptConditioned
 from .vae import VAEConfig, WaveVAE
 
 
@@ -112,22 +112,15 @@ class DiTBlock(nn.Module):
         return x
 
 
-class DiT1D(nn.Module):
+class DiT1D(PromptConditioned):
     """The Token2Wav latent generator; see the module docstring for ``cond`` and shapes."""
 
     def __init__(self, config: DiTConfig = DiTConfig()):
         super().__init__()
         self.config = c = config
         d, k = c.dim, c.kernel_size
-        self.null_token = c.n_tokens
-        self.token_embed = nn.Embedding(c.n_tokens + 1, d)
-        self.token_encoder = nn.ModuleList(ConvNeXtBlock(d, k, 2) for _ in range(c.token_layers))
-        self.prompt_in = nn.Conv1d(c.latent_dim, d, 3, padding=1)
-        self.prompt_encoder = nn.ModuleList(ConvNeXtBlock(d, k, 2) for _ in range(c.prompt_layers))
-        self.speaker_proj = nn.Linear(d, d)
-        self.null_speaker = nn.Parameter(torch.zeros(d))
-        self.time_embed = TimeEmbedding(d, c.time_freq_dim)
-        self.time_mix = nn.Linear(2 * d, d, bias=False) if c.mean_flow else None
+        self.init_conditioning(d, c.latent_dim, c.n_tokens, k, 2, c.token_layers, c.prompt_layers,
+                               c.time_freq_dim, c.mean_flow)
         self.in_proj = nn.Conv1d(c.latent_dim, d, 1)
         self.pos_conv = nn.Conv1d(d, d, k, padding=k // 2, groups=d)
         self.blocks = nn.ModuleList(DiTBlock(d, c.n_heads, c.ff_mult, c.attn_impl) for _ in range(c.n_layers))
@@ -137,35 +130,6 @@ class DiT1D(nn.Module):
         for m in (self.ada_out[1], self.proj_out):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
-
-    def embed_time(self, t: Tensor, r: Tensor | None = None) -> Tensor:
-        """(B,) -> (B, dim). Teacher: ``e_t``. Mean-flow model: ``W [e_t, e_r]`` (``r=None`` means r = t)."""
-        e_t = self.time_embed(t)
-        if self.time_mix is None:
-            return e_t
-        e_r = self.time_embed(t if r is None else r)
-        return self.time_mix(torch.cat([e_t, e_r], dim=-1))
-
-    def encode_tokens(self, tokens: Tensor, mask: Tensor, drop: Tensor | None) -> Tensor:
-        """tokens (B, T) -> (B, dim, T)."""
-        if drop is not None:
-            tokens = torch.where(drop[:, None], torch.full_like(tokens, self.null_token), tokens)
-        m = mask[:, None].to(torch.float32)
-        h = self.token_embed(tokens).transpose(1, 2) * m
-        for blk in self.token_encoder:
-            h = blk(h, mask=m)
-        return h
-
-    def encode_speaker(self, prompt: Tensor, prompt_mask: Tensor, drop: Tensor | None) -> Tensor:
-        """prompt (B, latent_dim, Tp) -> (B, dim), masked mean over frames."""
-        m = prompt_mask[:, None].to(prompt.dtype)
-        h = self.prompt_in(prompt * m) * m
-        for blk in self.prompt_encoder:
-            h = blk(h, mask=m)
-        s = self.speaker_proj(h.sum(-1) / m.sum(-1).clamp(min=1.0))
-        if drop is not None:
-            s = torch.where(drop[:, None], self.null_speaker.expand_as(s), s)
-        return s
 
     def forward(self, x: Tensor, *, t: Tensor, r: Tensor | None = None, cond: Mapping[str, Tensor]) -> Tensor:
         b, ch, n = x.shape
@@ -179,7 +143,7 @@ class DiT1D(nn.Module):
         drop = cond.get("drop")
         m = mask[:, None].to(x.dtype)
         c = self.embed_time(t, r) + self.encode_speaker(cond["prompt"], cond["prompt_mask"], drop)
-        h = (self.in_proj(x) + self.encode_tokens(cond["tokens"], mask, drop)) * m
+        h = (self.in_proj(x) + self.encode_text(cond["tokens"], mask, drop)) * m
         h = (h + self.pos_conv(h)) * m
         h = h.transpose(1, 2)  # (B, T, D)
         key_mask = None if bool(mask.all()) else mask
@@ -188,13 +152,6 @@ class DiT1D(nn.Module):
         shift, scale = self.ada_out(c).chunk(2, dim=-1)
         h = modulate(self.norm_out(h), shift, scale)
         return self.proj_out(h).transpose(1, 2) * m
-
-    def estimator_parameters(self) -> list[nn.Parameter]:
-        """Everything but the token and prompt encoders (``freeze(model, "encoder")``)."""
-        enc = {id(p) for mod in (self.token_embed, self.token_encoder, self.prompt_in, self.prompt_encoder,
-                                 self.speaker_proj) for p in mod.parameters()}
-        enc.add(id(self.null_speaker))
-        return [p for p in self.parameters() if id(p) not in enc]
 
 
 # ---------------------------------------------------------------------------------------------

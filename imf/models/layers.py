@@ -74,3 +74,67 @@ class ConvNeXtBlock(nn.Module):
             h = h * gate
         x = x + h
         return x if mask is None else x * mask
+
+
+class PromptConditioned(nn.Module):
+    """Base of the package's generators: the time path and the text / speaker-prompt encoders.
+
+    A subclass calls :meth:`init_conditioning` first in ``__init__`` and gets
+
+    * ``embed_time(t, r=None)`` (B,) -> (B, dim): ``e_t = MLP(sin(t))``; with ``mean_flow``
+      also ``e_r`` through the SAME modules and ``time_mix = Linear(2 dim, dim, bias=False)``
+      on ``[e_t, e_r]`` after the MLP (a student adds ``r`` here; ``W = [I | 0]`` makes it
+      equal its teacher);
+    * ``encode_text(tokens, mask, drop)`` (B, T) -> (B, dim, T), dropped rows use a null token;
+    * ``encode_speaker(prompt, prompt_mask, drop)`` (B, C, Tp) -> (B, dim), a masked mean of
+      an encoded prompt of another utterance (dropped rows use a learned null speaker);
+    * ``estimator_parameters()``: everything but the text and prompt encoders.
+    """
+
+    def init_conditioning(self, dim: int, in_channels: int, n_tokens: int, kernel_size: int, ff_mult: int,
+                          text_layers: int, prompt_layers: int, time_freq_dim: int, mean_flow: bool) -> None:
+        self.null_token = n_tokens  # extra embedding row for dropped conditioning
+        self.token_embed = nn.Embedding(n_tokens + 1, dim)
+        self.text_encoder = nn.ModuleList(ConvNeXtBlock(dim, kernel_size, ff_mult) for _ in range(text_layers))
+        self.prompt_in = nn.Conv1d(in_channels, dim, 3, padding=1)
+        self.prompt_encoder = nn.ModuleList(ConvNeXtBlock(dim, kernel_size, ff_mult) for _ in range(prompt_layers))
+        self.speaker_proj = nn.Linear(dim, dim)
+        self.null_speaker = nn.Parameter(torch.zeros(dim))
+        self.time_embed = TimeEmbedding(dim, time_freq_dim)
+        self.time_mix = nn.Linear(2 * dim, dim, bias=False) if mean_flow else None
+
+    def embed_time(self, t: Tensor, r: Tensor | None = None) -> Tensor:
+        """(B,) -> (B, dim). Teacher: ``e_t``. Mean-flow model: ``W [e_t, e_r]`` (``r=None`` means r = t)."""
+        e_t = self.time_embed(t)
+        if self.time_mix is None:
+            return e_t
+        e_r = self.time_embed(t if r is None else r)
+        return self.time_mix(torch.cat([e_t, e_r], dim=-1))
+
+    def encode_text(self, tokens: Tensor, mask: Tensor, drop: Tensor | None) -> Tensor:
+        """tokens (B, T) long, mask (B, T) bool, drop (B,) bool or None -> (B, dim, T)."""
+        if drop is not None:
+            tokens = torch.where(drop[:, None], torch.full_like(tokens, self.null_token), tokens)
+        m = mask[:, None].to(torch.float32)
+        h = self.token_embed(tokens).transpose(1, 2) * m
+        for blk in self.text_encoder:
+            h = blk(h, mask=m)
+        return h
+
+    def encode_speaker(self, prompt: Tensor, prompt_mask: Tensor, drop: Tensor | None) -> Tensor:
+        """prompt (B, C, Tp), prompt_mask (B, Tp) bool, drop (B,) bool or None -> (B, dim)."""
+        m = prompt_mask[:, None].to(torch.float32)
+        h = self.prompt_in(prompt * m) * m
+        for blk in self.prompt_encoder:
+            h = blk(h, mask=m)
+        s = self.speaker_proj(h.sum(-1) / m.sum(-1).clamp(min=1.0))
+        if drop is not None:
+            s = torch.where(drop[:, None], self.null_speaker.expand_as(s), s)
+        return s
+
+    def estimator_parameters(self) -> list[nn.Parameter]:
+        """Everything but the text and prompt encoders (``freeze(model, "encoder")``)."""
+        enc = {id(p) for mod in (self.token_embed, self.text_encoder, self.prompt_in, self.prompt_encoder,
+                                 self.speaker_proj) for p in mod.parameters()}
+        enc.add(id(self.null_speaker))
+        return [p for p in self.parameters() if id(p) not in enc]

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config, require
-from .layers import ChannelNorm, ConvNeXtBlock, TimeEmbedding
+from .layers import ChannelNorm, ConvNeXtBlock, PromptConditioned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Token2MelConfig(Config):
         require(self.n_layers >= 1, "n_layers", "must be >= 1")
 
 
-class Token2Mel(nn.Module):
+class Token2Mel(PromptConditioned):
     """``model(x, *, t, r=None, cond) -> v``: x (B, n_mels, T), t/r (B,), output (B, n_mels, T).
 
     ``cond``: ``tokens`` (B, T) long, ``mask`` (B, T) bool, ``prompt`` (B, n_mels, Tp),
@@ -53,16 +53,8 @@ class Token2Mel(nn.Module):
         super().__init__()
         self.config = c = config
         d = c.dim
-        self.null_token = c.n_tokens  # extra embedding row for dropped conditioning
-        self.token_embed = nn.Embedding(c.n_tokens + 1, d)
-        self.text_encoder = nn.ModuleList(ConvNeXtBlock(d, c.kernel_size, c.ff_mult) for _ in range(c.text_layers))
-        self.prompt_in = nn.Conv1d(c.n_mels, d, 3, padding=1)
-        self.prompt_encoder = nn.ModuleList(
-            ConvNeXtBlock(d, c.kernel_size, c.ff_mult) for _ in range(c.prompt_layers))
-        self.speaker_proj = nn.Linear(d, d)
-        self.null_speaker = nn.Parameter(torch.zeros(d))
-        self.time_embed = TimeEmbedding(d, c.time_freq_dim)
-        self.time_mix = nn.Linear(2 * d, d, bias=False) if c.mean_flow else None
+        self.init_conditioning(d, c.n_mels, c.n_tokens, c.kernel_size, c.ff_mult, c.text_layers,
+                               c.prompt_layers, c.time_freq_dim, c.mean_flow)
         self.in_proj = nn.Conv1d(c.n_mels, d, 1)
         self.blocks = nn.ModuleList(
             ConvNeXtBlock(d, c.kernel_size, c.ff_mult, cond_dim=d) for _ in range(c.n_layers))
@@ -72,37 +64,6 @@ class Token2Mel(nn.Module):
         for m in (self.ada_out[1], self.proj_out):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
-
-    # -- the time path (a student adds r here) --------------------------------------
-    def embed_time(self, t: Tensor, r: Tensor | None = None) -> Tensor:
-        """(B,) -> (B, dim). Teacher: ``e_t``. Student: ``W [e_t, e_r]`` (``r=None`` means r = t)."""
-        e_t = self.time_embed(t)
-        if self.time_mix is None:
-            return e_t
-        e_r = self.time_embed(t if r is None else r)
-        return self.time_mix(torch.cat([e_t, e_r], dim=-1))
-
-    # -- conditioning ------------------------------------------------------------------
-    def encode_text(self, tokens: Tensor, mask: Tensor, drop: Tensor | None) -> Tensor:
-        """tokens (B, T) -> (B, dim, T)."""
-        if drop is not None:
-            tokens = torch.where(drop[:, None], torch.full_like(tokens, self.null_token), tokens)
-        m = mask[:, None].to(torch.float32)
-        h = self.token_embed(tokens).transpose(1, 2) * m
-        for blk in self.text_encoder:
-            h = blk(h, mask=m)
-        return h
-
-    def encode_speaker(self, prompt: Tensor, prompt_mask: Tensor, drop: Tensor | None) -> Tensor:
-        """prompt (B, n_mels, Tp) -> (B, dim), masked mean over frames."""
-        m = prompt_mask[:, None].to(torch.float32)
-        h = self.prompt_in(prompt * m) * m
-        for blk in self.prompt_encoder:
-            h = blk(h, mask=m)
-        s = self.speaker_proj(h.sum(-1) / m.sum(-1).clamp(min=1.0))
-        if drop is not None:
-            s = torch.where(drop[:, None], self.null_speaker.expand_as(s), s)
-        return s
 
     @torch.no_grad()
     def encode_cond(self, cond: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -146,10 +107,3 @@ class Token2Mel(nn.Module):
         shift, scale = self.ada_out(c)[:, :, None].chunk(2, dim=1)
         h = self.norm_out(h) * (1 + scale) + shift
         return self.proj_out(h) * m
-
-    def estimator_parameters(self):
-        """Parameters of the estimator (everything but the token and prompt encoders)."""
-        enc = {id(p) for mod in (self.token_embed, self.text_encoder, self.prompt_in, self.prompt_encoder,
-                                 self.speaker_proj) for p in mod.parameters()}
-        enc.add(id(self.null_speaker))
-        return [p for p in self.parameters() if id(p) not in enc]
