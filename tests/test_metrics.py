@@ -1,7 +1,7 @@
 import torch
 
 from imf.eval.metrics import (distance, fine_structure, fine_structure_ratio, global_variance_ratio,
-                              intrinsic_metrics)
+                              intrinsic_metrics, noise_correlation)
 
 
 def harmonic_mel(b=2, c=80, t=50, amp=1.0, seed=0):
@@ -35,3 +35,12 @@ def test_global_variance_ratio_and_mask():
     m = intrinsic_metrics(gen, real, mask, ref=real)
     assert abs(m["gv_ratio"] - 1) < 1e-9 and m["dist_ref"] == 0.0
     assert abs(distance(real + 0.5, real) - 0.5) < 1e-9
+
+
+def test_noise_correlation_signs():
+    g = torch.Generator().manual_seed(3)
+    z_0 = torch.randn(2, 80, 40, generator=g)
+    flat = torch.full_like(z_0, -4.0)  # no fine structure of its own
+    assert abs(noise_correlation(flat - 0.7 * z_0, z_0) + 1) < 1e-9  # an inverted copy of the noise
+    assert abs(noise_correlation(flat + 2.0 * z_0, z_0) - 1) < 1e-9
+    assert abs(noise_correlation(harmonic_mel(2, 80, 40, seed=5), z_0)) < 0.05  # unrelated structure

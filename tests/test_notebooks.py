@@ -45,6 +45,7 @@ def test_01_teacher(tree):
     m = run(tree, "01_teacher")
     assert m["steps"] == 12 and m["final_loss"] > 0
     assert 0 < m["fs_ratio_cfg_1"] and 0 < m["fs_ratio_cfg_max"]
+    assert -1 <= m["noise_corr_1"] <= 1 and -1 <= m["noise_corr_max"] <= 1
     assert (tree / "runs/tiny/teacher/checkpoints/last.pt").exists()
     readme = (tree / "results/README.md").read_text()
     assert "01 — token2mel teacher" in readme and "fs_ratio" in readme

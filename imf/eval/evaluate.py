@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .. import schedules
 from ..solvers import Guided, sample
-from .metrics import intrinsic_metrics
+from .metrics import intrinsic_metrics, noise_correlation
 
 
 @dataclasses.dataclass
@@ -116,7 +116,8 @@ def nfe_sweep(es: EvalSet, points: Sequence[tuple[System, int]], reference: Tens
     """Evaluate each (system, nfe) point on ``es``.
 
     ``reference``: normalised mel (N, C, T), or a (system, nfe) point generated first, whose
-    output on the same noise gives the ``dist_ref`` column. Returns a table (one row per
+    output on the same noise gives the ``dist_ref`` column; ``noise_corr`` correlates each
+    output's fine structure with its noise (see :mod:`imf.eval.metrics`). Returns a table (one row per
     point) and, if ``keep``, the generated normalised mels keyed by (system name, nfe).
     """
     real = es.real_logmel()
@@ -130,7 +131,7 @@ def nfe_sweep(es: EvalSet, points: Sequence[tuple[System, int]], reference: Tens
         x, calls, secs = generate(system.model, es, grid, system.method, batch_size)
         gen = es.corpus.denormalize(x) * es.mask[:, None]
         row = {"system": system.name, "schedule": system.schedule, "nfe": calls, "seconds": secs,
-               **intrinsic_metrics(gen, real, es.mask, ref)}
+               **intrinsic_metrics(gen, real, es.mask, ref), "noise_corr": noise_correlation(x, es.z_0, es.mask)}
         if judges is not None:
             row.update(judges(es, x))
         row["grid"] = " ".join(f"{v:.3f}" for v in grid.tolist())
