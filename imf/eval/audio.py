@@ -10,12 +10,31 @@ on the real audio the corpus ceiling.
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
 from .judges import JudgeItem, evaluate, summarise
+
+
+def wer_voices(override: str = "") -> list[str] | None:
+    """Voices scored by WER: ``override`` (comma-separated) if given, else the list notebook
+    00_vocoder chose (real-recording WER within its threshold, ``results/00_vocoder/metrics.json``),
+    else None (WER on every voice)."""
+    from ..report import results_dir
+
+    voices = [v for v in override.split(",") if v]
+    if voices:
+        return voices
+    path = results_dir() / "00_vocoder" / "metrics.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text()).get("wer_voices") or None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); re-run notebooks/00_vocoder.ipynb") from e
 
 
 class AudioJudges:
