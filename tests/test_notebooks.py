@@ -68,6 +68,15 @@ def test_04_o3s(tree):
     assert {(s["model"], s["nfe"]) for s in m["searches"]} == {("student", 2), ("teacher", 5)}
     assert all(s["dev_best"] >= s["dev_init"] for s in m["searches"])
     assert (tree / "results/04_o3s/student_nfe2/grid.json").exists()
+    (v,) = m["student_verdict"]
+    assert v["gain_se"] >= 0 and v["verdict"] in ("O3S better", "uniform better", "within noise (|gain| <= 2 se)")
+
+
+def test_04_o3s_on_an_intrinsic_metric(tree):
+    m = run(tree, "04_o3s", METRIC="neg_dist_ref", MAX_EVALS=6, ITERS=2, SCAN_POINTS=3, STUDENT_NFES="2",
+            TEACHER_NFES="5")
+    (v,) = m["student_verdict"]
+    assert v["metric"] == "dist_ref" and v["gain_se"] >= 0 and v["uniform"] > 0 and v["o3s"] > 0
 
 
 def test_05_meanflow_vs_imf(tree):
