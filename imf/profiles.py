@@ -33,7 +33,7 @@ _SMALL: dict[str, dict[str, Any]] = {
         "wave_loss": {"mel_weight": 1.0, "stft_weight": 1.0, "kl_weight": 1e-4},
         "data": {"seg_frames": 25, "max_frames": 128, "prompt_frames": 50},
         "generator": {"dim": 128, "n_layers": 4, "n_heads": 4, "ff_mult": 2, "token_layers": 2, "prompt_layers": 1},
-        "vae_train": {"steps": 600, "batch_size": 16, "lr": 2e-3, "warmup": 30, "ema_decay": 0.99,
+        "vae_train": {"steps": 600, "batch_size": 16, "lr": 5e-4, "warmup": 30, "ema_decay": 0.99,  # 2e-3 collapsed (latent SNR 0.007)
                       "ckpt_every": 100, "log_every": 10},
         "fm_train": {"steps": 600, "batch_size": 16, "lr": 1e-3, "warmup": 30, "ema_decay": 0.99,
                      "ckpt_every": 100, "log_every": 10},
