@@ -35,8 +35,8 @@ def section_dir(name: str) -> Path:
 
 
 def table_md(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    """A DataFrame as a GitHub Markdown table (no extra dependency)."""
-    cols = [str(c) for c in df.columns]
+    """A DataFrame as a GitHub Markdown table (no extra dependency); ``|`` in a cell is escaped."""
+    cols = [str(c).replace("|", "\\|") for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
     for row in df.itertuples(index=False):  # keeps each column's type (iterrows upcasts ints)
         cells = []
@@ -44,7 +44,7 @@ def table_md(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
             if isinstance(v, (float, np.floating)):
                 cells.append(format(v, floatfmt))
             else:
-                cells.append(str(v))
+                cells.append(str(v).replace("|", "\\|"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

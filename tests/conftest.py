@@ -15,3 +15,9 @@ def nb_env(tmp_path, monkeypatch):
     monkeypatch.setenv("IMF_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("IMF_DATA", str(tmp_path / "data"))
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch():
+    """Every test sees the same global RNG state, whatever ran before it (no order-dependent draws)."""
+    torch.manual_seed(0)

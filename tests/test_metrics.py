@@ -26,7 +26,7 @@ def test_blur_lowers_fine_structure_ratio_and_identity_is_one():
 
 
 def test_global_variance_ratio_and_mask():
-    real = torch.randn(2, 8, 30)
+    real = torch.randn(2, 8, 30, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert abs(global_variance_ratio(2 * real, real) - 4) < 1e-9
     mask = torch.ones(2, 30, dtype=torch.bool)
     mask[:, 20:] = False
@@ -44,3 +44,15 @@ def test_noise_correlation_signs():
     assert abs(noise_correlation(flat - 0.7 * z_0, z_0) + 1) < 1e-9  # an inverted copy of the noise
     assert abs(noise_correlation(flat + 2.0 * z_0, z_0) - 1) < 1e-9
     assert abs(noise_correlation(harmonic_mel(2, 80, 40, seed=5), z_0)) < 0.05  # unrelated structure
+
+
+def test_table_md_keeps_ints_and_escapes_pipes():
+    import pandas as pd
+
+    from imf.report import table_md
+
+    md = table_md(pd.DataFrame({"nfe": [1, 32], "verdict": ["a | b", "c"], "x": [0.5, 1.25]}))
+    lines = md.splitlines()
+    assert lines[0] == "| nfe | verdict | x |"
+    assert lines[2] == "| 1 | a \\| b | 0.500 |" and lines[3] == "| 32 | c | 1.250 |"
+    assert all(line.replace("\\|", "").count("|") == 4 for line in lines)  # 3 columns on every row
