@@ -38,6 +38,7 @@ of the same speaker; judges of :mod:`imf.eval.judges` through
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import warnings
 import zlib
@@ -192,8 +193,6 @@ class Utterances(torch.utils.data.Dataset):
 
 def state_fingerprint(model: nn.Module) -> str:
     """SHA-1 (16 hex digits) of a model's state dict: names, shapes and float32 bytes."""
-    import hashlib
-
     h = hashlib.sha1()
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
