@@ -61,6 +61,7 @@ def test_02_distill(tree):
 def test_03_nfe_curves(tree):
     m = run(tree, "03_nfe_curves", SPEED_REPEATS=1)
     assert m["student_fs_ratio_1"] > 0 and m["speedup_student_1"] > 1
+    assert m["dist_criterion_below_teacher_4"] == (m["student_dist_ref_1"] < m["teacher_cfg_dist_ref_4"])
 
 
 def test_04_o3s(tree):
