@@ -16,9 +16,9 @@ _SMALL: dict[str, dict[str, Any]] = {
     "teacher_train": {"steps": 1500, "batch_size": 16, "lr": 1e-3, "warmup": 100, "ema_decay": 0.998,
                       "ckpt_every": 100, "log_every": 10},
     "cfm": {"p_drop": 0.2},
-    "student_train": {"steps": 800, "batch_size": 16, "lr": 3e-4, "warmup": 20, "ema_decay": 0.99,
+    "student_train": {"steps": 3000, "batch_size": 16, "lr": 3e-4, "warmup": 20, "ema_decay": 0.99,
                       "ckpt_every": 50, "log_every": 5},
-    "meanflow_train": {"steps": 800},  # = the IntMeanFlow student's steps (equal-steps comparison in 05)
+    "meanflow_train": {"steps": 3000},  # = the IntMeanFlow student's steps (equal-steps comparison in 05)
     "imf": {"teacher_nfe": 16, "cfg_scale": 2.0, "p_instant": 0.2, "p_full": 0.1},
     "ablation": {"teacher_nfes": [2, 4, 8, 16, 32], "steps": 100, "batch_size": 8},
     "vocoder": {"model": {"dim": 192, "n_layers": 6}, "seg_seconds": 1.0, "per_voice": 10,
