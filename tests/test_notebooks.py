@@ -58,6 +58,32 @@ def test_02_distill(tree):
     assert all(r["sec_per_step"] > 0 for r in m["ablation"])
 
 
+def test_distill_second_stage_starts_from_the_student(tree):
+    """``distill(init=student)`` continues from the student's EMA weights (not the teacher's)."""
+    import torch
+
+    from imf.data import load_corpus
+    from imf.losses import IMFConfig
+    from imf.train.loop import TrainConfig, load_checkpoint, load_model
+    from imf.train.recipes import distill
+
+    runs = tree / "runs" / "tiny"
+    teacher_ckpt, student_ckpt = runs / "teacher/checkpoints/last.pt", runs / "student/checkpoints/last.pt"
+    corpus = load_corpus(load_checkpoint(teacher_ckpt)["config"]["corpus"])
+    cfg = TrainConfig(steps=1, batch_size=2, lr=1e-12, warmup=0, ckpt_every=1, log_every=1)
+    trainer, _ = distill(corpus, teacher_ckpt, tree / "stage2", cfg, IMFConfig(teacher_nfe=2, p_full=0.5),
+                         progress=False, init=student_ckpt)
+    student = load_model(student_ckpt)
+    gap = max((a - b).abs().max().item() for a, b in zip(trainer.model.state_dict().values(), student.state_dict().values()))
+    from imf.models import student_from_teacher
+    fresh = student_from_teacher(load_model(teacher_ckpt))
+    to_teacher = max((a - b).abs().max().item() for a, b in zip(fresh.state_dict().values(), student.state_dict().values()))
+    assert gap < 1e-6 < to_teacher  # one step at lr 1e-12 from the student's EMA weights, far from the teacher's
+    assert load_checkpoint(tree / "stage2/checkpoints/last.pt")["config"]["init"] == str(student_ckpt)
+    with pytest.raises(ValueError, match="not a student checkpoint"):
+        distill(corpus, teacher_ckpt, tree / "stage2_bad", cfg, init=teacher_ckpt, progress=False)
+
+
 def test_03_nfe_curves(tree):
     m = run(tree, "03_nfe_curves", SPEED_REPEATS=1)
     assert m["student_fs_ratio_1"] > 0 and m["speedup_student_1"] > 1

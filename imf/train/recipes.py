@@ -66,12 +66,24 @@ def train_teacher(corpus, run_dir: str | Path, model_cfg: Token2MelConfig, train
 
 def distill(corpus, teacher_ckpt: str | Path, run_dir: str | Path, train_cfg: TrainConfig,
             imf_cfg: IMFConfig = IMFConfig(), data_cfg: DataConfig = DataConfig(), freeze_mode: str = "encoder",
-            progress: bool = True) -> tuple[Trainer, dict[str, Any]]:
-    """IntMeanFlow: distil the guided teacher of ``teacher_ckpt`` into a student (init strategy)."""
+            progress: bool = True, init: str | Path | None = None) -> tuple[Trainer, dict[str, Any]]:
+    """IntMeanFlow: distil the guided teacher of ``teacher_ckpt`` into a student.
+
+    ``init=None``: the student starts from the teacher's weights (the init strategy). A path to
+    a student checkpoint: start from that student's EMA weights instead, e.g. a second stage
+    with another interval mix (``imf_cfg.p_full``) after a first distillation run.
+    """
     from ..data import collate
 
     teacher = load_model(teacher_ckpt)  # EMA weights, frozen, eval mode
-    student = student_from_teacher(teacher).train()
+    if init is None:
+        student = student_from_teacher(teacher)
+    else:
+        student = load_model(init)
+        if not getattr(getattr(student, "config", None), "mean_flow", False):
+            raise ValueError(f"distill(init={str(init)!r}): not a student checkpoint (its model takes no r); "
+                             "pass a run of distill or train_meanflow, or init=None to start from the teacher")
+    student.train()
     params = freeze(student, freeze_mode)
     guided = Guided(teacher, imf_cfg.cfg_scale)
 
@@ -84,7 +96,8 @@ def distill(corpus, teacher_ckpt: str | Path, run_dir: str | Path, train_cfg: Tr
     trainer = Trainer(run_dir, student, objective, train_dataset(corpus, data_cfg, train_cfg.seed), collate,
                       train_cfg, params=params,
                       extra_config={"imf": imf_cfg.to_dict(), "data": data_cfg.to_dict(), "freeze": freeze_mode,
-                                    "teacher": str(teacher_ckpt), "corpus": str(corpus.root)},
+                                    "teacher": str(teacher_ckpt), "corpus": str(corpus.root),
+                                    **({} if init is None else {"init": str(init)})},
                       progress=progress, desc=f"student (IntMeanFlow, N={imf_cfg.teacher_nfe})")
     return trainer, trainer.fit()
 
