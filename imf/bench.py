@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "_memstep":
         print(json.dumps(_memstep(**json.loads(a.args))))
         return 0
-    from .profiles import profile, runs_dir
+    from .profiles import profile, runs_dir, student_run
     P = profile(a.profile)
     if a.cmd == "memory":
         objs = [("cfm", 0)] + [("imf", n) for n in a.teacher_nfes] + [("meanflow", 0)]
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_threads()
     run = runs_dir(a.profile)
     teacher = load_model(run / "teacher" / "checkpoints" / "last.pt")
-    student = load_model(run / "student" / "checkpoints" / "last.pt")
+    student = load_model(run / student_run(a.profile) / "checkpoints" / "last.pt")  # 02_distill's final student
     corpus = load_corpus(load_checkpoint(run / "teacher" / "checkpoints" / "last.pt")["config"]["corpus"])
     E = P["eval"]
     es = make_eval_set(corpus, E["split"], E["batch_size"], E["seed"], E["max_frames"], P["data"]["prompt_frames"])

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from imf.pipeline import available, run_notebook
+from imf.train.loop import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +55,10 @@ def test_01_teacher(tree):
 def test_02_distill(tree):
     m = run(tree, "02_distill")
     assert m["steps"] == 4 and m["teacher_nfe"] == 4
+    # the tiny profile has a second, whole-interval stage started from the first student: 03-06 read it
+    assert m["stage2_steps"] == 2 and m["stage2_p_full"] == 0.5 and m["final_run"] == "student_stage2"
+    stage2 = load_checkpoint(tree / "runs/tiny/student_stage2/checkpoints/last.pt")["config"]
+    assert stage2["init"] == str(tree / "runs/tiny/student/checkpoints/last.pt") and stage2["imf"]["p_full"] == 0.5
     assert [r["teacher_nfe"] for r in m["ablation"]] == [2, 4]
     assert all(r["sec_per_step"] > 0 for r in m["ablation"])
 
@@ -63,7 +68,7 @@ def test_distill_second_stage_starts_from_the_student(tree):
     from imf.data import load_corpus
     from imf.losses import IMFConfig
     from imf.models import student_from_teacher
-    from imf.train.loop import TrainConfig, load_checkpoint, load_model
+    from imf.train.loop import TrainConfig, load_model
     from imf.train.recipes import distill
 
     def max_gap(a, b):
@@ -108,7 +113,8 @@ def test_04_o3s_on_an_intrinsic_metric(tree):
 def test_05_meanflow_vs_imf(tree):
     m = run(tree, "05_meanflow_vs_imf", STEPS=3)
     assert {r["objective"] for r in m["memory"]} == {"cfm", "imf", "meanflow"}
-    assert len(m["quality_1nfe"]) == 4
+    assert len(m["quality_1nfe"]) == 5  # the final student, its first stage, three MeanFlow runs
+    assert m["imf_stage1_steps"] > 0 and set(m["winner_per_metric_stage1"]) == {"fs_ratio", "gv_ratio", "dist_ref"}
 
 
 def test_06_listen(tree):

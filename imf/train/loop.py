@@ -232,7 +232,9 @@ class Trainer:
         return plot_history(self.history, self.run_dir / "loss.png", title=self.desc)
 
 
-def plot_history(history: list[dict[str, float]], path: Path, title: str = "", keys=("loss", "grad_norm")) -> Path | None:
+def plot_history(history: list[dict[str, float]], path: Path, title: str = "", keys=("loss", "grad_norm"),
+                 marks: tuple[tuple[float, str], ...] = ()) -> Path | None:
+    """Loss curves of a run (log scale) as a PNG at ``path``; ``marks``: (step, label) vertical lines."""
     if not history:
         return None
     import matplotlib
@@ -246,6 +248,10 @@ def plot_history(history: list[dict[str, float]], path: Path, title: str = "", k
         ax.plot(df["step"], df[k])
         ax.set_xlabel("step"), ax.set_ylabel(k), ax.set_yscale("log")
         ax.grid(alpha=0.3)
+        for step, label in marks:
+            ax.axvline(step, color="k", ls=":", lw=1)
+            ax.annotate(label, (step, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                        textcoords="offset points", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     from ..runtime import atomic_path
