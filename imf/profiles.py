@@ -21,8 +21,8 @@ _SMALL: dict[str, dict[str, Any]] = {
     "meanflow_train": {"steps": 3000},  # = the first-stage student's steps (equal-steps comparison in 05)
     "imf": {"teacher_nfe": 16, "cfg_scale": 2.0, "p_instant": 0.2, "p_full": 0.1},
     # a second distillation stage from the first student that draws the whole interval (0, 1) for 70 % of
-    # the samples (seed + 1, restarted cosine at lr 2e-4); steps 0 = none. Measured: 1-NFE dist_ref
-    # 0.171 -> 0.14 after 450 of its steps, where 1350 more first-stage steps had given -0.009 (results §02)
+    # the samples (seed + 1, restarted cosine at lr 2e-4, ~1.7 s/step); steps 0 = none. Measured: 1-NFE
+    # dist_ref 0.171 -> 0.140 (step 450) -> 0.129 (1200), where 1350 more first-stage steps had given -0.009
     "student_stage2": {"steps": 1200, "lr": 2e-4, "p_full": 0.7},
     "ablation": {"teacher_nfes": [2, 4, 8, 16, 32], "steps": 100, "batch_size": 8},
     "vocoder": {"model": {"dim": 192, "n_layers": 6}, "seg_seconds": 1.0, "per_voice": 10,

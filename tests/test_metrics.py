@@ -1,7 +1,7 @@
 import torch
 
-from imf.eval.metrics import (distance, fine_structure, fine_structure_ratio, global_variance_ratio,
-                              intrinsic_metrics, noise_correlation)
+from imf.eval.metrics import (distance, distance_per_utterance, fine_structure, fine_structure_ratio,
+                              global_variance_ratio, intrinsic_metrics, noise_correlation, paired_verdict)
 
 
 def harmonic_mel(b=2, c=80, t=50, amp=1.0, seed=0):
@@ -56,3 +56,22 @@ def test_table_md_keeps_ints_and_escapes_pipes():
     assert lines[0] == "| nfe | verdict | x |"
     assert lines[2] == "| 1 | a \\| b | 0.500 |" and lines[3] == "| 32 | c | 1.250 |"
     assert all(line.replace("\\|", "").count("|") == 4 for line in lines)  # 3 columns on every row
+
+
+def test_distance_per_utterance_uses_each_utterances_own_frames():
+    gen, ref = torch.zeros(2, 4, 6), torch.zeros(2, 4, 6)
+    gen[0] += 1.0  # utterance 0 off by 1 everywhere
+    gen[1, :, 3:] += 5.0  # utterance 1 off only on its padded frames
+    mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
+    assert distance_per_utterance(gen, ref, mask).tolist() == [1.0, 0.0]
+    assert distance_per_utterance(gen, ref).tolist() == [1.0, 2.5]
+
+
+def test_paired_verdict_closed_form():
+    d = torch.tensor([0.1, 0.3, 0.2, 0.4, float("nan")], dtype=torch.float64)  # the NaN (an unscored utterance) is dropped
+    v = paired_verdict(d, "A better", "B better")
+    se = torch.tensor([0.1, 0.3, 0.2, 0.4], dtype=torch.float64).std().item() / 2
+    assert abs(v["gain"] - 0.25) < 1e-12 and abs(v["gain_se"] - se) < 1e-12
+    assert v["n"] == 4 and v["wins"] == 4 and v["verdict"] == "A better"  # 0.25 > 2 x 0.065
+    assert paired_verdict(-d, "A better", "B better")["verdict"] == "B better"
+    assert paired_verdict(torch.tensor([0.1, -0.1, 0.12, -0.1]), "A", "B")["verdict"] == "within noise"

@@ -92,6 +92,8 @@ def test_03_nfe_curves(tree):
     m = run(tree, "03_nfe_curves", SPEED_REPEATS=1)
     assert m["student_fs_ratio_1"] > 0 and m["speedup_student_1"] > 1
     assert m["dist_criterion_below_teacher_4"] == (m["student_dist_ref_1"] < m["teacher_cfg_dist_ref_4"])
+    paired = m["dist_paired_student1_vs_teacher4"]
+    assert paired["n"] == 4 and paired["verdict"] in ("student closer", "teacher closer", "within noise")
 
 
 def test_04_o3s(tree):

@@ -62,6 +62,26 @@ def distance(gen: Tensor, ref: Tensor, mask: Tensor | None = None) -> float:
     return _valid((gen - ref).abs().double(), mask).mean().item()
 
 
+def distance_per_utterance(gen: Tensor, ref: Tensor, mask: Tensor | None = None) -> Tensor:
+    """(N,) float64: :func:`distance` of each utterance ``gen[i]`` to ``ref[i]`` over its own valid frames."""
+    return torch.tensor([distance(gen[i:i + 1], ref[i:i + 1], None if mask is None else mask[i:i + 1])
+                         for i in range(gen.shape[0])], dtype=torch.float64)
+
+
+def paired_verdict(d, better: str, worse: str, z: float = 2.0) -> dict:
+    """Paired per-utterance gains ``d`` (N,) (positive: the first system is better; NaNs dropped):
+    mean ``gain``, its standard error ``gain_se`` (sample std / sqrt(n)), the utterances won, and a
+    verdict: ``better`` if the gain exceeds ``z`` standard errors, ``worse`` if below minus that,
+    else ``"within noise"``."""
+    d = torch.as_tensor(d, dtype=torch.float64).flatten()
+    d = d[~torch.isnan(d)]
+    n = d.numel()
+    gain = d.mean().item() if n else float("nan")
+    se = (d.std(unbiased=True) / n ** 0.5).item() if n > 1 else float("nan")
+    verdict = better if gain > z * se else (worse if gain < -z * se else "within noise")
+    return {"gain": gain, "gain_se": se, "n": n, "wins": int((d > 0).sum()), "verdict": verdict}
+
+
 def noise_correlation(gen: Tensor, z_0: Tensor, mask: Tensor | None = None) -> float:
     """Pearson correlation of the fine structures (low half of the bins, valid frames) of
     ``gen`` and the noise ``z_0`` it was sampled from; both (B, C, T) in the same space."""
