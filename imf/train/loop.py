@@ -13,10 +13,12 @@ import copy
 import dataclasses
 import json
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
@@ -133,7 +135,8 @@ class Trainer:
             "model": self.model.state_dict(), "ema": self.ema.state_dict(),
             "model_class": type(self.model).__name__, "model_config": self.model.config.to_dict(),
             "step": self.step, "optimizer": self.opt.state_dict(), "config": self._config_record(),
-            "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
+            "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state(),
+                    "numpy": np.random.get_state(), "python": random.getstate()},
             "history": self.history, "git": git_revision(),
         }
         atomic_torch_save(state, self.ckpt_path)
@@ -158,6 +161,9 @@ class Trainer:
         self.history = state["history"]
         self.generator.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
+        if "numpy" in state["rng"]:  # checkpoints written before the numpy/python states were kept
+            np.random.set_state(state["rng"]["numpy"])
+            random.setstate(state["rng"]["python"])
         return True
 
     def _write_logs(self) -> None:

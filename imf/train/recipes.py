@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ..config import Config, require
+from ..runtime import seed_everything
 from ..losses import CFMConfig, IMFConfig, MeanFlowConfig, cfm_loss, intmeanflow_loss, meanflow_loss
 from ..models import Token2Mel, Token2MelConfig, freeze, student_from_teacher
 from ..models.student import init_time_mix
@@ -51,7 +52,7 @@ def train_teacher(corpus, run_dir: str | Path, model_cfg: Token2MelConfig, train
 
     if model_cfg.n_tokens != corpus.n_tokens or model_cfg.n_mels != corpus.mel_config.n_mels:
         model_cfg = model_cfg.replace(n_tokens=corpus.n_tokens, n_mels=corpus.mel_config.n_mels)
-    torch.manual_seed(train_cfg.seed)
+    seed_everything(train_cfg.seed)
     model = Token2Mel(model_cfg)
 
     def objective(m, batch, g):
@@ -75,6 +76,7 @@ def distill(corpus, teacher_ckpt: str | Path, run_dir: str | Path, train_cfg: Tr
     """
     from ..data import collate
 
+    seed_everything(train_cfg.seed)  # crops and prompt choices draw from the global generators
     teacher = load_model(teacher_ckpt)  # EMA weights, frozen, eval mode
     if init is None:
         student = student_from_teacher(teacher)
@@ -113,10 +115,10 @@ def train_meanflow(corpus, run_dir: str | Path, train_cfg: TrainConfig, mf_cfg: 
     """
     from ..data import collate
 
+    seed_everything(train_cfg.seed)  # model init (scratch), crops and prompt choices
     if init == "scratch":
         if model_cfg is None:
             raise ValueError("train_meanflow(init='scratch') needs model_cfg")
-        torch.manual_seed(train_cfg.seed)
         model = Token2Mel(model_cfg.replace(n_tokens=corpus.n_tokens, n_mels=corpus.mel_config.n_mels, mean_flow=True))
         init_time_mix(model.time_mix)
     else:

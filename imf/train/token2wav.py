@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config, require
+from ..runtime import seed_everything
 from ..losses import CFMConfig, IMFConfig, MeanFlowConfig, cfm_loss, intmeanflow_loss, meanflow_loss
 from ..models.dit import DiT1D, DiTConfig, Token2Wav
 from ..models.student import freeze, init_time_mix, student_from_teacher
@@ -381,7 +382,7 @@ def train_vae(corpus, run_dir: str | Path, model_cfg: VAEConfig = VAEConfig(), t
     if data is None:
         data = Utterances(corpus, "train", PhoneTokenizer(model_cfg.stride), model_cfg.stride,
                           min_frames=data_cfg.seg_frames, max_utts=data_cfg.max_utts)
-    torch.manual_seed(train_cfg.seed)
+    seed_everything(train_cfg.seed)
     model = WaveVAE(model_cfg)
     objective = VAEObjective(loss_cfg, data_cfg.seg_frames, corpus.mel_config)
     trainer = Trainer(run_dir, model, objective, data, collate_items, train_cfg,
@@ -426,7 +427,7 @@ def train_generator(data: Utterances, run_dir: str | Path, kind: str, model_cfg:
     _require_latents(data)
     model_cfg = model_cfg.replace(latent_dim=int(data.items[0]["latent"].shape[0]),
                                   n_tokens=data.tokenizer.vocab_size(data.corpus), mean_flow=kind == "meanflow")
-    torch.manual_seed(train_cfg.seed)
+    seed_everything(train_cfg.seed)
     model = DiT1D(model_cfg)
     if kind == "meanflow":
         init_time_mix(model.time_mix)
@@ -452,6 +453,7 @@ def distill_generator(data: Utterances, teacher_ckpt: str | Path, run_dir: str |
     """IntMeanFlow: a 1-step student of the FM generator in ``teacher_ckpt`` (init strategy,
     guided teacher rollouts of :func:`imf.losses.intmeanflow_loss`)."""
     _require_latents(data)
+    seed_everything(train_cfg.seed)
     teacher = load_model(teacher_ckpt)
     student = student_from_teacher(teacher).train()
     params = freeze(student, freeze_mode)
@@ -509,6 +511,7 @@ def finetune_decoder(data: Utterances, vae_ckpt: str | Path, generator_ckpt: str
     bit for bit (their EMA too: the EMA of an unchanged weight is that weight).
     """
     _require_latents(data)
+    seed_everything(train_cfg.seed)
     system = Token2Wav.from_parts(load_model(vae_ckpt), load_model(generator_ckpt))
     system.requires_grad_(False)
     params = system.vae.decoder_parameters()
@@ -529,6 +532,7 @@ def finetune_joint(data: Utterances, system_ckpt: str | Path, run_dir: str | Pat
     """Joint fine-tuning of generator + decoder (from a decoder-FT :class:`Token2Wav` checkpoint)
     through the generator's 1-step output, with the waveform loss; the encoder stays frozen."""
     _require_latents(data)
+    seed_everything(train_cfg.seed)
     system = load_model(system_ckpt)
     system.requires_grad_(False)
     params = list(system.generator.parameters()) + system.vae.decoder_parameters()

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config, require
+from ..runtime import seed_everything
 from ..data.features import LogMel, MelConfig
 from ..models.vocoder import Vocoder, VocoderConfig
 from .loop import TrainConfig, Trainer
@@ -158,7 +159,7 @@ def train_vocoder(corpus, run_dir: str | Path, model_cfg: VocoderConfig = Vocode
                                   sample_rate=mc.sample_rate, f_min=mc.f_min, f_max=mc.f_max)
     seg_frames = segment_frames(seg_seconds, mc)
     data = UtteranceDataset(corpus, split, min_samples=seg_frames * mc.hop_length, max_utts=max_utts)
-    torch.manual_seed(train_cfg.seed)
+    seed_everything(train_cfg.seed)
     model = Vocoder(model_cfg)
     objective = VocoderObjective(mc, seg_frames, loss_cfg)
     trainer = Trainer(run_dir, model, objective, data, collate_utterances, train_cfg,
