@@ -34,10 +34,10 @@ test-fast: env
 
 # Build the corpus and run every notebook with papermill into results/ (profile $(PROFILE)).
 reproduce: env
-	$(BIN)/python -m imf.pipeline --profile $(PROFILE)
+	$(BIN)/python -m imf.runs.pipeline --profile $(PROFILE)
 
 lab: env
 	$(BIN)/jupyter lab notebooks/
 
 bench: env
-	$(BIN)/python -m imf.bench --profile $(PROFILE)
+	$(BIN)/python -m imf.runs.bench --profile $(PROFILE)

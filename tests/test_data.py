@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from imf.config import ConfigError
+from imf.core.config import ConfigError
 from imf.data import (VOICES, CorpusConfig, CorpusError, EngineError, MelTokenDataset, build_corpus, collate,
                       load_corpus)
 from imf.data.engines import ESPEAK_TO_SHARED, Flite, Prosody, Voice, synthesize
@@ -290,7 +290,7 @@ def test_collate_pads_and_masks(corpus):
 
 @pytest.mark.slow
 def test_corpus_notebook_runs_and_records_metrics(nb_env):
-    from imf.pipeline import run_notebook
+    from imf.runs.pipeline import run_notebook
 
     out = run_notebook("00_corpus", nb_env / "runs", {"PROFILE": "tiny"})
     assert out.exists()

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from imf.config import ConfigError
+from imf.core.config import ConfigError
 from imf.eval.judges import (
     JUDGES, MOS, PESQ, STOI, WER, Judge, JudgeItem, JudgesConfig, ScoreCache, SpeakerSim, audio_sha1, corpus_wer,
     evaluate, make_judge, make_judges, summarise, wer_counts,

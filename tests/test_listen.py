@@ -10,8 +10,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from imf import schedules
-from imf.eval.evaluate import EvalSet, guided
+from imf.flow import schedules
+from imf.eval.evalset import EvalSet
+from imf.eval.systems import guided
 from imf.eval.listen import (COPY, TRUTH, ListeningPanel, nfe_grids, render_comparison, static_comparison,
                              wav_bytes)
 from tests.helpers import Counting, make_cond, tiny_model

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from imf.losses import (CFMConfig, IMFConfig, cfm_loss, intmeanflow_loss, rollout_average_velocity,
+from imf.flow.objectives import (CFMConfig, IMFConfig, cfm_loss, intmeanflow_loss, rollout_average_velocity,
                         sample_intervals, substep_counts)
 from imf.models import student_from_teacher
-from imf.solvers import Guided
+from imf.flow.solvers import Guided
 from tests.helpers import Counting, make_cond, tiny_model
 
 
@@ -108,6 +108,6 @@ def test_tiny_distillation_lowers_loss():
 
 
 def test_imf_config_rejects_bad_fractions():
-    from imf.config import ConfigError
+    from imf.core.config import ConfigError
     with pytest.raises(ConfigError, match="p_instant"):
         IMFConfig.from_dict({"p_instant": 0.8, "p_full": 0.5})

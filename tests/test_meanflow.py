@@ -1,7 +1,7 @@
 """MeanFlow: JVP vs finite differences, the sign of the identity, r = t, a loss that drops."""
 import torch
 
-from imf.losses import MeanFlowConfig, meanflow_loss, meanflow_target
+from imf.flow.objectives import MeanFlowConfig, meanflow_loss, meanflow_target
 from imf.models import student_from_teacher
 from tests.helpers import make_cond, tiny_model
 

@@ -49,7 +49,7 @@ def test_noise_correlation_signs():
 def test_table_md_keeps_ints_and_escapes_pipes():
     import pandas as pd
 
-    from imf.report import table_md
+    from imf.runs.report import table_md
 
     md = table_md(pd.DataFrame({"nfe": [1, 32], "verdict": ["a | b", "c"], "x": [0.5, 1.25]}))
     lines = md.splitlines()

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from imf.config import ConfigError
-from imf.models import Token2Mel, Token2MelConfig, build_model, freeze, student_from_teacher
+from imf.core.config import ConfigError
+from imf.models import Token2Mel, Token2MelConfig, freeze, student_from_teacher
+from imf.core.checkpoints import build_model
 from tests.helpers import make_cond, tiny_model
 
 
@@ -89,7 +90,7 @@ def test_config_validation_names_parameter():
 
 
 def test_cached_condition_encodings_give_identical_output():
-    from imf.solvers import Guided
+    from imf.flow.solvers import Guided
     m = tiny_model(3)
     cond = make_cond(4, 11, n_mels=8)
     x, t = torch.randn(4, 8, 11), torch.rand(4)

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from imf.pipeline import available, run_notebook
-from imf.train.loop import load_checkpoint
+from imf.runs.pipeline import available, run_notebook
+from imf.core.checkpoints import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -66,10 +66,11 @@ def test_02_distill(tree):
 def test_distill_second_stage_starts_from_the_student(tree):
     """``distill(init=student)`` continues from the student's EMA weights (not the teacher's)."""
     from imf.data import load_corpus
-    from imf.losses import IMFConfig
+    from imf.flow.objectives import IMFConfig
     from imf.models import student_from_teacher
-    from imf.train.loop import TrainConfig, load_model
-    from imf.train.recipes import distill
+    from imf.train.trainer import TrainConfig
+    from imf.core.checkpoints import load_model
+    from imf.train.token2mel import distill
 
     def max_gap(a, b):
         return max((x - y).abs().max().item() for x, y in zip(a.state_dict().values(), b.state_dict().values()))

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from imf.config import ConfigError
-from imf.o3s import O3SConfig, O3SError, O3SResult, o3s_search, plot_scans, scan_all, scan_position
-from imf.schedules import GridError, load_grid, uniform
+from imf.core.config import ConfigError
+from imf.flow.o3s import O3SConfig, O3SError, O3SResult, o3s_search, plot_scans, scan_all, scan_position
+from imf.flow.schedules import GridError, load_grid, uniform
 
 torch.set_num_threads(1)
 

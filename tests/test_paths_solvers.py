@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from imf import schedules
-from imf.paths import average_velocity, interpolate, jump, sample_path, target_velocity
-from imf.solvers import Guided, cat_cond_with_null, guide, nfe_for, sample
+from imf.flow import schedules
+from imf.flow.paths import average_velocity, interpolate, jump, sample_path, target_velocity
+from imf.flow.solvers import Guided, cat_cond_with_null, guide, nfe_for, sample
 from tests.helpers import Counting
 
 

@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from imf.config import ConfigError
+from imf.core.config import ConfigError
 from imf.data.features import LogMel, MelConfig
-from imf.models import MODELS
+from imf.core.checkpoints import MODELS
 from imf.models.vocoder import GriffinLim, Vocoder, VocoderConfig, load_vocoder
-from imf.train.loop import TrainConfig, load_model
+from imf.train.trainer import TrainConfig
+from imf.core.checkpoints import load_model
 from imf.train.vocoder import (UtteranceDataset, collate_utterances, copy_synthesis, evaluate_copy_synthesis,
                                random_segments, segment_frames, train_vocoder)
 

@@ -40,11 +40,11 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
-from ..config import Config, require
-from ..runtime import atomic_path, atomic_write_json, data_dir
-from .engines import SAMPLE_RATE, EngineError, Prosody, Voice, sample_prosody, synthesize
-from .features import LogMel, MelConfig
-from .text import PHONES, expand, frame_durations, make_sentence
+from imf.core.config import Config, require
+from imf.core.runtime import atomic_path, atomic_write_json, data_dir
+from imf.data.engines import SAMPLE_RATE, EngineError, Prosody, Voice, sample_prosody, synthesize
+from imf.data.features import LogMel, MelConfig
+from imf.data.text import PHONES, expand, frame_durations, make_sentence
 
 BUILDER_VERSION = 1  # bump when the same config would produce different files
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .corpus import Corpus, CorpusError
+from imf.data.corpus import Corpus, CorpusError
 
 CROPS = ("random", "start", "none")
 

@@ -39,7 +39,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from .text import PHONE_ID, SIL
+from imf.data.text import PHONE_ID, SIL
 
 SAMPLE_RATE = 16000  # Hz: every engine's audio is resampled to this rate
 

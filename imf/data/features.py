@@ -7,7 +7,7 @@ import torch
 import torchaudio
 from torch import Tensor
 
-from ..config import Config, require
+from imf.core.config import Config, require
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Audio judges on generated mels: vocode, then WER / SIM / MOS / PESQ / STOI.
 
-:class:`AudioJudges` is the ``judges`` hook of :func:`imf.eval.evaluate.nfe_sweep` and
-:func:`imf.eval.evaluate.grid_metric`: ``judges(es, x) -> {"wer": ..., "sim": ..., ...}``
+:class:`AudioJudges` is the ``judges`` hook of :func:`imf.eval.sweep.nfe_sweep` and
+:func:`imf.eval.sweep.grid_metric`: ``judges(es, x) -> {"wer": ..., "sim": ..., ...}``
 for normalised mels ``x`` (N, C, T) generated on the eval set ``es``. Each utterance is
 vocoded over its valid frames; WER uses the utterance's transcript, SIM the REAL audio of
 its prompt utterance (same speaker, SIM-o style), PESQ/STOI the real audio of the same
@@ -16,14 +16,14 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from .judges import JudgeItem, evaluate, summarise
+from imf.eval.judges import JudgeItem, evaluate, summarise
 
 
 def wer_voices(override: str = "") -> list[str] | None:
     """Voices scored by WER: ``override`` (comma-separated) if given, else the list notebook
     00_vocoder chose (real-recording WER within its threshold, ``results/00_vocoder/metrics.json``),
     else None (WER on every voice)."""
-    from ..report import results_dir
+    from imf.runs.report import results_dir
 
     voices = [v for v in override.split(",") if v]
     if voices:

@@ -63,8 +63,8 @@ from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkabl
 
 import numpy as np
 
-from ..config import Config, require
-from ..runtime import atomic_write_json
+from imf.core.config import Config, require
+from imf.core.runtime import atomic_write_json
 
 SAMPLE_RATE = 16_000  # every judge takes 16 kHz mono audio
 CACHE_VERSION = 1  # bump when a judge's computation changes so old cache entries stop matching

@@ -38,11 +38,12 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .. import schedules
-from .audio import AudioJudges
-from .evaluate import EvalSet, generate
-from .judges import summarise
-from .metrics import intrinsic_metrics
+from imf.flow import schedules
+from imf.eval.audio import AudioJudges
+from imf.eval.evalset import EvalSet
+from imf.eval.sweep import generate
+from imf.eval.judges import summarise
+from imf.eval.metrics import intrinsic_metrics
 
 TRUTH = "ground truth"  # the real recording (no vocoder)
 COPY = "copy-synthesis"  # the real log-mel through the vocoder
@@ -310,7 +311,7 @@ def render_comparison(es: EvalSet, systems: Mapping[str, tuple[Callable[..., Ten
         es: the eval set (N utterances; ``es.z_0`` (N, C, T) is the noise EVERY system uses).
         systems: ``{name: (model, time_grid)}`` for one NFE, or ``{name: (model, {nfe:
             time_grid})}`` for an NFE choice; ``model(x, *, t, r, cond)`` (wrap a teacher with
-            :func:`imf.eval.evaluate.guided` for CFG). ``time_grid``: (K + 1,), 0 -> 1.
+            :func:`imf.eval.sweep.guided` for CFG). ``time_grid``: (K + 1,), 0 -> 1.
         vocoder: anything with ``vocode(log_mel (B, C, T)) -> wav (B, S)``.
         judges: None, a sequence of judges (:mod:`imf.eval.judges`), or an
             :class:`imf.eval.audio.AudioJudges`.
@@ -380,7 +381,7 @@ def plot_comparison(comp: Comparison, utts: Sequence[int | str], points: Sequenc
     PNG to embed). Returns the saved path, or the figure."""
     import matplotlib.pyplot as plt
 
-    from .plots import save_fig
+    from imf.viz.plots import save_fig
 
     idx = [comp.index(u) for u in utts]
     fig, axes = plt.subplots(len(points), len(idx), figsize=(3.6 * len(idx), 1.6 * len(points) + 0.4),

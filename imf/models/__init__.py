@@ -1,21 +1,20 @@
-"""Concrete models. Nothing here imports training code."""
-from .student import freeze, student_from_teacher
-from .token2mel import Token2Mel, Token2MelConfig
-from .vocoder import GriffinLim, Vocoder, VocoderConfig, load_vocoder
+"""Concrete networks. Nothing here imports training, evaluation or sampling code.
 
-MODELS = {"Token2Mel": (Token2Mel, Token2MelConfig), "Vocoder": (Vocoder, VocoderConfig)}
+Every network registers itself with :mod:`imf.core.checkpoints` so that
+``imf.core.checkpoints.load_model(path)`` rebuilds it from a checkpoint alone.
+"""
+from imf.core.checkpoints import MODELS, build_model, register
+from imf.models.dit import DiT1D, DiTConfig
+from imf.models.student import freeze, init_time_mix, student_from_teacher
+from imf.models.token2mel import Token2Mel, Token2MelConfig
+from imf.models.token2wav import Token2Wav, Token2WavConfig
+from imf.models.vae import VAEConfig, WaveVAE
+from imf.models.vocoder import GriffinLim, Vocoder, VocoderConfig, load_vocoder
 
+for _cls, _cfg in ((Token2Mel, Token2MelConfig), (Vocoder, VocoderConfig), (WaveVAE, VAEConfig),
+                   (DiT1D, DiTConfig), (Token2Wav, Token2WavConfig)):
+    register(_cfg)(_cls)
 
-def build_model(name: str, config: dict):
-    """Rebuild a model from the class name and config dict stored in a checkpoint."""
-    if name not in MODELS:
-        raise KeyError(f"unknown model class {name!r}; known: {sorted(MODELS)}")
-    cls, cfg_cls = MODELS[name]
-    return cls(cfg_cls.from_dict(config))
-
-
-# Token2Wav (one-step token -> waveform in a VAE latent space)
-from .dit import DiT1D, DiTConfig, Token2Wav, Token2WavConfig  # noqa: E402
-from .vae import VAEConfig, WaveVAE  # noqa: E402
-
-MODELS.update({"WaveVAE": (WaveVAE, VAEConfig), "DiT1D": (DiT1D, DiTConfig), "Token2Wav": (Token2Wav, Token2WavConfig)})
+__all__ = ["MODELS", "build_model", "DiT1D", "DiTConfig", "freeze", "init_time_mix", "student_from_teacher",
+           "Token2Mel", "Token2MelConfig", "Token2Wav", "Token2WavConfig", "VAEConfig", "WaveVAE", "GriffinLim",
+           "Vocoder", "VocoderConfig", "load_vocoder"]

@@ -37,9 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import Config, require
-from .layers import ConvNeXtBlock, PromptConditioned
-from .vae import VAEConfig, WaveVAE
+from imf.core.config import Config, require
+from imf.models.layers import ConvNeXtBlock, PromptConditioned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,61 +151,3 @@ class DiT1D(PromptConditioned):
         shift, scale = self.ada_out(c).chunk(2, dim=-1)
         h = modulate(self.norm_out(h), shift, scale)
         return self.proj_out(h).transpose(1, 2) * m
-
-
-# ---------------------------------------------------------------------------------------------
-# The whole Token2Wav system: generator + VAE decoder
-# ---------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Token2WavConfig(Config):
-    vae: VAEConfig = VAEConfig()  # the waveform VAE (only its decoder runs at synthesis)
-    generator: DiTConfig = DiTConfig()  # the latent generator
-
-    def validate(self) -> None:
-        require(self.vae.latent_dim == self.generator.latent_dim, "generator",
-                f"latent_dim {self.generator.latent_dim} differs from the VAE's {self.vae.latent_dim}")
-
-
-class Token2Wav(nn.Module):
-    """Tokens + speaker prompt -> waveform: ``generator`` (latents) then ``vae.decode``.
-
-    The unit that decoder-only and joint fine-tuning train and checkpoint (so a fine-tuned
-    system loads from its checkpoint alone). ``synthesize(z_0, cond, time_grid)``:
-    z_0 (B, latent_dim, T) noise, ``cond`` as :class:`DiT1D`, -> wav (B, T * stride).
-    """
-
-    def __init__(self, config: Token2WavConfig = Token2WavConfig()):
-        super().__init__()
-        self.config = config
-        self.vae = WaveVAE(config.vae)
-        self.generator = DiT1D(config.generator)
-
-    @classmethod
-    def from_parts(cls, vae: WaveVAE, generator: nn.Module) -> "Token2Wav":
-        """A system holding copies of the weights (and latent statistics) of ``vae`` and ``generator``."""
-        m = cls(Token2WavConfig(vae=vae.config, generator=generator.config))
-        m.vae.load_state_dict(vae.state_dict())
-        m.generator.load_state_dict(generator.state_dict())
-        return m.to(next(vae.parameters()).device)
-
-    def one_step(self, z_0: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
-        """Differentiable one-step latent: ``x_1 = z_0 + u(z_0, t=0, r=1)`` (B, latent_dim, T), standardised."""
-        b = z_0.shape[0]
-        t, r = torch.zeros(b, device=z_0.device), torch.ones(b, device=z_0.device)
-        return z_0 + self.generator(z_0, t=t, r=r, cond=cond)
-
-    def decode(self, x: Tensor) -> Tensor:
-        """Standardised latent (B, latent_dim, T) -> wav (B, T * stride)."""
-        return self.vae.decode(self.vae.denormalize(x))
-
-    @torch.no_grad()
-    def synthesize(self, z_0: Tensor, cond: Mapping[str, Tensor], time_grid: Tensor, model=None) -> Tensor:
-        """Sample the latent along ``time_grid`` (Euler; ``model`` overrides the generator, e.g. a
-        :class:`~imf.solvers.Guided` wrapper of it) and decode: -> wav (B, T * stride)."""
-        from ..solvers import sample
-
-        x, _ = sample(self.generator if model is None else model, z_0, time_grid, cond)
-        mask = cond.get("mask")
-        if mask is not None:
-            x = x * mask[:, None].to(x.dtype)
-        return self.decode(x)

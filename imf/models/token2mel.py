@@ -19,8 +19,8 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from ..config import Config, require
-from .layers import ChannelNorm, ConvNeXtBlock, PromptConditioned
+from imf.core.config import Config, require
+from imf.models.layers import ChannelNorm, ConvNeXtBlock, PromptConditioned
 
 
 @dataclasses.dataclass(frozen=True)

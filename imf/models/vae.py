@@ -43,8 +43,8 @@ import torch.nn.functional as F
 import torchaudio
 from torch import Tensor, nn
 
-from ..config import Config, require
-from .layers import ChannelNorm, ConvNeXtBlock
+from imf.core.config import Config, require
+from imf.models.layers import ChannelNorm, ConvNeXtBlock
 
 
 @dataclasses.dataclass(frozen=True)

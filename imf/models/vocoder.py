@@ -30,9 +30,10 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
-from ..config import Config, require
-from ..data.features import MelConfig
-from .layers import ConvNeXtBlock
+from imf.core.checkpoints import load_checkpoint
+from imf.core.config import Config, require
+from imf.data.features import MelConfig
+from imf.models.layers import ConvNeXtBlock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,8 +201,7 @@ def load_vocoder(path: str | Path | None, mel_config: MelConfig = MelConfig(), e
 
     ``path``: a checkpoint (``.../checkpoints/last.pt``) or a run folder holding one -> the
     trained :class:`Vocoder` (EMA weights by default); ``None`` -> :class:`GriffinLim` with a
-    warning. The checkpoint is read here rather than through ``imf.train.loop.load_model``
-    because models never import training code; both rebuild the same model.
+    warning. The file is read by :func:`imf.core.checkpoints.load_checkpoint`, the one loader.
     """
     if path is None:
         warnings.warn("no vocoder checkpoint given: using the Griffin-Lim fallback (muffled, phasey audio; "
@@ -210,9 +210,7 @@ def load_vocoder(path: str | Path | None, mel_config: MelConfig = MelConfig(), e
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"vocoder checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path)
     if state.get("model_class") != "Vocoder":
         raise ValueError(f"{path} holds a {state.get('model_class')!r}, not a Vocoder")
     model = Vocoder(VocoderConfig.from_dict(state["model_config"]))

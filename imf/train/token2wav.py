@@ -1,6 +1,6 @@
 """One-step Token2Wav with MeanFlow in a VAE latent space (Dai et al., arXiv 2606.18072), CPU-sized.
 
-The stages, each a resumable :class:`~imf.train.loop.Trainer` run folder::
+The stages, each a resumable :class:`~imf.train.trainer.Trainer` run folder::
 
     train_vae           waveform VAE (mel L1 + MR-STFT + KL)       -> WaveVAE      (runs/<p>/t2w_vae)
     train_generator     DiT-1D on the VAE's latents: "fm" (CFM, sampled in 10 steps)
@@ -27,8 +27,8 @@ trainer's generator, so a resumed run sees the same batches as an uninterrupted 
 
 Losses (no adversarial term on CPU, as the vocoder): ``mel_weight |LogMel(w^) - LogMel(w)|_1
 + stft_weight MRSTFT(w^, w)`` (+ ``kl_weight KL`` for the VAE). The flow objectives are
-:func:`imf.losses.cfm_loss`, :func:`~imf.losses.meanflow_loss` and
-:func:`~imf.losses.intmeanflow_loss`, unchanged.
+:func:`imf.flow.objectives.cfm_loss`, :func:`~imf.flow.objectives.meanflow_loss` and
+:func:`~imf.flow.objectives.intmeanflow_loss`, unchanged.
 
 Evaluation (:func:`make_eval_set`, :func:`synthesize_all`, :func:`score_systems`,
 :func:`rtf_table`): whole test utterances, fixed noise, prompts from another test utterance
@@ -49,14 +49,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..config import Config, require
-from ..runtime import seed_everything
-from ..losses import CFMConfig, IMFConfig, MeanFlowConfig, cfm_loss, intmeanflow_loss, meanflow_loss
-from ..models.dit import DiT1D, DiTConfig, Token2Wav
-from ..models.student import freeze, init_time_mix, student_from_teacher
-from ..models.vae import VAEConfig, WaveVAE, kl_divergence
-from ..solvers import Guided
-from .loop import TrainConfig, Trainer, load_model
+from imf.core.config import Config, require
+from imf.core.runtime import seed_everything
+from imf.flow.objectives import CFMConfig, IMFConfig, MeanFlowConfig, cfm_loss, intmeanflow_loss, meanflow_loss
+from imf.models.dit import DiT1D, DiTConfig
+from imf.models.token2wav import Token2Wav
+from imf.eval.systems import synthesize  # TODO(layout): T2W evaluation moves to imf.eval
+from imf.models.student import freeze, init_time_mix, student_from_teacher
+from imf.models.vae import VAEConfig, WaveVAE, kl_divergence
+from imf.flow.solvers import Guided
+from imf.core.checkpoints import load_model
+from imf.train.trainer import TrainConfig, Trainer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +312,7 @@ class WaveLoss(nn.Module):
         super().__init__()
         import auraloss
 
-        from ..data.features import LogMel, MelConfig
+        from imf.data.features import LogMel, MelConfig
 
         self.cfg = cfg
         self.logmel = LogMel(mel_config or MelConfig())
@@ -417,9 +420,9 @@ def train_generator(data: Utterances, run_dir: str | Path, kind: str, model_cfg:
                     progress: bool = True) -> tuple[Trainer, dict[str, Any]]:
     """Train (or resume) a DiT-1D latent generator on ``data`` (with latents attached).
 
-    ``kind="fm"``: conditional flow matching (:func:`imf.losses.cfm_loss`), a teacher-style model
+    ``kind="fm"``: conditional flow matching (:func:`imf.flow.objectives.cfm_loss`), a teacher-style model
     sampled in several steps. ``kind="meanflow"``: a mean-flow model (``time_mix`` at
-    ``[I | 0]``) trained from scratch with :func:`imf.losses.meanflow_loss`, sampled in one step.
+    ``[I | 0]``) trained from scratch with :func:`imf.flow.objectives.meanflow_loss`, sampled in one step.
     ``latent_dim`` / ``n_tokens`` are taken from the data.
     """
     if kind not in ("fm", "meanflow"):
@@ -451,7 +454,7 @@ def distill_generator(data: Utterances, teacher_ckpt: str | Path, run_dir: str |
                       data_cfg: T2WDataConfig = T2WDataConfig(), freeze_mode: str = "none",
                       progress: bool = True) -> tuple[Trainer, dict[str, Any]]:
     """IntMeanFlow: a 1-step student of the FM generator in ``teacher_ckpt`` (init strategy,
-    guided teacher rollouts of :func:`imf.losses.intmeanflow_loss`)."""
+    guided teacher rollouts of :func:`imf.flow.objectives.intmeanflow_loss`)."""
     _require_latents(data)
     seed_everything(train_cfg.seed)
     teacher = load_model(teacher_ckpt)
@@ -552,7 +555,7 @@ def finetune_joint(data: Utterances, system_ckpt: str | Path, run_dir: str | Pat
 # ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class T2WEvalSet:
-    """Whole utterances with fixed noise; duck-types :class:`imf.eval.evaluate.EvalSet` for
+    """Whole utterances with fixed noise; duck-types :class:`imf.eval.sweep.EvalSet` for
     :class:`imf.eval.audio.AudioJudges` (``corpus``, ``ids``, ``texts``, ``speakers``, ``prompt_ids``).
 
     cond: tokens (N, T), mask (N, T), prompt (N, C, Tp), prompt_mask (N, Tp); z_0 (N, C, T);
@@ -621,7 +624,7 @@ class T2WSystem:
             wav, _ = _pad_stack(es.wavs)
             vae = self.system.vae
             return vae.decode(vae.encode(wav)[0])
-        return self.system.synthesize(es.z_0, es.cond, self.time_grid, self.model)
+        return synthesize(self.system, es.z_0, es.cond, self.time_grid, self.model)
 
 
 def synthesize_all(systems: Sequence[T2WSystem], es: T2WEvalSet) -> dict[str, list[Tensor]]:
@@ -642,7 +645,7 @@ def score_systems(wavs: dict[str, list[Tensor]], es: T2WEvalSet, judges: Sequenc
     """
     import pandas as pd
 
-    from ..eval.audio import AudioJudges
+    from imf.eval.audio import AudioJudges
 
     aj = AudioJudges(None, judges, wer_speakers)
     rows, tables = [], {}
@@ -663,8 +666,8 @@ def rtf_table(systems: Sequence[T2WSystem], es: T2WEvalSet, repeats: int = 3):
     """
     import pandas as pd
 
-    from ..bench import time_call
-    from ..solvers import sample
+    from imf.eval.speed import time_call
+    from imf.flow.solvers import sample
 
     calls = {}
     for s in systems:
@@ -705,8 +708,8 @@ def plot_spectrograms(wavs: dict[str, list[Tensor]], es: T2WEvalSet, index: int,
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from ..data.features import LogMel
-    from ..runtime import atomic_path
+    from imf.data.features import LogMel
+    from imf.core.runtime import atomic_path
 
     logmel = LogMel(es.corpus.mel_config)
     panels = [("reference", es.wavs[index][:es.n_samples[index]])] + [(k, v[index]) for k, v in wavs.items()]
@@ -739,7 +742,7 @@ def plot_spectrograms(wavs: dict[str, list[Tensor]], es: T2WEvalSet, index: int,
 def build_systems(vae_ckpt, fm_ckpt, mf_ckpt, imf_ckpt, decft_ckpt, joint_ckpt, fm_cfg_scale: float = 2.0,
                   fm_nfe: int = 10, fm_schedule: str = "uniform") -> list[T2WSystem]:
     """The table's six rows from the stages' checkpoints (EMA weights)."""
-    from .. import schedules
+    from imf.flow import schedules
 
     vae = load_model(vae_ckpt)
     fm = load_model(fm_ckpt)

@@ -28,11 +28,11 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
-from ..config import Config, require
-from ..runtime import seed_everything
-from ..data.features import LogMel, MelConfig
-from ..models.vocoder import Vocoder, VocoderConfig
-from .loop import TrainConfig, Trainer
+from imf.core.config import Config, require
+from imf.core.runtime import seed_everything
+from imf.data.features import LogMel, MelConfig
+from imf.models.vocoder import Vocoder, VocoderConfig
+from imf.train.trainer import TrainConfig, Trainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +111,7 @@ def random_segments(batch: dict[str, Any], seg_frames: int, hop: int,
 
 
 class VocoderObjective(nn.Module):
-    """``objective(model, batch, generator) -> (loss, logs)`` for :class:`~imf.train.loop.Trainer`."""
+    """``objective(model, batch, generator) -> (loss, logs)`` for :class:`~imf.train.trainer.Trainer`."""
 
     def __init__(self, mel_config: MelConfig, seg_frames: int, cfg: VocoderLossConfig = VocoderLossConfig()):
         super().__init__()
@@ -195,7 +195,7 @@ def evaluate_copy_synthesis(vocoder: nn.Module, corpus, ids: Iterable[str], judg
     corpus audio, single-threaded); add ``make_judge("wer")`` etc. for the ASR/MOS ceilings.
     ``summarise(df)`` from the same module gives the means. Also a ``seconds`` column.
     """
-    from ..eval.judges import PESQ, STOI, JudgeItem, evaluate
+    from imf.eval.judges import PESQ, STOI, JudgeItem, evaluate
 
     judges = [PESQ(progress=False), STOI(progress=False)] if judges is None else list(judges)
     pairs = copy_synthesis(vocoder, corpus, ids)

@@ -1,35 +1,25 @@
 """Entry points that tie a corpus, a model and an objective to the trainer.
 
-Notebooks and scripts call these; they hold no maths of their own (see :mod:`imf.losses`).
+Notebooks and scripts call these; they hold no maths of their own (see :mod:`imf.flow.objectives`).
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..config import Config, require
-from ..runtime import seed_everything
-from ..losses import CFMConfig, IMFConfig, MeanFlowConfig, cfm_loss, intmeanflow_loss, meanflow_loss
-from ..models import Token2Mel, Token2MelConfig, freeze, student_from_teacher
-from ..models.student import init_time_mix
-from ..solvers import Guided
-from .loop import TrainConfig, Trainer, load_model
+from imf.core.runtime import seed_everything
+from imf.flow.objectives import CFMConfig, IMFConfig, MeanFlowConfig, cfm_loss, intmeanflow_loss, meanflow_loss
+from imf.models import Token2Mel, Token2MelConfig, freeze, student_from_teacher
+from imf.models.student import init_time_mix
+from imf.flow.solvers import Guided
+from imf.core.checkpoints import load_model
+from imf.data.config import DataConfig
+from imf.train.trainer import TrainConfig, Trainer
 
 COND_KEYS = ("tokens", "mask", "prompt", "prompt_mask")
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig(Config):
-    max_frames: int = 192  # training crops (frames of 16 ms)
-    prompt_frames: int = 96  # speaker prompt crop from another utterance of the same speaker
-
-    def validate(self) -> None:
-        require(self.max_frames >= 8, "max_frames", "must be >= 8")
-        require(self.prompt_frames >= 4, "prompt_frames", "must be >= 4")
 
 
 def cond_of(batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -38,7 +28,7 @@ def cond_of(batch: dict[str, Any]) -> dict[str, Tensor]:
 
 
 def train_dataset(corpus, data_cfg: DataConfig, seed: int):
-    from ..data import MelTokenDataset
+    from imf.data import MelTokenDataset
 
     return MelTokenDataset(corpus, split="train", max_frames=data_cfg.max_frames,
                            prompt_frames=data_cfg.prompt_frames, crop="random", normalize=True, seed=seed)
@@ -48,7 +38,7 @@ def train_teacher(corpus, run_dir: str | Path, model_cfg: Token2MelConfig, train
                   cfm_cfg: CFMConfig = CFMConfig(), data_cfg: DataConfig = DataConfig(),
                   progress: bool = True) -> tuple[Trainer, dict[str, Any]]:
     """Train (or resume) a conditional flow-matching token2mel teacher in ``run_dir``."""
-    from ..data import collate
+    from imf.data import collate
 
     if model_cfg.n_tokens != corpus.n_tokens or model_cfg.n_mels != corpus.mel_config.n_mels:
         model_cfg = model_cfg.replace(n_tokens=corpus.n_tokens, n_mels=corpus.mel_config.n_mels)
@@ -74,7 +64,7 @@ def distill(corpus, teacher_ckpt: str | Path, run_dir: str | Path, train_cfg: Tr
     a student checkpoint: start from that student's EMA weights instead, e.g. a second stage
     with another interval mix (``imf_cfg.p_full``) after a first distillation run.
     """
-    from ..data import collate
+    from imf.data import collate
 
     seed_everything(train_cfg.seed)  # crops and prompt choices draw from the global generators
     teacher = load_model(teacher_ckpt)  # EMA weights, frozen, eval mode
@@ -113,7 +103,7 @@ def train_meanflow(corpus, run_dir: str | Path, train_cfg: TrainConfig, mf_cfg: 
     ``init="scratch"``: a fresh mean-flow network of ``model_cfg`` (its ``W`` also starts at
     ``[I | 0]``); otherwise a teacher checkpoint path, used through the init strategy.
     """
-    from ..data import collate
+    from imf.data import collate
 
     seed_everything(train_cfg.seed)  # model init (scratch), crops and prompt choices
     if init == "scratch":

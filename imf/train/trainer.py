@@ -3,7 +3,7 @@
 A run folder holds ``config.json`` (resolved configs, seed, git revision),
 ``checkpoints/last.pt`` (``{model, ema, model_class, model_config, step, optimizer,
 scheduler, config, rng, history}`` — a model loads from it alone), ``metrics.csv`` (the
-loss log), ``loss.png`` and ``metrics.json``. Kill it and start it again: it continues from
+loss log) and ``metrics.json``. Kill it and start it again: it continues from
 the last checkpoint. A non-finite loss or gradient stops training with a message and keeps
 the last good checkpoint.
 """
@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..config import Config, require
-from ..runtime import atomic_torch_save, atomic_write_json, atomic_write_text, git_revision, setup_threads
+from imf.core.config import Config, require
+from imf.core.runtime import atomic_torch_save, atomic_write_json, atomic_write_text, git_revision, setup_threads
 
 
 class TrainingDiverged(RuntimeError):
@@ -227,61 +227,8 @@ class Trainer:
         if steps_run:
             summary["sec_per_step"] = summary["seconds_this_session"] / steps_run
         atomic_write_json(self.run_dir / "metrics.json", summary)
-        self.plot_losses()
         return summary
 
     def _diverged_msg(self, what: str) -> str:
         kept = f"the last good checkpoint {self.ckpt_path} is kept" if self.ckpt_path.exists() else "no checkpoint yet"
         return f"training stopped at step {self.step}: {what}; {kept}"
-
-    def plot_losses(self) -> Path | None:
-        return plot_history(self.history, self.run_dir / "loss.png", title=self.desc)
-
-
-def plot_history(history: list[dict[str, float]], path: Path, title: str = "", keys=("loss", "grad_norm"),
-                 marks: tuple[tuple[float, str], ...] = ()) -> Path | None:
-    """Loss curves of a run (log scale) as a PNG at ``path``; ``marks``: (step, label) vertical lines."""
-    if not history:
-        return None
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    df = pd.DataFrame(history)
-    keys = [k for k in keys if k in df]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
-    for ax, k in zip(axes[0], keys):
-        ax.plot(df["step"], df[k])
-        ax.set_xlabel("step"), ax.set_ylabel(k), ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        for step, label in marks:
-            ax.axvline(step, color="k", ls=":", lw=1)
-            ax.annotate(label, (step, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
-                        textcoords="offset points", fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    from ..runtime import atomic_path
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated or foreign file
-        raise RuntimeError(f"checkpoint {path} cannot be read: {e}") from e
-
-
-def load_model(path: str | Path, ema: bool = True) -> nn.Module:
-    """Rebuild a model from its checkpoint alone (EMA weights by default), in eval mode."""
-    from ..models import build_model
-
-    state = load_checkpoint(path)
-    model = build_model(state["model_class"], state["model_config"])
-    model.load_state_dict(state["ema" if ema else "model"])
-    return model.eval().requires_grad_(False)

@@ -31,9 +31,9 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from torch import Tensor
 
-from .config import Config, require
-from .runtime import atomic_write_json, atomic_write_text
-from .schedules import GridError, save_grid, validate_grid
+from imf.core.config import Config, require
+from imf.core.runtime import atomic_write_json, atomic_write_text
+from imf.flow.schedules import GridError, save_grid, validate_grid
 
 Metric = Callable[[Tensor], float]
 """``metric(time_grid) -> score``: ``time_grid`` float64 (K+1,), higher score is better."""
@@ -98,7 +98,7 @@ class O3SResult:
     config: dict = dataclasses.field(default_factory=dict)
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write ``grid.json`` (:func:`imf.schedules.save_grid` format, loadable by ``load_grid``),
+        """Write ``grid.json`` (:func:`imf.flow.schedules.save_grid` format, loadable by ``load_grid``),
         ``history.json`` and ``history.csv`` into ``folder``, each atomically; return the folder."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -282,7 +282,7 @@ def o3s_search(
     Returns: :class:`O3SResult` with ``best_score >= init_score``.
 
     Raises: :class:`O3SError` if ``metric`` raises or returns a non-finite value (the message
-    holds the grid); :class:`~imf.schedules.GridError` for an invalid ``init_grid``.
+    holds the grid); :class:`~imf.flow.schedules.GridError` for an invalid ``init_grid``.
     """
     from tqdm.auto import tqdm  # lazy, like the other optional front-ends of this module
 

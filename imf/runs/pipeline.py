@@ -1,6 +1,6 @@
 """Run the pipeline's notebooks with papermill, in order, into ``results/runs/``.
 
-``python -m imf.pipeline --profile small`` is what ``make reproduce`` calls. Each notebook
+``python -m imf.runs.pipeline --profile small`` is what ``make reproduce`` calls. Each notebook
 gets ``PROFILE`` injected into its ``parameters`` cell; its executed copy goes to
 ``results/runs/<name>.ipynb`` and its artefacts to ``results/<name>/``. A failing notebook
 stops the pipeline with its name; executed copies of earlier notebooks are kept.
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .runtime import atomic_path, repo_root
+from imf.core.runtime import atomic_path, repo_root
 
 NOTEBOOKS = [
     "00_corpus",
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", help="run only these notebooks (names without .ipynb)")
     p.add_argument("--from", dest="start", help="start from this notebook")
     args = p.parse_args(argv)
-    from .report import build_readme, results_dir
+    from imf.runs.report import build_readme, results_dir
 
     names = args.only or available()
     if args.start:
@@ -84,16 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = results_dir() / "runs"
     for name in names:
         t0 = time.time()
-        print(f"[imf.pipeline] {name} (profile {args.profile}) ...", flush=True)
+        print(f"[imf.runs.pipeline] {name} (profile {args.profile}) ...", flush=True)
         try:
             run_notebook(name, out_dir, {"PROFILE": args.profile})
         except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
-            print(f"[imf.pipeline] {name} FAILED after {time.time() - t0:.0f}s: {e}", file=sys.stderr)
-            print(f"[imf.pipeline] partial copy: {out_dir / (name + '.failed.ipynb')}", file=sys.stderr)
+            print(f"[imf.runs.pipeline] {name} FAILED after {time.time() - t0:.0f}s: {e}", file=sys.stderr)
+            print(f"[imf.runs.pipeline] partial copy: {out_dir / (name + '.failed.ipynb')}", file=sys.stderr)
             return 1
-        print(f"[imf.pipeline] {name} done in {time.time() - t0:.0f}s -> {out_dir / (name + '.ipynb')}", flush=True)
+        print(f"[imf.runs.pipeline] {name} done in {time.time() - t0:.0f}s -> {out_dir / (name + '.ipynb')}", flush=True)
     build_readme()
-    print(f"[imf.pipeline] results: {results_dir() / 'README.md'}")
+    print(f"[imf.runs.pipeline] results: {results_dir() / 'README.md'}")
     return 0
 
 

@@ -1,15 +1,11 @@
-"""Benchmarks (never unit tests): speed ratios measured side by side, memory per objective.
-
-    python -m imf.bench speed  --profile small     # teacher 32 NFE + CFG vs student 1/2/4 NFE
-    python -m imf.bench memory --profile small     # peak memory and s/step per training objective
+"""Speed and memory, measured side by side (benchmarks and notebooks, never unit tests).
 
 Timings are ratios measured in one process on the same batch; memory is measured in a
-fresh subprocess per objective (``ru_maxrss`` growth over one training step) so the
-numbers do not mix.
+fresh subprocess per objective (``ru_maxrss`` growth over one training step) so the numbers
+do not mix (``python -m imf.eval.speed _memstep '<json>'`` is that subprocess).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import statistics
@@ -21,8 +17,8 @@ from typing import Callable, Sequence
 import pandas as pd
 import torch
 
-from . import schedules
-from .solvers import Guided, sample
+from imf.flow import schedules
+from imf.flow.solvers import Guided, sample
 
 
 def time_call(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
@@ -99,9 +95,9 @@ def rtf_table(systems: Sequence[tuple[str, Callable, Sequence[int]]], x_0: torch
 # ---------------------------------------------------------------------------------------
 def _memstep(objective: str, teacher_nfe: int, batch: int, frames: int, model_cfg: dict, steps: int) -> dict:
     """Run inside a fresh process: peak RSS growth over ONE training step, then s/step."""
-    from .losses import CFMConfig, IMFConfig, MeanFlowConfig, cfm_loss, intmeanflow_loss, meanflow_loss
-    from .models import Token2Mel, Token2MelConfig, student_from_teacher
-    from .runtime import setup_threads
+    from imf.flow.objectives import CFMConfig, IMFConfig, MeanFlowConfig, cfm_loss, intmeanflow_loss, meanflow_loss
+    from imf.models import Token2Mel, Token2MelConfig, student_from_teacher
+    from imf.core.runtime import setup_threads
 
     setup_threads()
     torch.manual_seed(0)
@@ -148,63 +144,11 @@ def memory_table(objectives: Sequence[tuple[str, int]], batch: int, frames: int,
     for objective, n in tqdm(objectives, desc="memory", disable=not progress):
         args = json.dumps({"objective": objective, "teacher_nfe": n, "batch": batch, "frames": frames,
                            "model_cfg": model_cfg, "steps": steps})
-        out = subprocess.run([sys.executable, "-m", "imf.bench", "_memstep", args], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-m", "imf.eval.speed", "_memstep", args], capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f"memory run {objective} (N={n}) failed:\n{out.stderr[-2000:]}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return pd.DataFrame(rows)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="imf benchmarks")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    sp = sub.add_parser("speed", help="teacher (32 NFE + CFG) vs student (1/2/4 NFE), side by side")
-    sp.add_argument("--profile", default="small")
-    sp.add_argument("--repeats", type=int, default=3)
-    mp = sub.add_parser("memory", help="peak memory and s/step: CFM, IntMeanFlow (several N), MeanFlow")
-    mp.add_argument("--profile", default="small")
-    mp.add_argument("--teacher-nfes", type=int, nargs="*", default=[4, 16])
-    rp = sub.add_parser("rtf", help="real-time factor, flow alone and end to end (with the vocoder), per system and NFE")
-    rp.add_argument("--profile", default="small")
-    rp.add_argument("--repeats", type=int, default=3)
-    ip = sub.add_parser("_memstep")
-    ip.add_argument("args")
-    a = p.parse_args(argv)
-    if a.cmd == "_memstep":
-        print(json.dumps(_memstep(**json.loads(a.args))))
-        return 0
-    from .profiles import profile, runs_dir, student_run
-    P = profile(a.profile)
-    if a.cmd == "memory":
-        objs = [("cfm", 0)] + [("imf", n) for n in a.teacher_nfes] + [("meanflow", 0)]
-        cfg = dict(P["teacher_model"], n_tokens=64)
-        df = memory_table(objs, P["student_train"]["batch_size"], P["data"]["max_frames"], cfg)
-        print(df.to_string(index=False))
-        return 0
-    from .data import load_corpus
-    from .eval.evaluate import make_eval_set
-    from .runtime import setup_threads
-    from .train.loop import load_model, load_checkpoint
-
-    setup_threads()
-    run = runs_dir(a.profile)
-    teacher = load_model(run / "teacher" / "checkpoints" / "last.pt")
-    student = load_model(run / student_run(a.profile) / "checkpoints" / "last.pt")  # 02_distill's final student
-    corpus = load_corpus(load_checkpoint(run / "teacher" / "checkpoints" / "last.pt")["config"]["corpus"])
-    E = P["eval"]
-    es = make_eval_set(corpus, E["split"], E["batch_size"], E["seed"], E["max_frames"], P["data"]["prompt_frames"])
-    print(f"batch of {len(es)} utterances, {int(es.mask.sum())} frames, {torch.get_num_threads()} threads")
-    if a.cmd == "rtf":
-        from .models.vocoder import load_vocoder
-
-        voc_ckpt = run / "vocoder" / "checkpoints" / "last.pt"
-        vocoder = load_vocoder(voc_ckpt if voc_ckpt.exists() else None)
-        df = rtf_table(default_rtf_systems(teacher, student, E["cfg_scale"]), es.z_0, es.cond,
-                       audio_seconds_of(es), vocoder, a.repeats)
-    else:
-        df = speed_table(teacher, student, es.z_0, es.cond, E["cfg_scale"], repeats=a.repeats)
-    print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    return 0
 
 
 def default_rtf_systems(teacher, student, cfg_scale: float) -> list[tuple[str, Callable, list[int]]]:
@@ -220,4 +164,5 @@ def audio_seconds_of(es) -> float:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:2] == ["_memstep"]:
+        print(json.dumps(_memstep(**json.loads(sys.argv[2]))))

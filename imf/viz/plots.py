@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 from torch import Tensor
 
-from ..runtime import atomic_path
+from imf.core.runtime import atomic_path
 
 
 def save_fig(fig, path: str | Path, dpi: int = 110) -> Path:
@@ -60,3 +60,31 @@ def plot_metric_vs_nfe(df: pd.DataFrame, metrics: Sequence[str], path: str | Pat
         fig.suptitle(title)
     fig.tight_layout()
     return save_fig(fig, path) if path else fig
+
+
+def plot_history(history: list[dict[str, float]], path: Path, title: str = "", keys=("loss", "grad_norm"),
+                 marks: tuple[tuple[float, str], ...] = ()) -> Path | None:
+    """Loss curves of a run (log scale) as a PNG at ``path``; ``marks``: (step, label) vertical lines."""
+    if not history:
+        return None
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    df = pd.DataFrame(history)
+    keys = [k for k in keys if k in df]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        ax.plot(df["step"], df[k])
+        ax.set_xlabel("step"), ax.set_ylabel(k), ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        for step, label in marks:
+            ax.axvline(step, color="k", ls=":", lw=1)
+            ax.annotate(label, (step, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                        textcoords="offset points", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path

@@ -2,7 +2,7 @@
 
 No concrete model is imported: a model is any callable ``model(x, *, t, r=None, cond)``.
 Tensors: ``z`` (B, C, T); ``mask`` (B, T) bool (valid frames); times (B,).
-Time convention: see :mod:`imf.paths` (noise t=0 -> data t=1).
+Time convention: see :mod:`imf.flow.paths` (noise t=0 -> data t=1).
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor
 
-from .config import Config, require
-from .paths import bcast_time, jump, sample_path
+from imf.core.config import Config, require
+from imf.flow.paths import bcast_time, jump, sample_path
 
 Cond = Mapping[str, Tensor]
 

@@ -14,8 +14,8 @@ from typing import Callable, Mapping, Protocol
 import torch
 from torch import Tensor
 
-from .paths import jump
-from .schedules import validate_grid
+from imf.flow.paths import jump
+from imf.flow.schedules import validate_grid
 
 Cond = Mapping[str, Tensor]
 

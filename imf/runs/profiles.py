@@ -141,5 +141,5 @@ def runs_dir(profile_name: str):
     import os
     from pathlib import Path
 
-    from .runtime import repo_root
+    from imf.core.runtime import repo_root
     return Path(os.environ.get("IMF_RUNS", repo_root() / "runs")) / profile_name

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .runtime import atomic_write_json
+from imf.core.runtime import atomic_write_json
 
 # Published EPSS grids (F5-TTS), in units of 1/32.
 _EPSS_32 = {

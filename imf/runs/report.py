@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .runtime import atomic_write_text, repo_root
+from imf.core.runtime import atomic_write_text, repo_root
 
 HEADER = """# Reproduced results
 
