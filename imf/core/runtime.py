@@ -87,7 +87,7 @@ def git_revision(cwd: str | os.PathLike | None = None) -> str:
 
 def repo_root() -> Path:
     """The checkout root (parent of the `imf` package)."""
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[2]  # imf/core/runtime.py -> the checkout
 
 
 def data_dir() -> Path:
