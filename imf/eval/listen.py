@@ -237,8 +237,7 @@ class Comparison:
         mels = [x_log[i, :, : self.n_frames(i)].clone() for i in range(len(es))]
         scores = self._intrinsic(mels, real)
         if self.judges is not None:
-            self.judges.score_wavs(es, wavs)
-            scores = self.judges.last_table.join(scores)
+            scores = self.judges.table(es, wavs).join(scores)
         r = Render(name, key[1], mels, [w.detach().float().cpu() for w in wavs], scores, seconds, calls)
         self._cache[key] = r
         return r
