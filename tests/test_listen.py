@@ -274,3 +274,23 @@ def test_bad_inputs(es, models):
         comp.render("s", 3)
     with pytest.raises(KeyError, match="not in the eval set"):
         comp.wav(TRUTH, None, "nope")
+
+
+def test_listen_config_validates_notebook_parameters():
+    from imf.core.config import ConfigError
+    from imf.runs.listen_setup import ListenConfig
+
+    params = {"PROFILE": "tiny", "N_UTTS": 2, "NFE_CHOICES": [1, 4], "JUDGES": ["pesq"], "display": print, "_x": 1}
+    cfg = ListenConfig.from_params(params)  # lower-case names (imports, helpers) are not parameters
+    assert cfg.profile == "tiny" and cfg.nfe_choices == (1, 4) and cfg.judges == ("pesq",) and cfg.n_utts == 2
+    assert ListenConfig.from_params({"JUDGES": []}).judges == ()
+    with pytest.raises(ConfigError, match=r"unknown notebook parameter\(s\) \['N_UTT'\]"):
+        ListenConfig.from_params({**params, "N_UTT": 3})  # a papermill -p typo
+    with pytest.raises(ConfigError, match="'judges'.*expected a sequence"):
+        ListenConfig.from_params({"JUDGES": "wer,sim"})  # the old comma string
+    with pytest.raises(ConfigError, match="'nfe_choices'"):
+        ListenConfig.from_params({"NFE_CHOICES": [1, 0]})
+    with pytest.raises(ConfigError, match="'judges'.*utmos"):
+        ListenConfig.from_params({"JUDGES": ["utmos"]})
+    with pytest.raises(ConfigError, match="'profile'"):
+        ListenConfig.from_params({"PROFILE": "huge"})
