@@ -72,8 +72,8 @@ class AudioJudges:
         utterances of ``wer_speakers`` and NaN elsewhere (no WER columns if none of the
         utterances is of those speakers).
         """
-        if len(wavs) != len(es):
-            raise ValueError(f"{len(wavs)} waveforms for an eval set of {len(es)} utterances")
+        if len(wavs) != len(es.ids):
+            raise ValueError(f"{len(wavs)} waveforms for an eval set of {len(es.ids)} utterances")
         items = self.items(es, wavs)
         asr = [j for j in self.judges if getattr(j, "name", "") == "wer"]
         rest = [j for j in self.judges if j not in asr]
