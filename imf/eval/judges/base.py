@@ -27,6 +27,7 @@ from imf.core.runtime import atomic_write_json
 SAMPLE_RATE = 16_000  # every judge takes 16 kHz mono audio
 CACHE_VERSION = 1  # bump when a judge's computation changes so old cache entries stop matching
 
+
 # --------------------------------------------------------------------------------------------
 # Items and the protocol
 # --------------------------------------------------------------------------------------------
@@ -192,6 +193,7 @@ def import_package(module: str, package: str, judge: str) -> Any:
 
 
 def require_files(folder: Path, names: Sequence[str], what: str, hint: str) -> None:
+    """Raise RuntimeError naming ``folder`` and the missing ``names`` (weights are never downloaded)."""
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
         raise RuntimeError(f"{what}: looked in {folder} and found no {', '.join(missing)}. {hint} "
