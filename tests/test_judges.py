@@ -350,17 +350,3 @@ def test_dnsmos_range_and_noise(dnsmos, speech):
     assert 1.0 <= dirty < clean <= 5.0, (clean, dirty)
     cols = dnsmos.columns([JudgeItem(x)])
     assert set(cols) == {"mos", "mos.sig", "mos.bak", "mos.ovrl"} and cols["mos"][0] == clean
-
-
-def test_wer_voices_override_file_and_default(tmp_path, monkeypatch):
-    from imf.eval.audio import wer_voices
-
-    monkeypatch.setenv("IMF_RESULTS", str(tmp_path))
-    assert wer_voices() is None  # 00_vocoder has not run: WER on every voice
-    assert wer_voices("fl-slt,fl-rms") == ["fl-slt", "fl-rms"]
-    (tmp_path / "00_vocoder").mkdir()
-    (tmp_path / "00_vocoder" / "metrics.json").write_text('{"wer_voices": ["fl-awb"]}')
-    assert wer_voices() == ["fl-awb"]
-    (tmp_path / "00_vocoder" / "metrics.json").write_text('{"wer_voices": ')
-    with pytest.raises(ValueError, match="00_vocoder/metrics.json"):
-        wer_voices()

@@ -1,5 +1,6 @@
-"""Listening comparisons (imf.eval.listen): identical noise, caching, the widget panel driven
-programmatically (no browser), the static HTML form. Tiny random models, a stub vocoder and
+"""Listening comparisons: the rendering data (imf.eval.listen: identical noise, caching, systems
+as imf.eval.systems.System) and its views (imf.viz.listen: the widget panel driven
+programmatically, no browser; the static HTML form). Tiny random models, a stub vocoder and
 stub judges: no corpus, no pretrained weights."""
 import base64
 import io
@@ -12,9 +13,9 @@ import torch
 
 from imf.flow import schedules
 from imf.eval.evalset import EvalSet
-from imf.eval.systems import guided
-from imf.eval.listen import (COPY, TRUTH, ListeningPanel, nfe_grids, render_comparison, static_comparison,
-                             wav_bytes)
+from imf.eval.listen import COPY, TRUTH, nfe_grids, render_comparison
+from imf.eval.systems import System, guided
+from imf.viz.listen import ListeningPanel, static_comparison, wav_bytes
 from tests.helpers import Counting, make_cond, tiny_model
 
 HOP, SR, C = 256, 16_000, 8
@@ -101,10 +102,24 @@ def wav_of(data: bytes):
     return a, sr
 
 
+def pcm16(data: bytes) -> np.ndarray:
+    """The int16 samples of a WAV file's bytes (asserting 16 kHz PCM16)."""
+    info = sf.info(io.BytesIO(data))
+    assert info.samplerate == SR and info.subtype == "PCM_16" and info.channels == 1
+    return sf.read(io.BytesIO(data), dtype="int16")[0]
+
+
+def assert_is_pcm16_of(data: bytes, wav: torch.Tensor) -> None:
+    """``data`` is a WAV file of exactly ``wav`` (S,), quantised to 16 bits (within one step)."""
+    a = pcm16(data)
+    assert a.shape == wav.shape
+    assert np.abs(a / 32768.0 - wav.clamp(-1, 1).numpy()).max() <= 1 / 32768 + 1e-7
+
+
 def test_identical_noise_same_model_same_audio(es, models):
     teacher, student = models
-    comp = render_comparison(es, {"a": (teacher, schedules.uniform(2)), "b": (teacher, schedules.uniform(2)),
-                                  "c": (student, schedules.uniform(2))}, SineVocoder(), progress=False)
+    systems = [System("a", teacher), System("b", teacher), System("c", student)]
+    comp = render_comparison(es, systems, SineVocoder(), nfes=[2], progress=False)
     for i in range(len(es)):
         assert torch.equal(comp.wav("a", 2, i), comp.wav("b", 2, i))
         assert torch.equal(comp.mel("a", 2, i), comp.mel("b", 2, i))
@@ -115,11 +130,11 @@ def test_identical_noise_same_model_same_audio(es, models):
 
 def test_references_and_tables(es, models):
     teacher, student = models
-    comp = render_comparison(es, {"teacher": (guided(teacher, 2.0), nfe_grids("1,4")),
-                                  "student": (student, nfe_grids([1, 2]))}, SineVocoder(), [RMS(), Chars()],
-                             default_nfe={"teacher": 4}, progress=False)
+    systems = [System("teacher", guided(teacher, 2.0), grids=nfe_grids([1, 4])),
+               System("student", student, grids=nfe_grids([2, 1]))]
+    comp = render_comparison(es, systems, SineVocoder(), [RMS(), Chars()], default_nfe={"teacher": 4}, progress=False)
     assert comp.names == [TRUTH, COPY, "teacher", "student"]
-    assert comp.nfes("teacher") == [1, 4] and comp.nfes(TRUTH) == []
+    assert comp.nfes("teacher") == [1, 4] and comp.nfes("student") == [1, 2] and comp.nfes(TRUTH) == []
     assert comp.default_nfe == {"teacher": 4, "student": 1}
     for i, uid in enumerate(es.ids):
         assert torch.equal(comp.wav(TRUTH, None, i), es.corpus.load_wav(uid))  # the real recording itself
@@ -134,38 +149,56 @@ def test_references_and_tables(es, models):
     assert np.isfinite(means[["rms", "fs_ratio"]].to_numpy()).all()
 
 
+def test_system_grids_schedule_and_method_are_used(es, models):
+    """``nfes`` takes each grid from ``System.grid`` (its explicit grid, else its schedule), and the
+    system's solver ``method`` samples it: midpoint costs two model calls per step."""
+    student = Counting(models[1])
+    custom = torch.tensor([0.0, 0.1, 1.0])
+    systems = [System("cos", student, schedule="cosine"), System("own", student, grids={2: custom}),
+               System("mid", student, method="midpoint")]
+    comp = render_comparison(es, systems, SineVocoder(), nfes=[2, 3], eager=False)
+    assert torch.equal(comp.grids["cos"][3], schedules.make_grid("cosine", 3))
+    assert torch.equal(comp.grids["own"][2], custom) and torch.equal(comp.grids["own"][3], schedules.uniform(3))
+    comp.render("mid", 3)
+    assert student.calls == 2 * 3 and comp.render("mid", 3).calls == 6
+
+
 def test_panel_builds_and_reacts_without_browser(es, models):
     teacher, student = models
     t_count, s_count = Counting(guided(teacher, 2.0)), Counting(student)
     rms = RMS()
-    comp = render_comparison(es, {"teacher": (t_count, nfe_grids("1,4")), "student": (s_count, nfe_grids("1,2"))},
-                             SineVocoder(), [rms], default_nfe={"teacher": 4}, progress=False)
+    systems = [System("teacher", t_count, grids=nfe_grids([1, 4])), System("student", s_count, grids=nfe_grids([1, 2]))]
+    comp = render_comparison(es, systems, SineVocoder(), [rms], default_nfe={"teacher": 4}, progress=False)
     calls, scored = (t_count.calls, s_count.calls), rms.n_scored
     panel = ListeningPanel(comp)
     assert set(panel.players) == {TRUTH, COPY, "teacher", "student"} and set(panel.nfe) == {"teacher", "student"}
     assert panel.nfe["teacher"].value == 4 and panel.nfe["student"].value == 1
     for name in comp.names:
-        a, sr = wav_of(panel.players[name].value)
-        assert sr == SR and len(a) == len(comp.wav(name, panel.current_nfe(name), 0))
+        assert panel.players[name].value == wav_bytes(comp.wav(name, panel.current_nfe(name), 0), SR)
+        assert_is_pcm16_of(panel.players[name].value, comp.wav(name, panel.current_nfe(name), 0))
         assert panel.images[name].value[:4] == b"\x89PNG"
         assert "rms" in panel.scores[name].value and "fs_ratio" in panel.scores[name].value
     assert "u0" in panel.caption.value and "hello there" in panel.caption.value
-    assert panel._repr_mimebundle_()  # displayable
+    # displaying the panel displays its whole widget (not, e.g., the utterance dropdown alone)
+    view = panel._repr_mimebundle_()["application/vnd.jupyter.widget-view+json"]
+    assert view["model_id"] == panel.widget.model_id
 
     before = {n: (panel.players[n].value, panel.scores[n].value, panel.images[n].value) for n in comp.names}
     panel.utterance.value = 1
     for n in comp.names:
-        assert panel.players[n].value != before[n][0]
+        assert panel.players[n].value == wav_bytes(comp.wav(n, panel.current_nfe(n), 1), SR) != before[n][0]
         assert panel.scores[n].value != before[n][1]
         assert panel.images[n].value != before[n][2]
     assert "u1" in panel.caption.value
 
-    # an NFE change redraws that column only, from the cache
+    # an NFE change swaps that column's audio to the render of the new NFE, from the cache
     student_before, teacher_before = panel.players["student"].value, panel.players["teacher"].value
     panel.nfe["student"].value = 2
-    assert panel.players["student"].value != student_before
+    assert panel.players["student"].value == wav_bytes(comp.wav("student", 2, 1), SR) != student_before
+    assert_is_pcm16_of(panel.players["student"].value, comp.wav("student", 2, 1))
     assert panel.players["teacher"].value == teacher_before
-    assert wav_of(panel.players["student"].value)[0] == pytest.approx(comp.wav("student", 2, 1).numpy(), abs=1e-4)
+    panel.nfe["teacher"].value = 1
+    assert_is_pcm16_of(panel.players["teacher"].value, comp.wav("teacher", 1, 1))
     panel.nfe["student"].value = 1
     assert panel.players["student"].value == student_before
     assert (t_count.calls, s_count.calls) == calls and rms.n_scored == scored  # nothing recomputed
@@ -173,7 +206,7 @@ def test_panel_builds_and_reacts_without_browser(es, models):
 
 def test_lazy_renders_once_per_nfe(es, models):
     student = Counting(models[1])
-    comp = render_comparison(es, {"student": (student, nfe_grids("1,2"))}, SineVocoder(), eager=False)
+    comp = render_comparison(es, [System("student", student, grids=nfe_grids([1, 2]))], SineVocoder(), eager=False)
     panel = ListeningPanel(comp)
     assert student.calls == 1 and not comp.is_rendered("student", 2)
     panel.nfe["student"].value = 2
@@ -186,17 +219,23 @@ def test_lazy_renders_once_per_nfe(es, models):
 
 def test_static_comparison_html(es, models, tmp_path):
     teacher, student = models
-    comp = render_comparison(es, {"teacher": (guided(teacher, 2.0), nfe_grids("1,4")),
-                                  "student": (student, nfe_grids("1"))}, SineVocoder(), [RMS()],
-                             copy_synthesis=False, default_nfe={"teacher": 4}, progress=False)
-    out = static_comparison(comp, utts=["u0", "u2"], points=[TRUTH, ("teacher", 4), "student"],
-                            max_seconds=0.2, figure_path=tmp_path / "cmp.png")
+    systems = [System("teacher", guided(teacher, 2.0), grids=nfe_grids([1, 4])),
+               System("student", student, grids=nfe_grids([1]))]
+    comp = render_comparison(es, systems, SineVocoder(), [RMS()], copy_synthesis=False,
+                             default_nfe={"teacher": 4}, progress=False)
+    utts, points = ["u0", "u2"], [TRUTH, ("teacher", 1), "student"]  # teacher at 1 NFE, not its default 4
+    out = static_comparison(comp, utts=utts, points=points, max_seconds=0.2, figure_path=tmp_path / "cmp.png")
     data = out.data
-    assert data.count("<audio") == 6 and "teacher · 4 NFE" in data and "rms" in data
+    assert "teacher · 1 NFE" in data and "rms" in data
     assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG" and "data:image/png;base64," in data
-    b64 = re.search(r'data:audio/wav;base64,([A-Za-z0-9+/=]+)"', data).group(1)
-    info = sf.info(io.BytesIO(base64.b64decode(b64)))
-    assert info.samplerate == SR and info.subtype == "PCM_16" and info.frames == int(0.2 * SR)
+    # one <audio> per (utterance, point), row by row, each the render of exactly that point, cut to 0.2 s
+    payloads = re.findall(r'<audio[^>]*src="data:audio/wav;base64,([A-Za-z0-9+/=]+)"', data)
+    assert data.count("<audio") == len(payloads) == len(utts) * len(points)
+    expected = [comp.wav(*comp.resolve(*((p, None) if isinstance(p, str) else p)), u)[: int(0.2 * SR)]
+                for u in utts for p in points]
+    for b64, wav in zip(payloads, expected):
+        assert base64.b64decode(b64) == wav_bytes(wav, SR)
+        assert_is_pcm16_of(base64.b64decode(b64), wav)
     # default: every row, as many utterances as the player budget allows
     assert static_comparison(comp, max_players=6).data.count("<audio") == 6
     with pytest.raises(ValueError, match="max_players"):
@@ -212,15 +251,46 @@ def test_wav_bytes_not_normalised():
 
 def test_bad_inputs(es, models):
     with pytest.raises(ValueError, match="NFE"):
-        nfe_grids("1,0")
-    with pytest.raises(ValueError, match="comma-separated"):
-        nfe_grids("1;2")
+        nfe_grids([1, 0])
+    with pytest.raises(TypeError, match="list of integers"):
+        nfe_grids("1,2")
+    voc = SineVocoder()
     with pytest.raises(ValueError, match="reserved"):
-        render_comparison(es, {TRUTH: (models[0], schedules.uniform(1))}, SineVocoder(), eager=False)
+        render_comparison(es, [System(TRUTH, models[0])], voc, nfes=[1], eager=False)
+    with pytest.raises(TypeError, match="list of imf.eval.systems.System"):
+        render_comparison(es, {"s": (models[0], nfe_grids([1]))}, voc, eager=False)
+    with pytest.raises(TypeError, match="expected an imf.eval.systems.System"):
+        render_comparison(es, [("s", models[0])], voc, nfes=[1], eager=False)
+    with pytest.raises(ValueError, match="named 's'"):
+        render_comparison(es, [System("s", models[0]), System("s", models[1])], voc, nfes=[1], eager=False)
+    with pytest.raises(ValueError, match="'s' has no NFE choices"):
+        render_comparison(es, [System("s", models[0])], voc, eager=False)
+    with pytest.raises(ValueError, match="grid for 3 NFE has 2 steps"):
+        render_comparison(es, [System("s", models[0], grids={3: schedules.uniform(2)})], voc, eager=False)
     with pytest.raises(ValueError, match="default NFE"):
-        render_comparison(es, {"s": (models[0], nfe_grids("1,2"))}, SineVocoder(), default_nfe={"s": 3}, eager=False)
-    comp = render_comparison(es, {"s": (models[0], nfe_grids("1,2"))}, SineVocoder(), eager=False)
+        render_comparison(es, [System("s", models[0])], voc, nfes=[1, 2], default_nfe={"s": 3}, eager=False)
+    comp = render_comparison(es, [System("s", models[0])], voc, nfes=[1, 2], eager=False)
     with pytest.raises(KeyError, match="no grid for 3 NFE"):
         comp.render("s", 3)
     with pytest.raises(KeyError, match="not in the eval set"):
         comp.wav(TRUTH, None, "nope")
+
+
+def test_listen_config_validates_notebook_parameters():
+    from imf.core.config import ConfigError
+    from imf.runs.listen_setup import ListenConfig
+
+    params = {"PROFILE": "tiny", "N_UTTS": 2, "NFE_CHOICES": [1, 4], "JUDGES": ["pesq"], "display": print, "_x": 1}
+    cfg = ListenConfig.from_params(params)  # lower-case names (imports, helpers) are not parameters
+    assert cfg.profile == "tiny" and cfg.nfe_choices == (1, 4) and cfg.judges == ("pesq",) and cfg.n_utts == 2
+    assert ListenConfig.from_params({"JUDGES": []}).judges == ()
+    with pytest.raises(ConfigError, match=r"unknown notebook parameter\(s\) \['N_UTT'\]"):
+        ListenConfig.from_params({**params, "N_UTT": 3})  # a papermill -p typo
+    with pytest.raises(ConfigError, match="'judges'.*expected a sequence"):
+        ListenConfig.from_params({"JUDGES": "wer,sim"})  # the old comma string
+    with pytest.raises(ConfigError, match="'nfe_choices'"):
+        ListenConfig.from_params({"NFE_CHOICES": [1, 0]})
+    with pytest.raises(ConfigError, match="'judges'.*utmos"):
+        ListenConfig.from_params({"JUDGES": ["utmos"]})
+    with pytest.raises(ConfigError, match="'profile'"):
+        ListenConfig.from_params({"PROFILE": "huge"})

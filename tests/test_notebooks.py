@@ -121,7 +121,7 @@ def test_05_meanflow_vs_imf(tree):
 
 
 def test_06_listen(tree):
-    m = run(tree, "06_listen", N_UTTS=2, JUDGES="pesq")
+    m = run(tree, "06_listen", N_UTTS=2, JUDGES=["pesq"])
     assert m["n_utts"] == 2 and m["judges"] == ["pesq"]
     assert m["systems"] == ["ground truth", "copy-synthesis", "teacher + CFG 2", "IntMeanFlow student"]
     points = {(r["system"], r["nfe"]) for r in m["mean_scores"]}

@@ -7,38 +7,28 @@ vocoded over its valid frames; WER uses the utterance's transcript, SIM the REAL
 its prompt utterance (same speaker, SIM-o style), PESQ/STOI the real audio of the same
 utterance. The same judges on the real mels give the vocoder's copy-synthesis ceiling, and
 on the real audio the corpus ceiling.
+
+Per-utterance scores come from :meth:`AudioJudges.table`, corpus-level ones from
+:meth:`AudioJudges.summary` of that table (``score_wavs = summary(table(...))``). Which voices
+WER is reliable on is given explicitly (``wer_speakers``); the runs layer reads the list
+notebook 00_vocoder chose (:func:`imf.runs.voices.wer_voices`).
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Sequence
 
+import pandas as pd
 import torch
 from torch import Tensor
 
 from imf.eval.judges import JudgeItem, evaluate, summarise
 
 
-def wer_voices(override: str = "") -> list[str] | None:
-    """Voices scored by WER: ``override`` (comma-separated) if given, else the list notebook
-    00_vocoder chose (real-recording WER within its threshold, ``results/00_vocoder/metrics.json``),
-    else None (WER on every voice)."""
-    from imf.runs.report import results_dir
-
-    voices = [v for v in override.split(",") if v]
-    if voices:
-        return voices
-    path = results_dir() / "00_vocoder" / "metrics.json"
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text()).get("wer_voices") or None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); re-run notebooks/00_vocoder.ipynb") from e
-
-
 class AudioJudges:
-    """``judges(es, x_norm) -> dict`` of corpus-level summaries (WER over words, other means).
+    """Vocode generated mels and score them with judges of :mod:`imf.eval.judges`.
+
+    ``judges(es, x_norm) -> dict`` of corpus-level summaries (WER over words, other means);
+    :meth:`table` gives the per-utterance scores behind them.
 
     ``wer_speakers``: WER is computed only on utterances of these speakers (voices that the
     ASR transcribes reliably on real recordings; robotic voices would swamp the column), the
@@ -47,12 +37,13 @@ class AudioJudges:
 
     def __init__(self, vocoder: Any, judges: Sequence[Any], wer_speakers: Sequence[str] | None = None):
         self.vocoder, self.judges = vocoder, list(judges)
+        if isinstance(wer_speakers, str):
+            raise TypeError(f"wer_speakers must be a list of speaker names or None, got the string {wer_speakers!r}")
         self.wer_speakers = None if wer_speakers is None else set(wer_speakers)
-        self.last_table = None  # per-utterance scores of the last call
 
     @torch.inference_mode()
     def wavs(self, es, x_norm: Tensor) -> list[Tensor]:
-        """Vocode each utterance's valid frames: list of (N_i,) float32 at 16 kHz."""
+        """Vocode each utterance's valid frames of ``x_norm`` (N, C, T): list of (N_i,) float32 at 16 kHz."""
         out = []
         for i in range(len(es)):
             n = int(es.mask[i].sum())
@@ -61,6 +52,8 @@ class AudioJudges:
         return out
 
     def items(self, es, wavs: Sequence[Tensor]) -> list[JudgeItem]:
+        """One :class:`JudgeItem` per utterance: its audio, transcript, real recording (ref) and
+        the real recording of its prompt utterance (prompt)."""
         items = []
         for i, wav in enumerate(wavs):
             ref = es.corpus.load_wav(es.ids[i])
@@ -70,23 +63,42 @@ class AudioJudges:
                                    id=es.ids[i]))
         return items
 
-    def score_wavs(self, es, wavs: Sequence[Tensor]) -> dict[str, float]:
+    def table(self, es, wavs: Sequence[Tensor]) -> pd.DataFrame:
+        """Per-utterance scores of ``wavs`` (one (N_i,) waveform per utterance of ``es``).
+
+        Index: the utterance ids (``id``), one row per utterance. Columns: the judges' columns
+        (:func:`imf.eval.judges.evaluate`: ``sim``, ``mos``, ``mos.sig``, ...), then the WER
+        judge's (``wer``, ``wer.errors``, ``wer.words``, ``wer.hyp``), which hold values only on
+        utterances of ``wer_speakers`` and NaN elsewhere (no WER columns if none of the
+        utterances is of those speakers).
+        """
+        if len(wavs) != len(es.ids):
+            raise ValueError(f"{len(wavs)} waveforms for an eval set of {len(es.ids)} utterances")
         items = self.items(es, wavs)
         asr = [j for j in self.judges if getattr(j, "name", "") == "wer"]
         rest = [j for j in self.judges if j not in asr]
-        table = evaluate(rest, items) if rest else None
+        table = evaluate(rest, items) if rest else pd.DataFrame(index=pd.Index(list(es.ids), name="id"))
         if asr:
             keep = items
             if self.wer_speakers is not None and es.speakers is not None:
                 names = [es.corpus.speakers[int(k)] for k in es.speakers]
                 keep = [it for it, n in zip(items, names) if n in self.wer_speakers]
             if keep:
-                wer = evaluate(asr, keep)
-                table = wer if table is None else table.join(wer, how="left")
-        self.last_table = table
+                table = table.join(evaluate(asr, keep), how="left")
+        return table
+
+    @staticmethod
+    def summary(table: pd.DataFrame) -> dict[str, float]:
+        """Corpus-level scores of a :meth:`table`: WER as total errors / total words over the
+        scored utterances, the other judges' means (NaN skipped); extra columns left out."""
         return {k: v for k, v in summarise(table).items() if k != "n_items"}
 
+    def score_wavs(self, es, wavs: Sequence[Tensor]) -> dict[str, float]:
+        """``summary(table(es, wavs))``."""
+        return self.summary(self.table(es, wavs))
+
     def __call__(self, es, x_norm: Tensor) -> dict[str, float]:
+        """Corpus-level scores of normalised mels ``x_norm`` (N, C, T) generated on ``es``."""
         return self.score_wavs(es, self.wavs(es, x_norm))
 
     def real_audio(self, es) -> dict[str, float]:
