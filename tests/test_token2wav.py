@@ -1,5 +1,5 @@
-"""Token2Wav: the waveform VAE, 25 Hz tokens, the DiT-1D generator, the training stages and the
-refinements (decoder-only fine-tuning keeps the generator frozen bit for bit)."""
+"""Token2Wav: the waveform VAE, 25 Hz tokens, the DiT-1D generator, the training stages, the
+refinements (decoder-only fine-tuning keeps the generator frozen bit for bit) and the table's rows."""
 import math
 
 import numpy as np
@@ -7,25 +7,31 @@ import pandas as pd
 import pytest
 import torch
 
-from imf.flow import schedules
+from imf.core.checkpoints import build_model, load_model
 from imf.data.features import MelConfig
-from imf.flow.objectives import CFMConfig, IMFConfig, MeanFlowConfig, cfm_loss, intmeanflow_loss, meanflow_loss
-from imf.core.checkpoints import build_model
+from imf.data.tokenizers import PhoneTokenizer, resample_labels
+from imf.data.waves import T2WDataConfig, TokenWaveDataset, collate_waves, generator_batch
+from imf.eval.evalset import make_latent_eval_set
+from imf.eval.speed import rtf_table
+from imf.eval.systems import System, synthesize, waveforms
+from imf.eval.token2wav import build_systems, token2wav_system
+from imf.flow import schedules
+from imf.flow.objectives import (CFMConfig, IMFConfig, MeanFlowConfig, cfm_loss, intmeanflow_loss, meanflow_loss,
+                                 meanflow_target)
+from imf.flow.solvers import Guided
 from imf.models import student_from_teacher
 from imf.models.dit import DiT1D, DiTConfig
 from imf.models.token2wav import Token2Wav, Token2WavConfig
-from imf.eval.systems import synthesize
 from imf.models.vae import VAEConfig, WaveVAE, pad_to_stride
-from imf.flow.solvers import Guided
 from imf.train import token2wav as T
 from imf.train.trainer import TrainConfig
-from imf.core.checkpoints import load_model
+from imf.train.wave_losses import RefineObjective, T2WLossConfig, VAEObjective
 from tests.helpers import Counting
 
 SR, STRIDE = 16000, 640
 VAE_CFG = VAEConfig(latent_dim=8, enc_dim=16, enc_layers=1, dec_dim=16, dec_low_layers=1, dec_layers=1)
 DIT_CFG = DiTConfig(latent_dim=8, n_tokens=12, dim=32, n_layers=2, n_heads=2, token_layers=1, prompt_layers=1)
-DATA_CFG = T.T2WDataConfig(seg_frames=6, max_frames=16, prompt_frames=8)
+DATA_CFG = T2WDataConfig(seg_frames=6, max_frames=16, prompt_frames=8)
 
 
 class FakeCorpus:
@@ -87,7 +93,7 @@ def cond_of(b, n, tp=6, seed=0, latent_dim=8):
 def data(tmp_path_factory):
     corpus = FakeCorpus(tmp_path_factory.mktemp("corpus"))
     torch.manual_seed(0)
-    d = T.Utterances(corpus, "train", T.PhoneTokenizer(STRIDE), STRIDE, min_frames=DATA_CFG.seg_frames)
+    d = TokenWaveDataset(corpus, "train", PhoneTokenizer(STRIDE), STRIDE, min_frames=DATA_CFG.seg_frames)
     return d.attach_latents(WaveVAE(VAE_CFG))
 
 
@@ -121,12 +127,12 @@ def test_latent_normalisation_round_trip():
 def test_tokens_resampled_to_25_hz_by_majority():
     # 62.5 Hz frames (hop 256): frame k is centred on sample 256 k; a 25 Hz frame (hop 640) holds 2-3 of them
     labels = np.array([1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3])
-    out = T.resample_labels(labels, 256, 640, 4)
+    out = resample_labels(labels, 256, 640, 4)
     # window 0: frames 0,1,2 -> 1; window 1 (640..1280): frames 3,4 -> 2; window 2 (1280..1920): 5,6,7 -> 2;
     # window 3 (1920..2560): frames 8,9 -> 3
     assert out.tolist() == [1, 2, 2, 3]
     # a tie takes the frame nearest the window centre (sample 320 -> frame 1); past the end repeats the last
-    assert T.resample_labels(np.array([5, 6, 7]), 256, 640, 3).tolist() == [6, 7, 7]
+    assert resample_labels(np.array([5, 6, 7]), 256, 640, 3).tolist() == [6, 7, 7]
 
 
 def test_tokenizer_gives_one_token_per_latent_frame(data):
@@ -135,7 +141,7 @@ def test_tokenizer_gives_one_token_per_latent_frame(data):
         assert it["wav"].numel() % STRIDE == 0 and it["wav"].numel() >= n
         assert it["tokens"].shape == (it["wav"].numel() // STRIDE,) == (it["latent"].shape[-1],)
         assert it["tokens"].dtype == torch.long and int(it["tokens"].min()) >= 1
-    assert T.PhoneTokenizer(STRIDE).tokens(data.corpus, "a_0").numel() == math.ceil(data.items[0]["n_samples"] / STRIDE)
+    assert PhoneTokenizer(STRIDE).tokens(data.corpus, "a_0").numel() == math.ceil(data.items[0]["n_samples"] / STRIDE)
 
 
 # -- the DiT ------------------------------------------------------------------------------------
@@ -156,7 +162,7 @@ def test_dit_fresh_student_equals_teacher_bit_for_bit(seed):
     assert torch.equal(student(x, t=t, r=torch.rand(b), cond=cond), teacher(x, t=t, cond=cond))
 
 
-def test_dit_padding_sdpa_and_jvp():
+def test_dit_padding_and_sdpa():
     torch.manual_seed(0)
     m = randomized(DiT1D(DIT_CFG.replace(mean_flow=True)))
     b, n = 2, 10
@@ -171,9 +177,28 @@ def test_dit_padding_sdpa_and_jvp():
     sdpa = DiT1D(m.config.replace(attn_impl="sdpa"))
     sdpa.load_state_dict(m.state_dict())
     assert torch.allclose(sdpa(x, t=t, r=r, cond=cond), u, atol=1e-5)
-    # forward-mode AD (MeanFlow's JVP) goes through the explicit attention
-    _, dudt = torch.func.jvp(lambda z, tt: m(z, t=tt, r=r, cond=cond), (x, t), (torch.randn_like(x), torch.ones(b)))
-    assert torch.isfinite(dudt).all()
+
+
+def test_dit_jvp_matches_finite_differences_float64():
+    """MeanFlow's total derivative du/dt = v . d_z u + d_t u (one forward-mode JVP through the
+    DiT's explicit attention, padding mask included) equals central differences along (v, 1)."""
+    torch.manual_seed(0)
+    m = randomized(DiT1D(DIT_CFG.replace(mean_flow=True))).double()
+    b, n = 2, 10
+    cond = cond_of(b, n)
+    cond["mask"][1, 7:] = False
+    cond["prompt"] = cond["prompt"].double()
+    z = torch.randn(b, 8, n, dtype=torch.float64)
+    v = torch.randn(b, 8, n, dtype=torch.float64)
+    t = torch.tensor([0.2, 0.5], dtype=torch.float64)
+    r = torch.tensor([0.7, 0.9], dtype=torch.float64)
+    _, u_tgt = meanflow_target(m, z, t, r, v, cond)
+    dudt = (u_tgt - v) / (r - t)[:, None, None]
+    eps = 1e-6
+    f = lambda s: m(z + s * v, t=t + s, r=r, cond=cond)
+    fd = (f(eps) - f(-eps)) / (2 * eps)
+    assert fd.abs().max() > 1e-3  # a non-trivial derivative
+    assert torch.allclose(dudt, fd, rtol=1e-5, atol=1e-7)
 
 
 # -- a tiny training step of each stage lowers its loss (fixed batch, fixed noise) ---------------
@@ -193,20 +218,21 @@ def test_each_stage_lowers_its_loss_on_a_fixed_batch(data):
     items = data.items[:4]
     torch.manual_seed(0)
     vae = WaveVAE(VAE_CFG)
-    vae_obj = T.VAEObjective(T.WaveLossConfig(), DATA_CFG.seg_frames)
-    before, after = _fit_fixed(list(vae.parameters()), lambda g: vae_obj(vae, items, g)[0])
+    batch = collate_waves(items)
+    vae_obj = VAEObjective(T2WLossConfig(), DATA_CFG.seg_frames)
+    before, after = _fit_fixed(list(vae.parameters()), lambda g: vae_obj(vae, batch, g)[0])
     assert after < before, ("vae", before, after)
 
     fm = DiT1D(DIT_CFG)
     fm_loss = lambda g: (lambda b: cfm_loss(fm, b["x1"], b["cond"], b["cond"]["mask"], CFMConfig(), g)[0])(
-        T.generator_batch(data, items, DATA_CFG, g))
+        generator_batch(data, batch, DATA_CFG, g))
     before, after = _fit_fixed(list(fm.parameters()), fm_loss)
     assert after < before, ("fm", before, after)
 
     mf = DiT1D(DIT_CFG.replace(mean_flow=True))
     mf_cfg = MeanFlowConfig(adaptive_p=0.0)  # plain MSE: the adaptive weight makes the loss ~1 by design
     mf_loss = lambda g: (lambda b: meanflow_loss(mf, b["x1"], b["cond"], b["cond"]["mask"], mf_cfg, g)[0])(
-        T.generator_batch(data, items, DATA_CFG, g))
+        generator_batch(data, batch, DATA_CFG, g))
     before, after = _fit_fixed(list(mf.parameters()), mf_loss)
     assert after < before, ("meanflow", before, after)
 
@@ -214,33 +240,54 @@ def test_each_stage_lowers_its_loss_on_a_fixed_batch(data):
     student = student_from_teacher(teacher)
     guided = Guided(teacher, 2.0)
     imf_loss = lambda g: (lambda b: intmeanflow_loss(student, guided, b["x1"], b["cond"], b["cond"]["mask"],
-                                                     IMFConfig(teacher_nfe=4), g)[0])(T.generator_batch(data, items, DATA_CFG, g))
+                                                     IMFConfig(teacher_nfe=4), g)[0])(generator_batch(data, batch, DATA_CFG, g))
     before, after = _fit_fixed(list(student.parameters()), imf_loss)
     assert after < before, ("imf", before, after)
 
     for joint in (False, True):
         system = Token2Wav.from_parts(vae, randomized(DiT1D(DIT_CFG.replace(mean_flow=True)), seed=3))
         params = system.vae.decoder_parameters() + (list(system.generator.parameters()) if joint else [])
-        obj = T.RefineObjective(data, T.WaveLossConfig(), DATA_CFG, joint=joint)
-        before, after = _fit_fixed(params, lambda g: obj(system, items, g)[0], lr=1e-3)
+        obj = RefineObjective(data, T2WLossConfig(), DATA_CFG, joint=joint)
+        before, after = _fit_fixed(params, lambda g: obj(system, batch, g)[0], lr=1e-3)
         assert after < before, ("joint" if joint else "decoder", before, after)
 
 
 # -- one step is one generator call ---------------------------------------------------------------
 def test_one_step_generation_calls_the_generator_once(data):
     torch.manual_seed(0)
-    system = Token2Wav.from_parts(WaveVAE(VAE_CFG), randomized(DiT1D(DIT_CFG.replace(mean_flow=True))))
-    es = T.make_eval_set(data, 3, prompt_frames=DATA_CFG.prompt_frames)
+    system = Token2Wav.from_parts(WaveVAE(VAE_CFG), randomized(DiT1D(DIT_CFG.replace(mean_flow=True)))).eval()
+    es = make_latent_eval_set(data, 3, prompt_frames=DATA_CFG.prompt_frames)
     counting = Counting(system.generator)
-    wav = synthesize(system, es.z_0, es.cond, schedules.uniform(1), counting)
+    wav = synthesize(System("mf", counting, decode=system.decode), es.z_0, schedules.uniform(1), es.cond)
     assert counting.calls == 1 and wav.shape == (3, es.z_0.shape[-1] * STRIDE)
     # and equals the differentiable one-step path
     with torch.no_grad():
         x = system.one_step(es.z_0, es.cond) * es.cond["mask"][:, None]
         assert torch.allclose(system.decode(x), wav, atol=1e-5)
     counting.calls = 0
-    T.T2WSystem("fm", system, schedules.uniform(10), Guided(counting, 2.0))(es)
-    assert counting.calls == 10
+    fm = System("fm", Guided(counting, 2.0), decode=system.decode)
+    wavs = waveforms([(fm, 10)], es)
+    assert counting.calls == 10 and [w.numel() for w in wavs["fm"]] == es.n_samples
+
+
+def test_latent_eval_set_is_one_eval_set_with_real_audio(data):
+    es = make_latent_eval_set(data, 4, seed=7, prompt_frames=DATA_CFG.prompt_frames)
+    again = make_latent_eval_set(data, 4, seed=7, prompt_frames=DATA_CFG.prompt_frames)
+    assert torch.equal(es.z_0, again.z_0) and es.ids == again.ids  # deterministic from its seed
+    assert es.x1.shape == es.z_0.shape == (4, 8, es.mask.shape[1]) and torch.all(es.z_0[~es.mask[:, None].expand_as(es.z_0)] == 0)
+    for i, ident in enumerate(es.ids):
+        it = data[data.index[ident]]
+        n = it["latent"].shape[-1]
+        assert torch.equal(es.x1[i, :, :n], it["latent"]) and int(es.mask[i].sum()) == n
+        assert es.n_samples[i] == it["n_samples"] and torch.equal(es.wavs[i], it["wav"])
+        assert data[data.index[es.prompt_ids[i]]]["speaker"] == it["speaker"] == int(es.speakers[i])
+        assert es.prompt_ids[i] != ident  # another utterance of the same speaker
+    assert es.audio_seconds == pytest.approx(sum(es.n_samples) / SR)
+    sub = es.subset([2, 0])
+    assert sub.ids == [es.ids[2], es.ids[0]] and sub.n_samples == [es.n_samples[2], es.n_samples[0]]
+    assert sub.wavs[0] is es.wavs[2]
+    with pytest.raises(ValueError, match="no mels"):
+        es.real_logmel()
 
 
 # -- the stages through the trainer: resumable runs, frozen generator in decoder-only FT -------------
@@ -292,11 +339,20 @@ def test_stages_end_to_end_and_decoder_ft_keeps_the_generator_bit_for_bit(data, 
     assert isinstance(build_model(state["model_class"], state["model_config"]), Token2Wav)
     assert Token2WavConfig.from_dict(state["model_config"]).vae == VAE_CFG
 
-    # the table's rows, synthesis, judges (PESQ/STOI) and RTF on the eval set
-    es = T.make_eval_set(data, 2, prompt_frames=DATA_CFG.prompt_frames)
-    systems = T.build_systems(*[tmp_path / n / "checkpoints/last.pt" for n in ("vae", "fm", "mf", "imf", "decft", "joint")])
-    assert [s.nfe for s in systems] == [0, 10, 1, 1, 1, 1]
-    wavs = T.synthesize_all(systems, es)
+    # the table's rows, synthesis and RTF on the eval set
+    es = make_latent_eval_set(data, 2, prompt_frames=DATA_CFG.prompt_frames)
+    points = build_systems(T.checkpoints({n: tmp_path / n for n in ("vae", "fm", "mf", "imf")}
+                                         | {"mf_decft": tmp_path / "decft", "mf_joint": tmp_path / "joint"}))
+    assert [nfe for _, nfe in points] == [0, 10, 1, 1, 1, 1]
+    wavs = waveforms(points, es)
     assert all(len(w) == 2 and [x.numel() for x in w] == es.n_samples for w in wavs.values())
-    rtf = T.rtf_table(systems, es, repeats=1)
-    assert (rtf["total_s"] > 0).all() and list(rtf["system"]) == [s.name for s in systems]
+    # the oracle row reconstructs the real audio through the VAE, no sampling (the longest
+    # utterance has no batch padding, so it matches the VAE's own reconstruction)
+    i = max(range(2), key=lambda k: es.n_samples[k])
+    assert points[0][0].model is None and torch.allclose(
+        wavs["VAE oracle"][i], vae.reconstruct(es.wavs[i][:es.n_samples[i]]).clamp(-1, 1), atol=1e-5)
+    rtf = rtf_table(points, es, repeats=1, reference="FM 10-step")
+    assert list(rtf["system"]) == [s.name for s, _ in points] and list(rtf["nfe"]) == [0, 10, 1, 1, 1, 1]
+    assert (rtf["total_s"] > 0).all() and rtf["flow_s"].isna().tolist() == [True] + [False] * 5
+    assert rtf.loc[1, "speedup_e2e"] == 1.0 and rtf.loc[2, "speedup_e2e"] == pytest.approx(
+        rtf.loc[1, "total_s"] / rtf.loc[2, "total_s"])

@@ -15,8 +15,9 @@ from imf.core.checkpoints import MODELS
 from imf.models.vocoder import GriffinLim, Vocoder, VocoderConfig, load_vocoder
 from imf.train.trainer import TrainConfig
 from imf.core.checkpoints import load_model
-from imf.train.vocoder import (UtteranceDataset, collate_utterances, copy_synthesis, evaluate_copy_synthesis,
-                               random_segments, segment_frames, train_vocoder)
+from imf.data.waves import MelWaveDataset, collate_waves, mel_segments, segment_frames
+from imf.eval.ceilings import copy_synthesis, evaluate_copy_synthesis
+from imf.train.vocoder import train_vocoder
 
 SR, HOP = 16000, 256
 
@@ -85,9 +86,9 @@ def test_bad_shapes_and_configs_are_refused():
 def test_segments_are_frame_aligned_with_the_audio():
     """A segment cut at frame f: its mel slice equals LogMel of its own audio away from the edges."""
     corpus = FakeCorpus(n=2, seconds=1.0)
-    data = UtteranceDataset(corpus)
+    data = MelWaveDataset(corpus)
     k = segment_frames(0.5, corpus.mel_config)
-    mel, wav = random_segments(collate_utterances([data[0], data[1]]), k, HOP, torch.Generator().manual_seed(1))
+    mel, wav = mel_segments(collate_waves([data[0], data[1]]), k, HOP, torch.Generator().manual_seed(1))
     assert mel.shape == (2, 80, k + 1) and wav.shape == (2, k * HOP)
     own = LogMel()(wav)
     # frames whose 1024-sample window lies inside the segment see identical samples

@@ -7,6 +7,7 @@ do not mix (``python -m imf.eval.speed _memstep '<json>'`` is that subprocess).
 from __future__ import annotations
 
 import json
+import math
 import resource
 import statistics
 import subprocess
@@ -17,7 +18,8 @@ from typing import Callable, Sequence
 import pandas as pd
 import torch
 
-from imf.flow import schedules
+from imf.eval.evalset import EvalSet
+from imf.eval.systems import System
 from imf.flow.solvers import Guided, sample
 
 
@@ -33,61 +35,111 @@ def time_call(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> fl
     return statistics.median(times)
 
 
+def _sample_call(system: System, nfe: int, x_0: torch.Tensor, cond: dict) -> Callable[[], object]:
+    grid = system.grid(nfe)
+    return lambda: sample(system.model, x_0, grid, cond, method=system.method)
+
+
 @torch.no_grad()
 def speed_table(teacher, student, x_0: torch.Tensor, cond: dict, cfg_scale: float = 2.0,
                 teacher_nfe: int = 32, student_nfes: Sequence[int] = (1, 2, 4), repeats: int = 3,
-                extra: dict[str, Callable] | None = None) -> pd.DataFrame:
-    """Seconds per batch for the guided teacher and the student at several NFE, on one batch.
+                extra: Sequence[System] = ()) -> pd.DataFrame:
+    """Seconds per batch for the guided teacher and the student at several NFE, on one batch
+    ``x_0`` (B, C, T) with ``cond``; each time is the median of ``repeats`` after one warm-up.
 
     Returns a table with ``seconds`` and ``speedup`` (guided teacher time / row time).
-    ``extra`` adds rows: name -> model (sampled with the same grid rules, student-style).
+    ``extra`` adds systems, each timed at ``student_nfes`` on its own grid rule.
     """
-    rows = []
-    g_teacher = Guided(teacher, cfg_scale)
-    t_ref = time_call(lambda: sample(g_teacher, x_0, schedules.uniform(teacher_nfe), cond), repeats)
-    rows.append({"system": f"teacher + CFG {cfg_scale:g}", "nfe": teacher_nfe, "seconds": t_ref})
-    t_plain = time_call(lambda: sample(teacher, x_0, schedules.uniform(teacher_nfe), cond), repeats)
-    rows.append({"system": "teacher (no CFG)", "nfe": teacher_nfe, "seconds": t_plain})
-    models = {"IntMeanFlow student": student, **(extra or {})}
-    for name, m in models.items():
+    ref = System(f"teacher + CFG {cfg_scale:g}", Guided(teacher, cfg_scale))
+    t_ref = time_call(_sample_call(ref, teacher_nfe, x_0, cond), repeats)
+    rows = [{"system": ref.name, "nfe": teacher_nfe, "seconds": t_ref}]
+    plain = System("teacher (no CFG)", teacher)
+    rows.append({"system": plain.name, "nfe": teacher_nfe,
+                 "seconds": time_call(_sample_call(plain, teacher_nfe, x_0, cond), repeats)})
+    for system in [System("IntMeanFlow student", student), *extra]:
         for n in student_nfes:
-            rows.append({"system": name, "nfe": n,
-                         "seconds": time_call(lambda: sample(m, x_0, schedules.uniform(n), cond), repeats)})
+            rows.append({"system": system.name, "nfe": n,
+                         "seconds": time_call(_sample_call(system, n, x_0, cond), repeats)})
     df = pd.DataFrame(rows)
     df["speedup"] = t_ref / df["seconds"]
     return df
 
 
+def _vocode_each(vocoder, x: torch.Tensor, mask: torch.Tensor) -> None:
+    """Vocode each utterance's valid frames alone (as listening and the judges do)."""
+    for i in range(x.shape[0]):
+        vocoder.vocode(x[i:i + 1, :, : int(mask[i].sum())])
+
+
 @torch.no_grad()
-def rtf_table(systems: Sequence[tuple[str, Callable, Sequence[int]]], x_0: torch.Tensor, cond: dict,
-              audio_seconds: float, vocoder=None, repeats: int = 3) -> pd.DataFrame:
-    """Real-time factor (compute seconds / seconds of audio) of each (name, model, NFEs), for
-    the flow module alone and, with a ``vocoder``, end to end; all on one batch, one process.
+def rtf_table(points: Sequence[tuple[System, int]], es: EvalSet, vocoder=None, repeats: int = 3,
+              reference: int | str = 0) -> pd.DataFrame:
+    """Real-time factor (compute seconds / seconds of audio) of each ``(system, nfe)`` point on
+    the whole eval set ``es`` as one batch, side by side in one process.
 
-    ``x_0`` (B, C, T) noise and ``cond`` of the batch; ``audio_seconds``: total audio the batch
-    represents. ``speedup`` columns divide the first row's time by each row's.
+    Columns: ``flow_s`` sampling along ``system.grid(nfe)`` (NaN for a reconstruction row) and
+    ``rtf_flow = flow_s / es.audio_seconds``; when any row makes audio, ``decode_s`` making the
+    waveform from that output — the system's ``decode`` (Token2Wav), its ``reconstruct`` hook
+    (a reference row, no flow) or ``vocoder.vocode`` over each utterance's valid frames (mel
+    systems) —, ``total_s = flow_s + decode_s`` and ``rtf_e2e = total_s / es.audio_seconds``.
+    ``speedup_flow`` / ``speedup_e2e``: the ``reference`` row's time (a row position or a
+    system name; default the first row) divided by each row's.
+
+    Timing is interleaved: each of ``repeats`` rounds times every point once (after one
+    warm-up round) and a point's time is its fastest round, so a burst of load from another
+    process does not land on one row only.
     """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    calls = []
+    for system, nfe in points:
+        flow = decode = None
+        if system.reconstruct is not None:
+            decode = (lambda s=system: s.reconstruct(es))
+        else:
+            flow = _sample_call(system, nfe, es.z_0, es.cond)
+            if system.decode is not None or vocoder is not None:
+                x, _ = flow()
+                x = x * es.mask[:, None].to(x.dtype)
+                decode = ((lambda s=system, x=x: s.decode(x)) if system.decode is not None
+                          else (lambda x=x: _vocode_each(vocoder, x, es.mask)))
+        calls.append((flow, decode))
+    times = [([], []) for _ in calls]
+    for _ in range(repeats + 1):  # round 0 is the warm-up
+        for (flow, decode), (t_flow, t_decode) in zip(calls, times):
+            if flow is not None:
+                t_flow.append(time_call(flow, repeats=1, warmup=0))
+            if decode is not None:
+                t_decode.append(time_call(decode, repeats=1, warmup=0))
+    audio = es.audio_seconds
+    audible = any(decode is not None for _, decode in calls)
     rows = []
-    for name, model, nfes in systems:
-        for n in nfes:
-            grid = schedules.uniform(n)
-            t_flow = time_call(lambda: sample(model, x_0, grid, cond), repeats)
-            row = {"system": name, "nfe": n, "flow_s": t_flow, "rtf_flow": t_flow / audio_seconds}
-            if vocoder is not None:
-                x, _ = sample(model, x_0, grid, cond)
-                mask = cond["mask"]
-
-                def voc():
-                    for i in range(x.shape[0]):
-                        vocoder.vocode(x[i:i + 1, :, : int(mask[i].sum())])
-                t_voc = time_call(voc, repeats)
-                row.update(vocoder_s=t_voc, rtf_e2e=(t_flow + t_voc) / audio_seconds)
-            rows.append(row)
+    for (system, nfe), (t_flow, t_decode) in zip(points, times):
+        flow_s = min(t_flow[1:]) if t_flow else math.nan
+        row = {"system": system.name, "nfe": 0 if system.reconstruct is not None else nfe, "flow_s": flow_s,
+               "rtf_flow": flow_s / audio}
+        if audible:
+            decode_s = min(t_decode[1:]) if t_decode else math.nan
+            total_s = (0.0 if system.reconstruct is not None else flow_s) + decode_s
+            row.update(decode_s=decode_s, total_s=total_s, rtf_e2e=total_s / audio)
+        rows.append(row)
     df = pd.DataFrame(rows)
-    df["speedup_flow"] = df["flow_s"].iloc[0] / df["flow_s"]
-    if "rtf_e2e" in df:
-        df["speedup_e2e"] = df["rtf_e2e"].iloc[0] / df["rtf_e2e"]
+    ref = _row_index(df, reference)
+    df["speedup_flow"] = df["flow_s"].iloc[ref] / df["flow_s"]
+    if audible:
+        df["speedup_e2e"] = df["total_s"].iloc[ref] / df["total_s"]
     return df
+
+
+def _row_index(df: pd.DataFrame, reference: int | str) -> int:
+    if isinstance(reference, str):
+        hits = [i for i, name in enumerate(df["system"]) if name == reference]
+        if not hits:
+            raise KeyError(f"reference {reference!r} is not a system of the table: {list(df['system'])}")
+        return hits[0]
+    if not -len(df) <= reference < len(df):
+        raise IndexError(f"reference row {reference} is out of range for {len(df)} rows")
+    return reference
 
 
 # ---------------------------------------------------------------------------------------
@@ -151,16 +203,17 @@ def memory_table(objectives: Sequence[tuple[str, int]], batch: int, frames: int,
     return pd.DataFrame(rows)
 
 
-def default_rtf_systems(teacher, student, cfg_scale: float) -> list[tuple[str, Callable, list[int]]]:
-    """The guided teacher at 32/16/4 NFE (first row = the reference), then the student at 1/2/4."""
-    return [(f"teacher + CFG {cfg_scale:g}", Guided(teacher, cfg_scale), [32, 16, 4]),
-            ("IntMeanFlow student", student, [1, 2, 4])]
+def default_rtf_systems(teacher, student, cfg_scale: float) -> list[tuple[System, int]]:
+    """``(system, nfe)`` points: the guided teacher at 32/16/4 NFE (first row = the reference),
+    then the student at 1/2/4."""
+    teacher_cfg = System(f"teacher + CFG {cfg_scale:g}", Guided(teacher, cfg_scale))
+    student_sys = System("IntMeanFlow student", student)
+    return [(teacher_cfg, n) for n in (32, 16, 4)] + [(student_sys, n) for n in (1, 2, 4)]
 
 
-def audio_seconds_of(es) -> float:
-    """Seconds of audio represented by an eval set's valid frames."""
-    mc = es.corpus.mel_config
-    return float(es.mask.sum()) * mc.hop_length / mc.sample_rate
+def audio_seconds_of(es: EvalSet) -> float:
+    """Seconds of audio an eval set represents: :attr:`EvalSet.audio_seconds` (kept for older callers)."""
+    return es.audio_seconds
 
 
 if __name__ == "__main__":

@@ -1,0 +1,138 @@
+"""Waveform reconstruction losses and the objectives that use them (vocoder, VAE, Token2Wav refinements).
+
+One loss for every waveform decoder (reconstruction only, NO adversarial term — GAN training
+is too slow to pay off in a few CPU minutes, and these two losses already give intelligible
+audio; the cost is some buzz/phasiness a discriminator would remove)::
+
+    L = mel_weight * |LogMel(wav_hat) - LogMel(wav)|_1
+      + stft_weight * MRSTFT(wav_hat, wav)      # auraloss: spectral convergence + log |STFT|
+      (+ kl_weight * KL(q(z|x) || N(0, I))      # the Token2Wav VAE only)
+
+Objectives are ``objective(model, batch, generator) -> (loss, logs)`` for
+:class:`~imf.train.trainer.Trainer`, on :func:`imf.data.waves.collate_waves` batches; every
+crop and noise draw comes from the trainer's generator.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from imf.core.config import Config, require
+from imf.data.features import LogMel, MelConfig
+from imf.data.waves import (T2WDataConfig, TokenWaveDataset, generator_batch, mel_segments, segment_starts,
+                            wav_segments)
+from imf.models.token2wav import Token2Wav
+from imf.models.vae import WaveVAE, kl_divergence
+
+
+@dataclasses.dataclass(frozen=True)
+class WaveLossConfig(Config):
+    mel_weight: float = 1.0  # L1 between natural-log mels (the corpus LogMel) of output and target
+    stft_weight: float = 1.0  # multi-resolution STFT loss (auraloss: spectral convergence + log |STFT|)
+    fft_sizes: tuple[int, ...] = (512, 1024, 2048)  # MR-STFT resolutions (auraloss defaults)
+    hop_sizes: tuple[int, ...] = (50, 120, 240)
+    win_lengths: tuple[int, ...] = (240, 600, 1200)
+
+    def validate(self) -> None:
+        require(self.mel_weight >= 0 and self.stft_weight >= 0, "mel_weight", "weights must be >= 0")
+        require(self.mel_weight + self.stft_weight > 0, "mel_weight", "one waveform loss weight must be > 0")
+        require(len(self.fft_sizes) == len(self.hop_sizes) == len(self.win_lengths) >= 1, "fft_sizes",
+                "fft_sizes, hop_sizes and win_lengths must have the same (non-zero) length")
+        require(all(w <= n for w, n in zip(self.win_lengths, self.fft_sizes)), "win_lengths",
+                "each window must fit its FFT")
+
+
+@dataclasses.dataclass(frozen=True)
+class T2WLossConfig(WaveLossConfig):
+    """The loss of every Token2Wav stage: the waveform loss, plus the KL term of the VAE stage."""
+    kl_weight: float = 1e-3  # VAE only: KL(q(z|x) || N(0, I)), mean per latent element
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.kl_weight >= 0, "kl_weight", "must be >= 0")
+
+
+class WaveLoss(nn.Module):
+    """``loss(wav_hat, wav) -> {"loss", "mel_l1", "mrstft"}`` (scalars); wav_hat, wav (B, N)."""
+
+    def __init__(self, cfg: WaveLossConfig = WaveLossConfig(), mel_config: MelConfig | None = None):
+        super().__init__()
+        import auraloss  # optional heavy dependency, only for training
+
+        self.cfg = cfg
+        self.logmel = LogMel(mel_config or MelConfig())
+        self.mrstft = auraloss.freq.MultiResolutionSTFTLoss(
+            fft_sizes=list(cfg.fft_sizes), hop_sizes=list(cfg.hop_sizes), win_lengths=list(cfg.win_lengths))
+
+    def forward(self, wav_hat: Tensor, wav: Tensor) -> dict[str, Tensor]:
+        mel_l1 = (self.logmel(wav_hat) - self.logmel(wav)).abs().mean()
+        mrstft = self.mrstft(wav_hat[:, None], wav[:, None])
+        return {"loss": self.cfg.mel_weight * mel_l1 + self.cfg.stft_weight * mrstft, "mel_l1": mel_l1,
+                "mrstft": mrstft}
+
+
+def _logs(out: dict[str, Tensor]) -> dict[str, float]:
+    return {k: float(v.detach()) for k, v in out.items()}
+
+
+class VocoderObjective(nn.Module):
+    """One random ``seg_frames`` segment per utterance (:func:`~imf.data.waves.mel_segments`) -> vocode -> wave loss."""
+
+    def __init__(self, mel_config: MelConfig, seg_frames: int, cfg: WaveLossConfig = WaveLossConfig()):
+        super().__init__()
+        self.seg_frames, self.hop = seg_frames, mel_config.hop_length
+        self.wave_loss = WaveLoss(cfg, mel_config)
+
+    def forward(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator):
+        mel, wav = mel_segments(batch, self.seg_frames, self.hop, generator)
+        out = self.wave_loss(model(mel), wav)
+        return out["loss"], _logs(out)
+
+
+class VAEObjective(nn.Module):
+    """One random ``seg_frames`` segment per utterance -> encode, sample, decode -> wave loss + KL."""
+
+    def __init__(self, loss_cfg: T2WLossConfig, seg_frames: int, mel_config: MelConfig | None = None):
+        super().__init__()
+        self.wave_loss, self.kl_weight, self.seg = WaveLoss(loss_cfg, mel_config), loss_cfg.kl_weight, seg_frames
+
+    def forward(self, model: WaveVAE, batch: dict[str, Any], g: torch.Generator):
+        stride = model.config.stride
+        lengths = torch.tensor([w.numel() // stride for w in batch["wav"]])
+        wav = wav_segments(batch["wav"], segment_starts(lengths, self.seg, g), [0] * len(lengths), self.seg, stride)
+        mu, logvar = model.encode(wav)
+        eps = torch.randn(mu.shape, generator=g)
+        wav_hat = model.decode(mu + torch.exp(0.5 * logvar) * eps)
+        out = self.wave_loss(wav_hat, wav)
+        out["kl"] = kl_divergence(mu, logvar)
+        out["loss"] = out["loss"] + self.kl_weight * out["kl"]
+        return out["loss"], _logs(out)
+
+
+class RefineObjective(nn.Module):
+    """Generate latents in ONE step for whole utterances, decode one random ``seg_frames``
+    segment of each, compare with the real waveform segment.
+
+    ``joint=False``: the generator runs under ``no_grad`` (decoder-only fine-tuning);
+    ``joint=True``: gradients flow through the generator's 1-step output into it.
+    """
+
+    def __init__(self, data: TokenWaveDataset, loss_cfg: WaveLossConfig, data_cfg: T2WDataConfig, joint: bool):
+        super().__init__()
+        self.data, self.data_cfg, self.joint = data, data_cfg, joint
+        self.wave_loss = WaveLoss(loss_cfg, data.corpus.mel_config)
+
+    def forward(self, model: Token2Wav, batch: dict[str, Any], g: torch.Generator):
+        b = generator_batch(self.data, batch, self.data_cfg, g)
+        z_0 = torch.randn(b["x1"].shape, generator=g)
+        with torch.set_grad_enabled(self.joint and torch.is_grad_enabled()):
+            x = model.one_step(z_0, b["cond"])
+        seg = self.data_cfg.seg_frames
+        starts = segment_starts(b["lengths"], seg, g)
+        x_seg = torch.stack([x[i, :, f:f + seg] for i, f in enumerate(starts)])
+        wav = wav_segments(batch["wav"], starts, b["starts"].tolist(), seg, model.vae.config.stride)
+        out = self.wave_loss(model.decode(x_seg), wav)
+        return out["loss"], _logs(out)
