@@ -86,8 +86,8 @@ def git_revision(cwd: str | os.PathLike | None = None) -> str:
 
 
 def repo_root() -> Path:
-    """The checkout root (parent of the `imf` package)."""
-    return Path(__file__).resolve().parent.parent
+    """The checkout root (parent of the `imf` package; this file is imf/core/runtime.py)."""
+    return Path(__file__).resolve().parents[2]
 
 
 def data_dir() -> Path:
