@@ -4,6 +4,7 @@ import torch
 
 from imf.core.config import ConfigError
 from imf.models import Token2Mel, Token2MelConfig, freeze, student_from_teacher
+from imf.models.checks import InputError
 from imf.core.checkpoints import build_model
 from tests.helpers import make_cond, tiny_model
 
@@ -41,11 +42,11 @@ def test_fresh_student_equals_teacher_bit_for_bit(seed):
     cond = make_cond(b, n, n_mels=8, seed=seed)
     x, t = torch.randn(b, 8, n), torch.rand(b)
     v = teacher(x, t=t, cond=cond)
-    for r in (None, t, torch.rand(b), torch.ones(b), torch.zeros(b)):
+    for r in (None, t, t + torch.rand(b) * (1 - t), torch.ones(b)):  # any r in [t, 1]
         assert torch.equal(student(x, t=t, r=r, cond=cond), v)
     # also with dropped conditioning (guidance rows)
     cond["drop"] = torch.tensor([True, False, True, False])
-    assert torch.equal(student(x, t=t, r=torch.rand(b), cond=cond), teacher(x, t=t, cond=cond))
+    assert torch.equal(student(x, t=t, r=t + torch.rand(b) * (1 - t), cond=cond), teacher(x, t=t, cond=cond))
 
 
 def test_student_uses_teacher_time_modules_and_r_matters_after_training():
@@ -60,7 +61,7 @@ def test_student_uses_teacher_time_modules_and_r_matters_after_training():
     with torch.no_grad():
         student.time_mix.weight[:, d:] += 0.1
     cond = make_cond(2, 9, n_mels=8)
-    x, t = torch.randn(2, 8, 9), torch.rand(2)
+    x, t = torch.randn(2, 8, 9), 0.5 * torch.rand(2)
     assert not torch.equal(student(x, t=t, r=t + 0.1, cond=cond), student(x, t=t, r=t + 0.5, cond=cond))
 
 
@@ -105,3 +106,114 @@ def test_cached_condition_encodings_give_identical_output():
     # rows selected after caching: the encoders ran at another batch size, so equal up to rounding
     assert torch.allclose(m(x[idx], t=t[idx], cond=sub), m(x[idx], t=t[idx], cond={k: v[idx] for k, v in cond.items()}),
                           atol=1e-6)
+
+
+# --- inputs are checked at the entry point, errors name the tensor -----------------------------
+
+def _inputs(b=4, n=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 8, n, generator=g), torch.rand(b, generator=g), make_cond(b, n, n_mels=8, seed=seed)
+
+
+def _bad_x(x, t, r, c):
+    x[1, 2, 3] = float("nan")
+    x[0, 0, :2] = float("inf")
+
+
+def _bad_prompt(x, t, r, c):
+    c["prompt"][2, 0, :5] = float("nan")
+
+
+def _set(name, value):
+    def f(x, t, r, c):
+        c[name] = value(c)
+    return f
+
+
+BAD = {  # case -> (edit of the inputs, the message)
+    "nan x": (_bad_x, r"^x: 3 non-finite values \(1 NaN, 2 inf\) of 320$"),
+    "nan prompt": (_bad_prompt, r"^cond\['prompt'\]: 5 non-finite values"),
+    "t > 1": (lambda x, t, r, c: t.__setitem__(0, 3.0), r"^t: must lie in \[0, 1\], got min .*, max 3$"),
+    "t < 0": (lambda x, t, r, c: t.__setitem__(2, -0.5), r"^t: must lie in \[0, 1\], got min -0.5"),
+    "nan t": (lambda x, t, r, c: t.__setitem__(1, float("nan")), r"^t: 1 non-finite value "),
+    "r < t": (lambda x, t, r, c: r.copy_(t - 0.01), r"^r: must be >= t .* in row 0$"),
+    "r > 1": (lambda x, t, r, c: r.__setitem__(3, 1.5), r"^r: must lie in \[t, 1\], got max 1.5$"),
+    "token id": (lambda x, t, r, c: c["tokens"].__setitem__((1, 4), 57),
+                 r"^cond\['tokens'\]: id 57 out of range \[0, 20\)"),
+    "negative id": (lambda x, t, r, c: c["tokens"].__setitem__((0, 0), -1), r"^cond\['tokens'\]: id -1 out of range"),
+    "mask shape": (_set("mask", lambda c: c["mask"][:, :-1]), r"^cond\['mask'\]: expected shape \(B, T\) = \(4, 10\)"),
+    "float tokens": (_set("tokens", lambda c: c["tokens"].float()), r"^cond\['tokens'\]: expected integer ids"),
+    "prompt channels": (_set("prompt", lambda c: c["prompt"][:, :5]), r"^cond\['prompt'\]: expected shape \(B, 8, Tp\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_inputs_raise_naming_the_tensor(case):
+    student = student_from_teacher(tiny_model())
+    x, t, cond = _inputs()
+    r = torch.maximum(t, torch.full_like(t, 0.9))
+    student(x, t=t, r=r, cond=cond)  # the unedited inputs are fine
+    edit, match = BAD[case]
+    edit(x, t, r, cond)
+    with pytest.raises(InputError, match=match):
+        student(x, t=t, r=r, cond=cond)
+    if "r" not in case.split():
+        with pytest.raises(InputError, match=match):  # the teacher checks the same (it ignores r)
+            tiny_model()(x, t=t, r=r, cond=cond)
+
+
+@pytest.mark.parametrize("shape, match", [((4, 1), r"^t: expected shape \(B,\) = \(4,\), got \(4, 1\)$"),
+                                          ((), r"^t: expected shape \(B,\) = \(4,\), got \(\)$"),
+                                          ((3,), r"^t: expected shape \(B,\) = \(4,\), got \(3,\)$")])
+def test_wrongly_shaped_t_is_named(shape, match):
+    x, _, cond = _inputs()
+    with pytest.raises(InputError, match=match):
+        tiny_model()(x, t=torch.full(shape, 0.5), cond=cond)
+    with pytest.raises(InputError, match=r"^r: expected shape"):
+        student_from_teacher(tiny_model())(x, t=torch.full((4,), 0.5), r=torch.full(shape, 0.5), cond=cond)
+    with pytest.raises(InputError, match=r"^x: expected shape \(B, 8, T\), got \(4, 9, 10\)"):
+        tiny_model()(torch.randn(4, 9, 10), t=torch.rand(4), cond=cond)
+
+
+def test_teacher_ignores_r_and_cached_encodings_are_checked():
+    teacher = tiny_model()
+    x, t, cond = _inputs()
+    assert torch.equal(teacher(x, t=t, r=t - 1, cond=cond), teacher(x, t=t, cond=cond))  # r means nothing here
+    cond["tokens"][0, 0] = 20
+    with pytest.raises(InputError, match=r"cond\['tokens'\]: id 20 out of range \[0, 20\)"):
+        teacher.encode_cond(cond)
+
+
+def test_float64_teacher_gives_float64_student_equal_bit_for_bit():
+    teacher = tiny_model(2).double()
+    student = student_from_teacher(teacher)
+    assert all(p.dtype == torch.float64 for p in student.parameters())
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(student.state_dict()[k], v), k  # not rounded through float32
+    x, t, cond = _inputs()
+    x, cond["prompt"] = x.double(), cond["prompt"].double()
+    t = t.double()
+    v = teacher(x, t=t, cond=cond)
+    assert v.dtype == torch.float64
+    assert torch.equal(student(x, t=t, r=t + (1 - t) / 3, cond=cond), v)
+
+
+def test_huge_finite_inputs_pass_and_the_samplers_and_dit_are_covered():
+    from imf.flow.schedules import uniform
+    from imf.flow.solvers import sample
+    from imf.models import DiT1D, DiTConfig
+
+    m = tiny_model()
+    x, t, cond = _inputs()
+    x[:, :, :2] = 3e38  # the sum the cheap check reduces overflows, yet nothing is wrong
+    assert m(x, t=t, cond=cond).shape == x.shape
+    x[0, 0, 5] = float("nan")  # NaN noise into a sampler
+    with pytest.raises(InputError, match=r"^x: 1 non-finite value \(1 NaN\)"):
+        sample(student_from_teacher(m), x, uniform(2), cond)
+    dit = DiT1D(DiTConfig(latent_dim=8, n_tokens=20, dim=16, n_layers=1, n_heads=2, token_layers=1, mean_flow=True))
+    x, t, cond = _inputs()
+    with pytest.raises(InputError, match=r"^r: must be >= t"):
+        dit(x, t=t, r=t / 2, cond=cond)
+    cond["prompt"][0, 0, 0] = float("inf")
+    with pytest.raises(InputError, match=r"^cond\['prompt'\]: 1 non-finite value \(1 inf\)"):
+        dit(x, t=t, cond=cond)

@@ -132,3 +132,17 @@ def test_schedule_errors_and_json_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(schedules.GridError, match="bad.json"):
         schedules.load_grid(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("content, match", [
+    ("{}", r"odd\.json: no 'time_grid' key \(keys: \[\]\)"),
+    ('{"grid": [0, 1]}', r"odd\.json: no 'time_grid' key \(keys: \['grid'\]\)"),
+    ('["0", "0.5", "1"]', r"odd\.json: expected a sequence of numbers, got \['0', '0.5', '1'\]"),
+    ('{"time_grid": [0, [0.5], 1]}', r"odd\.json: expected a sequence of numbers"),
+    ('{"time_grid": 0.5}', r"odd\.json: the time grid must be a JSON list of numbers, got 0.5"),
+    ("[0, 0.5]", r"odd\.json: must start at 0 and end at 1"),
+])
+def test_load_grid_errors_name_the_file(tmp_path, content, match):
+    (tmp_path / "odd.json").write_text(content)
+    with pytest.raises(schedules.GridError, match=match):
+        schedules.load_grid(tmp_path / "odd.json")

@@ -42,20 +42,56 @@ def build_model(name: str, config: dict[str, Any]) -> nn.Module:
     return cls(cfg_cls.from_dict(config))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The dict stored at ``path`` (on the CPU); errors name the file."""
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable or not a workbench checkpoint (names the file)."""
+
+
+def load_checkpoint(path: str | Path, require: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The dict stored at ``path`` (on the CPU); errors name the file.
+
+    ``require``: keys the caller needs; a file lacking one raises :class:`CheckpointError`
+    saying which (and whether it looks like a bare ``state_dict``).
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file (a run folder's checkpoint is "
+                              f"{path / 'checkpoints' / 'last.pt'})")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated or foreign file
-        raise RuntimeError(f"checkpoint {path} cannot be read: {e}") from e
+        size = path.stat().st_size
+        raise CheckpointError(f"checkpoint {path} ({size} bytes) cannot be read (truncated or not a torch "
+                              f"file?): {e}") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint dict")
+    missing = [k for k in require if k not in state]
+    if missing:
+        bare = state and all(isinstance(v, torch.Tensor) for v in state.values())
+        what = (f"a bare state_dict ({len(state)} tensors, e.g. {next(iter(state))!r}), not a workbench "
+                "checkpoint: save {model, model_class, model_config, ...} (see imf.train.trainer.Trainer.save)"
+                if bare else f"a dict with keys {sorted(map(str, state))[:12]}")
+        raise CheckpointError(f"checkpoint {path} lacks {missing}: it is {what}")
+    return state
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, Any], path: str | Path, what: str = "model") -> None:
+    """``model.load_state_dict(state_dict)`` with an error naming the file and the mismatching keys."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path}: its {what!r} weights do not fit {type(model).__name__}: {e}") from e
 
 
 def load_model(path: str | Path, ema: bool = True) -> nn.Module:
     """Rebuild a model from its checkpoint alone (EMA weights by default), in eval mode, frozen."""
-    state = load_checkpoint(path)
-    model = build_model(state["model_class"], state["model_config"])
-    model.load_state_dict(state["ema" if ema else "model"])
+    weights = "ema" if ema else "model"
+    state = load_checkpoint(path, require=("model_class", "model_config", weights))
+    try:
+        model = build_model(state["model_class"], state["model_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path}: cannot rebuild {state['model_class']!r} from its model_config: "
+                              f"{e}") from e
+    load_weights(model, state[weights], path, weights)
     return model.eval().requires_grad_(False)

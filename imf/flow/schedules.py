@@ -30,7 +30,10 @@ class GridError(ValueError):
 
 def validate_grid(time_grid: Tensor | Sequence[float], name: str = "time_grid", min_gap: float = 0.0) -> Tensor:
     """Return the grid as a float64 1-D tensor, or raise :class:`GridError` saying what is wrong."""
-    g = torch.as_tensor(time_grid, dtype=torch.float64).flatten().clone()
+    try:
+        g = torch.as_tensor(time_grid, dtype=torch.float64).flatten().clone()
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise GridError(f"{name}: expected a sequence of numbers, got {_short(time_grid)} ({e})") from None
     if g.numel() < 2:
         raise GridError(f"{name}: needs at least 2 points (0 and 1), got {g.tolist()}")
     if not torch.isfinite(g).all():
@@ -105,5 +108,16 @@ def load_grid(path: str | os.PathLike) -> Tensor:
         obj = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise GridError(f"{path}: cannot read a time grid ({e})") from e
-    g = obj["time_grid"] if isinstance(obj, dict) else obj
-    return validate_grid(g, name=str(path))
+    if isinstance(obj, dict):
+        if "time_grid" not in obj:
+            raise GridError(f"{path}: no 'time_grid' key (keys: {sorted(obj)}); expected "
+                            '{"time_grid": [0, ..., 1], ...} as written by save_grid, or a bare list')
+        obj = obj["time_grid"]
+    if not isinstance(obj, list):
+        raise GridError(f"{path}: the time grid must be a JSON list of numbers, got {_short(obj)}")
+    return validate_grid(obj, name=str(path))
+
+
+def _short(v: object) -> str:
+    s = repr(v)
+    return s if len(s) <= 80 else s[:77] + "..."

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imf.core.config import Config, require
+from imf.models.checks import check_inputs
 from imf.models.layers import ConvNeXtBlock, PromptConditioned
 
 
@@ -131,11 +132,9 @@ class DiT1D(PromptConditioned):
             nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor, *, t: Tensor, r: Tensor | None = None, cond: Mapping[str, Tensor]) -> Tensor:
+        cfg = self.config
+        check_inputs(x, t, r, cond, channels=cfg.latent_dim, n_tokens=cfg.n_tokens, mean_flow=cfg.mean_flow)
         b, ch, n = x.shape
-        if ch != self.config.latent_dim:
-            raise ValueError(f"x must be (B, {self.config.latent_dim}, T), got {tuple(x.shape)}")
-        if cond["tokens"].shape != (b, n):
-            raise ValueError(f"cond['tokens'] must be (B, T) = {(b, n)}, got {tuple(cond['tokens'].shape)}")
         mask = cond.get("mask")
         if mask is None:
             mask = torch.ones(b, n, dtype=torch.bool, device=x.device)

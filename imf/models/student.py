@@ -25,18 +25,25 @@ def init_time_mix(time_mix: nn.Linear) -> None:
 
 
 def student_from_teacher(teacher: nn.Module) -> nn.Module:
-    """A new mean-flow student of the teacher's class, starting from the teacher's weights."""
+    """A new mean-flow student of the teacher's class, starting from the teacher's weights.
+
+    The student takes the teacher's device and dtype BEFORE the weights are copied, so a
+    float64 teacher gives a float64 student equal to it bit for bit (not rounded to float32).
+    """
     cfg = teacher.config
     if not hasattr(cfg, "mean_flow"):
         raise TypeError(f"{type(teacher).__name__}.config has no 'mean_flow' field: cannot add r")
     if cfg.mean_flow:
         raise ValueError("the model is already a mean-flow student")
+    ref = next((p for p in teacher.parameters() if p.is_floating_point()), None)
     student = type(teacher)(cfg.replace(mean_flow=True))
+    if ref is not None:
+        student = student.to(device=ref.device, dtype=ref.dtype)
     missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
     if unexpected or any(not k.startswith("time_mix.") for k in missing):
         raise RuntimeError(f"teacher/student mismatch: missing {missing}, unexpected {unexpected}")
     init_time_mix(student.time_mix)
-    return student.to(next(teacher.parameters()).device)
+    return student
 
 
 def freeze(student: nn.Module, mode: str) -> list[nn.Parameter]:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from imf.core.config import Config, require
+from imf.models.checks import InputError, check_cond, check_inputs
 from imf.models.layers import ChannelNorm, ConvNeXtBlock, PromptConditioned
 
 
@@ -74,6 +75,11 @@ class Token2Mel(PromptConditioned):
         the encoders (it picks the null rows by ``drop``), with bit-identical output. The
         keys are batch-first, so they survive row selection and guidance's batch doubling.
         """
+        tokens = cond.get("tokens")
+        if not isinstance(tokens, Tensor) or tokens.dim() != 2:
+            raise InputError(f"cond['tokens']: expected shape (B, T), got "
+                             f"{tuple(tokens.shape) if isinstance(tokens, Tensor) else tokens!r}")
+        check_cond(cond, *tokens.shape, channels=self.config.n_mels, n_tokens=self.config.n_tokens)
         mask = cond.get("mask")
         if mask is None:
             mask = torch.ones_like(cond["tokens"], dtype=torch.bool)
@@ -84,12 +90,14 @@ class Token2Mel(PromptConditioned):
                 "spk": self.encode_speaker(cond["prompt"], cond["prompt_mask"], None)}
 
     def forward(self, x: Tensor, *, t: Tensor, r: Tensor | None = None, cond: Mapping[str, Tensor]) -> Tensor:
+        """x (B, n_mels, T), t / r (B,) -> (B, n_mels, T); bad inputs raise
+        :class:`~imf.models.checks.InputError` naming the tensor (see :mod:`imf.models.checks`)."""
+        cfg = self.config
+        check_inputs(x, t, r, cond, channels=cfg.n_mels, n_tokens=cfg.n_tokens, mean_flow=cfg.mean_flow)
         b, _, n = x.shape
         mask = cond.get("mask")
         if mask is None:
             mask = torch.ones(b, n, dtype=torch.bool, device=x.device)
-        if cond["tokens"].shape != (b, n):
-            raise ValueError(f"cond['tokens'] must be (B, T) = {(b, n)}, got {tuple(cond['tokens'].shape)}")
         drop = cond.get("drop")
         m = mask[:, None].to(x.dtype)
         if "h_text" in cond:  # encodings cached by encode_cond

@@ -30,7 +30,7 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
-from imf.core.checkpoints import load_checkpoint
+from imf.core.checkpoints import CheckpointError, load_checkpoint, load_weights
 from imf.core.config import Config, require
 from imf.data.features import MelConfig
 from imf.models.layers import ConvNeXtBlock
@@ -210,12 +210,13 @@ def load_vocoder(path: str | Path | None, mel_config: MelConfig = MelConfig(), e
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
-    state = load_checkpoint(path)
-    if state.get("model_class") != "Vocoder":
-        raise ValueError(f"{path} holds a {state.get('model_class')!r}, not a Vocoder")
+    weights = "ema" if ema else "model"
+    state = load_checkpoint(path, require=("model_class", "model_config", weights))
+    if state["model_class"] != "Vocoder":
+        raise CheckpointError(f"checkpoint {path} holds a {state['model_class']!r}, not a Vocoder")
     model = Vocoder(VocoderConfig.from_dict(state["model_config"]))
     if model.config.n_mels != mel_config.n_mels or model.config.hop_length != mel_config.hop_length:
         raise ValueError(f"{path}: vocoder expects {model.config.n_mels} mels / hop {model.config.hop_length}, "
                          f"the features have {mel_config.n_mels} / {mel_config.hop_length}")
-    model.load_state_dict(state["ema" if ema else "model"])
+    load_weights(model, state[weights], path, weights)
     return model.eval().requires_grad_(False)

@@ -6,6 +6,12 @@ scheduler, config, rng, history}`` — a model loads from it alone), ``metrics.c
 loss log) and ``metrics.json``. Kill it and start it again: it continues from
 the last checkpoint. A non-finite loss or gradient stops training with a message and keeps
 the last good checkpoint.
+
+While it trains, a run holds ``run.lock`` (:class:`imf.core.lock.RunLock`): a second process
+on the same folder is refused, naming the owner. On start it removes what interrupted atomic
+writes left behind (:func:`imf.core.runtime.sweep_temp_files`). A full disk during a
+checkpoint raises :class:`imf.core.runtime.DiskFullError` naming the file; the previous
+checkpoint is kept.
 """
 from __future__ import annotations
 
@@ -24,8 +30,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from imf.core.checkpoints import load_checkpoint, load_weights
 from imf.core.config import Config, require
-from imf.core.runtime import atomic_torch_save, atomic_write_json, atomic_write_text, git_revision, setup_threads
+from imf.core.lock import RunLock
+from imf.core.runtime import (atomic_torch_save, atomic_write_json, atomic_write_text, git_revision, setup_threads,
+                              sweep_temp_files)
 
 
 class TrainingDiverged(RuntimeError):
@@ -145,7 +154,8 @@ class Trainer:
     def try_resume(self) -> bool:
         if not self.ckpt_path.exists():
             return False
-        state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(self.ckpt_path, require=("config", "model", "ema", "optimizer", "step", "history",
+                                                          "rng"))
         old, new = dict(state["config"]), self._config_record()
         old_train, new_train = dict(old.pop("train")), dict(new.pop("train"))
         old_train.pop("steps"), new_train.pop("steps")  # a resumed run may train longer
@@ -154,8 +164,8 @@ class Trainer:
             diff += sorted(f"train.{k}" for k in set(old_train) | set(new_train) if old_train.get(k) != new_train.get(k))
             raise ValueError(f"{self.ckpt_path}: existing run has a different config ({diff}); "
                              "use another run folder or delete this one to start afresh")
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
+        load_weights(self.model, state["model"], self.ckpt_path, "model")
+        load_weights(self.ema, state["ema"], self.ckpt_path, "ema")
         self.opt.load_state_dict(state["optimizer"])
         self.step = state["step"]
         self.history = state["history"]
@@ -173,8 +183,16 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
+        """Train up to ``cfg.steps`` (resuming from ``checkpoints/last.pt`` if it exists); the summary dict.
+
+        Raises :class:`imf.core.lock.RunLocked` if another process trains in ``run_dir``.
+        """
         setup_threads(self.cfg.threads or None)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with RunLock(self.run_dir):
+            sweep_temp_files(self.run_dir)
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         resumed_from = self.step if self.try_resume() else None
         atomic_write_json(self.run_dir / "config.json",
                           {**self._config_record(), "seed": self.cfg.seed, "git": git_revision()})
