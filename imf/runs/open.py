@@ -20,7 +20,7 @@ from torch import nn
 
 from imf.core.checkpoints import load_checkpoint, load_model
 from imf.core.runtime import repo_root, setup_threads
-from imf.data import Corpus, load_corpus
+from imf.data import Corpus, CorpusConfig, build_corpus, load_corpus
 from imf.eval.evalset import EvalSet, make_eval_set
 from imf.models.vocoder import load_vocoder
 from imf.runs.profiles import profile, runs_dir, student_run
@@ -50,6 +50,12 @@ def corpus_of(ckpt: str | Path) -> Corpus:
     return load_corpus(load_checkpoint(ckpt)["config"]["corpus"])
 
 
+def open_corpus(cfg: CorpusConfig, corpus_dir: str | Path = "", root: str | Path = "") -> Corpus:
+    """The corpus a training notebook uses: ``corpus_dir`` if given (a built corpus, e.g. a real one),
+    else the embedded corpus of ``cfg`` built (or reused) under ``root`` (``""``: ``$IMF_DATA`` or ``<repo>/data``)."""
+    return load_corpus(corpus_dir or build_corpus(cfg, root=root or None))
+
+
 def relative(path: str | Path) -> str:
     """``path`` relative to the repository when inside it (results record no machine paths)."""
     path = Path(path)
@@ -68,7 +74,7 @@ class Opened:
     student: nn.Module | None
     corpus: Corpus
     es: EvalSet
-    out: Path  # results/<section>/
+    out: Path | None  # results/<section>/ (None: no section)
     teacher_ckpt: Path
     student_ckpt: Path | None
 
@@ -86,12 +92,13 @@ class Opened:
                              E["seed"] if seed is None else seed, E["max_frames"], self.P["data"]["prompt_frames"])
 
 
-def open_runs(profile_name: str, section: str, teacher_run: str = "teacher", student: str | None = "",
+def open_runs(profile_name: str, section: str | None, teacher_run: str = "teacher", student: str | None = "",
               n_utts: int = 0, threads: int | None = None) -> Opened:
     """Open the teacher (and the student) of ``profile_name`` for notebook ``section``.
 
     ``student``: a run folder; ``""``: 02_distill's final student (:func:`imf.runs.profiles.student_run`);
     ``None``: no student. ``n_utts``: evaluation utterances (0: the profile's ``eval.n_utts``).
+    ``section``: the notebook whose results folder ``results/<section>/`` is made (``None``: none, e.g. a benchmark).
     Checks every needed run before loading anything.
     """
     P = profile(profile_name)
@@ -101,6 +108,6 @@ def open_runs(profile_name: str, section: str, teacher_run: str = "teacher", stu
     corpus = corpus_of(teacher_ckpt)
     opened = Opened(profile_name, P, load_model(teacher_ckpt),
                     None if student_ckpt is None else load_model(student_ckpt), corpus, None,  # type: ignore[arg-type]
-                    section_dir(section), teacher_ckpt, student_ckpt)
+                    None if section is None else section_dir(section), teacher_ckpt, student_ckpt)
     opened.es = opened.eval_set(n_utts=n_utts or None)
     return opened
