@@ -17,7 +17,7 @@ from typing import Any
 
 from imf.core.config import Config, ConfigError
 from imf.core.runtime import repo_root
-from imf.runs.sections_config import ProfileConfig
+from imf.runs.sections_config import ProfileConfig, sub_section
 
 _SMALL: dict[str, dict[str, Any]] = {
     "corpus": {"profile": "small"},
@@ -133,17 +133,12 @@ _PAPER["token2wav"]["eval"].update(n_utts=512)
 PROFILES = {"tiny": _TINY, "small": _SMALL, "paper": _PAPER}
 
 
-def _sub_section(cls: type[Config], field: str) -> type[Config] | None:
-    factory = cls.__dataclass_fields__[field].default_factory  # type: ignore[misc]
-    return factory if isinstance(factory, type) and issubclass(factory, Config) else None
-
-
 def _validate(cls: type[Config], d: Any, path: str, where: str) -> Config:
     """``d`` as a ``cls``: nested sections first, so that an error names the innermost section."""
     if not isinstance(d, dict):
         raise ConfigError(f"{where}, section {path!r}: expected a mapping, got {type(d).__name__} {d!r}")
     for f in dataclasses.fields(cls):
-        sub = _sub_section(cls, f.name)
+        sub = sub_section(cls, f.name)
         if sub is not None and f.name in d:
             _validate(sub, d[f.name], f"{path}.{f.name}" if path else f.name, where)
     try:

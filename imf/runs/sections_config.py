@@ -146,12 +146,18 @@ class ProfileConfig(Config):
     token2wav: Token2WavSection = _field(default_factory=Token2WavSection)  # 07_token2wav
 
 
+def sub_section(cls: type[Config], field: str) -> type[Config] | None:
+    """The config class of ``cls.field`` when that field is a nested section (its default is a config), else None."""
+    factory = cls.__dataclass_fields__[field].default_factory  # type: ignore[misc]
+    return factory if isinstance(factory, type) and issubclass(factory, Config) else None
+
+
 def section_classes(cls: type[Config] = ProfileConfig, prefix: str = "") -> dict[str, type[Config]]:
     """Every (nested) section of ``cls`` by dotted name, e.g. ``{"eval": EvalConfig, "token2wav.vae": VAEConfig, ...}``."""
     out: dict[str, type[Config]] = {}
     for f in dataclasses.fields(cls):
-        sub = cls.__dataclass_fields__[f.name].default_factory  # type: ignore[misc]
-        if isinstance(sub, type) and issubclass(sub, Config):
+        sub = sub_section(cls, f.name)
+        if sub is not None:
             out[prefix + f.name] = sub
             out.update(section_classes(sub, f"{prefix}{f.name}."))
     return out
