@@ -1,11 +1,16 @@
 """Every pipeline notebook executed by papermill in the tiny profile, in order, sharing one
-isolated data/runs/results tree; each test checks the metrics its notebook recorded."""
+isolated data/runs/results tree; each test recomputes numbers its notebook recorded from the saved
+artefacts (CSV tables, training logs, checkpoints, other notebooks' metrics) and checks verdicts
+against the numbers they are derived from."""
 import json
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from imf.core.checkpoints import load_checkpoint, load_model
+from imf.core.runtime import repo_root
 from imf.runs.pipeline import available, run_notebook
-from imf.core.checkpoints import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -25,12 +30,45 @@ def run(tree, name, **params):
         pytest.skip(f"notebooks/{name}.ipynb does not exist yet")
     out = run_notebook(name, tree / "results" / "runs", {"PROFILE": "tiny", **params})
     assert out.exists()
+    return metrics_of(tree, name)
+
+
+def metrics_of(tree, name):
     return json.loads((tree / "results" / name / "metrics.json").read_text())
+
+
+def table(tree, path):
+    return pd.read_csv(tree / "results" / path)
+
+
+def row(df, **match):
+    """The one row of ``df`` whose columns equal ``match``."""
+    sel = df
+    for k, v in match.items():
+        sel = sel[sel[k] == v]
+    assert len(sel) == 1, f"{len(sel)} rows match {match}"
+    return sel.iloc[0]
+
+
+def recorded_path(p: str) -> Path:
+    """A path a notebook recorded: relative to the repository when inside it, never an absolute path into it."""
+    assert not p.startswith(str(repo_root()) + "/"), f"{p} is an absolute path inside the repository"
+    return (repo_root() / p).resolve()
+
+
+def verdict_of(gain, se, better, worse, z=2.0):
+    """The paired-comparison rule (imf.eval.metrics.paired_verdict) applied to the recorded numbers."""
+    return better if gain > z * se else (worse if gain < -z * se else "within noise")
 
 
 def test_00_corpus(tree):
     m = run(tree, "00_corpus")
     assert m["n_speakers"] >= 8 and m["n_engines"] >= 2 and m["n_utts"] > 0
+    speakers = table(tree, "00_corpus/speakers.csv")
+    assert len(speakers) == m["n_speakers"] and speakers.engine.nunique() == m["n_engines"]
+    assert speakers.utts.sum() == m["n_utts"] == sum(m["split_counts"].values())
+    assert recorded_path(m["corpus"]) == (tree / "data/synth-tiny").resolve()
+    assert m["profile"] == "tiny" and m["seed"] == 0
 
 
 def test_00_vocoder(tree):
@@ -44,12 +82,25 @@ def test_00_vocoder(tree):
 
 def test_01_teacher(tree):
     m = run(tree, "01_teacher")
-    assert m["steps"] == 12 and m["final_loss"] > 0
-    assert 0 < m["fs_ratio_cfg_1"] and 0 < m["fs_ratio_cfg_max"]
-    assert -1 <= m["noise_corr_1"] <= 1 and -1 <= m["noise_corr_max"] <= 1
-    assert (tree / "runs/tiny/teacher/checkpoints/last.pt").exists()
+    ckpt = tree / "runs/tiny/teacher/checkpoints/last.pt"
+    assert m["steps"] == 12 and recorded_path(m["checkpoint"]) == ckpt.resolve()
+    log = pd.read_csv(tree / "runs/tiny/teacher/metrics.csv")  # the trainer's loss log
+    assert log.step.iloc[-1] == m["steps"] and m["final_loss"] == pytest.approx(log.loss.iloc[-1], rel=1e-12)
+    assert m["params_m"] == pytest.approx(sum(p.numel() for p in load_model(ckpt).parameters()) / 1e6, abs=1e-12)
+    df = table(tree, "01_teacher/nfe_guidance.csv")
+    guided = f"teacher + CFG {m['cfg_scale']:g}"
+    assert sorted(set(df.nfe)) == [1, 2, 4] and m["max_nfe"] == 4 and m["n_eval_utts"] == 4
+    for key, system, nfe, col in [("fs_ratio_cfg_1", guided, 1, "fs_ratio"), ("fs_ratio_cfg_max", guided, 4, "fs_ratio"),
+                                  ("fs_ratio_1", "teacher", 1, "fs_ratio"), ("fs_ratio_max", "teacher", 4, "fs_ratio"),
+                                  ("gv_ratio_1", "teacher", 1, "gv_ratio"), ("noise_corr_1", "teacher", 1, "noise_corr"),
+                                  ("noise_corr_max", "teacher", 4, "noise_corr"), ("fs_ratio_2", "teacher", 2, "fs_ratio"),
+                                  ("fs_ratio_cfg_2", guided, 2, "fs_ratio")]:
+        assert m[key] == pytest.approx(row(df, system=system, nfe=nfe)[col], rel=1e-12), key
+    assert row(df, system=guided, nfe=4).dist_ref == 0  # the reference is the guided teacher at the largest NFE
     readme = (tree / "results/README.md").read_text()
     assert "01 — token2mel teacher" in readme and "fs_ratio" in readme
+    # the over-smoothing paragraph follows the sign of the recorded 1-step noise correlation
+    assert ("inverted copy of its input noise" in readme) == (m["noise_corr_1"] < 0)
 
 
 def test_02_distill(tree):
@@ -59,8 +110,20 @@ def test_02_distill(tree):
     assert m["stage2_steps"] == 2 and m["stage2_p_full"] == 0.5 and m["final_run"] == "student_stage2"
     stage2 = load_checkpoint(tree / "runs/tiny/student_stage2/checkpoints/last.pt")["config"]
     assert stage2["init"] == str(tree / "runs/tiny/student/checkpoints/last.pt") and stage2["imf"]["p_full"] == 0.5
-    assert [r["teacher_nfe"] for r in m["ablation"]] == [2, 4]
-    assert all(r["sec_per_step"] > 0 for r in m["ablation"])
+    log1, log2 = (pd.read_csv(tree / f"runs/tiny/{r}/metrics.csv") for r in ("student", "student_stage2"))
+    assert m["final_loss"] == pytest.approx(log2.loss.iloc[-1], rel=1e-12)
+    assert m["sec_per_step"] == pytest.approx(log1.sec_per_step.mean(), rel=1e-9)
+    # the quick check and 01_teacher evaluate the same teacher on the same utterances and noise
+    teacher = table(tree, "01_teacher/nfe_guidance.csv")
+    guided = row(teacher, system="teacher + CFG 2", nfe=1)
+    assert m["teacher_cfg_dist_ref_1"] == pytest.approx(guided.dist_ref, rel=1e-9)
+    assert m["teacher_cfg_fs_ratio_max"] == pytest.approx(metrics_of(tree, "01_teacher")["fs_ratio_cfg_max"], rel=1e-9)
+    abl = table(tree, "02_distill/teacher_nfe_ablation.csv")
+    assert [r["teacher_nfe"] for r in m["ablation"]] == abl.teacher_nfe.tolist() == [2, 4]
+    for r, (_, c) in zip(m["ablation"], abl.iterrows()):
+        assert r == pytest.approx(c.to_dict(), rel=1e-12)
+        assert r["sec_per_step"] == pytest.approx(pd.read_csv(
+            tree / f"runs/tiny/ablation_N{r['teacher_nfe']}/metrics.csv").sec_per_step.mean(), rel=1e-9)
 
 
 def test_distill_second_stage_starts_from_the_student(tree):
@@ -68,9 +131,8 @@ def test_distill_second_stage_starts_from_the_student(tree):
     from imf.data import load_corpus
     from imf.flow.objectives import IMFConfig
     from imf.models import student_from_teacher
-    from imf.train.trainer import TrainConfig
-    from imf.core.checkpoints import load_model
     from imf.train.token2mel import distill
+    from imf.train.trainer import TrainConfig
 
     def max_gap(a, b):
         return max((x - y).abs().max().item() for x, y in zip(a.state_dict().values(), b.state_dict().values()))
@@ -91,33 +153,70 @@ def test_distill_second_stage_starts_from_the_student(tree):
 
 def test_03_nfe_curves(tree):
     m = run(tree, "03_nfe_curves", SPEED_REPEATS=1)
-    assert m["student_fs_ratio_1"] > 0 and m["speedup_student_1"] > 1
+    curves, speed = table(tree, "03_nfe_curves/nfe_curves.csv"), table(tree, "03_nfe_curves/speed.csv")
+    student = row(curves, system="IntMeanFlow student", nfe=1)
+    assert m["student_fs_ratio_1"] == pytest.approx(student.fs_ratio, rel=1e-12)
+    assert m["student_dist_ref_1"] == pytest.approx(student.dist_ref, rel=1e-12)
+    assert m["speedup_student_1"] == pytest.approx(row(speed, system="IntMeanFlow student", nfe=1).speedup, rel=1e-9)
+    # 02_distill's quick check measured the same final student on the same utterances, noise and reference
+    assert m["student_dist_ref_1"] == pytest.approx(metrics_of(tree, "02_distill")["student_dist_ref_1"], rel=1e-9)
     assert m["dist_criterion_below_teacher_4"] == (m["student_dist_ref_1"] < m["teacher_cfg_dist_ref_4"])
     paired = m["dist_paired_student1_vs_teacher4"]
-    assert paired["n"] == 4 and paired["verdict"] in ("student closer", "teacher closer", "within noise")
+    assert paired["n"] == 4 and 0 <= paired["wins"] <= 4
+    assert paired["verdict"] == verdict_of(paired["gain"], paired["gain_se"], "student closer", "teacher closer")
+
+
+def _check_o3s_searches(tree, m):
+    for s in m["searches"]:
+        folder = tree / "results/04_o3s" / f"{s['model']}_nfe{s['nfe']}"
+        grid, history = json.loads((folder / "grid.json").read_text()), pd.read_csv(folder / "history.csv")
+        assert s["dev_init"] == pytest.approx(history.score.iloc[0], rel=1e-12) == grid["init_score"]
+        assert s["dev_best"] == pytest.approx(history.best_so_far.iloc[-1], rel=1e-12) == grid["score"]
+        assert s["dev_best"] == pytest.approx(history.score.max(), rel=1e-12)  # maximised objective
+        assert s["grid"] == " ".join(f"{v:.3f}" for v in grid["time_grid"]) and s["evals"] == len(history)
+
+
+def _check_o3s_verdict(tree, v, col):
+    comp = table(tree, "04_o3s/comparison.csv")
+    n = v["student_nfe"]
+    assert v["uniform"] == pytest.approx(row(comp, system="student", schedule="uniform", nfe=n)[col], rel=1e-12)
+    assert v["o3s"] == pytest.approx(row(comp, system="student", schedule="o3s", nfe=n)[col], rel=1e-12)
+    assert v["verdict"] == verdict_of(v["gain"], v["gain_se"], "O3S better", "uniform better")
 
 
 def test_04_o3s(tree):
     m = run(tree, "04_o3s", METRIC="sim", MAX_EVALS=6, ITERS=2, SCAN_POINTS=3, STUDENT_NFES="2", TEACHER_NFES="5")
     assert {(s["model"], s["nfe"]) for s in m["searches"]} == {("student", 2), ("teacher", 5)}
-    assert all(s["dev_best"] >= s["dev_init"] for s in m["searches"])
-    assert (tree / "results/04_o3s/student_nfe2/grid.json").exists()
+    _check_o3s_searches(tree, m)
     (v,) = m["student_verdict"]
-    assert v["gain_se"] >= 0 and v["verdict"] in ("O3S better", "uniform better", "within noise")
+    assert v["metric"] == "sim"
+    _check_o3s_verdict(tree, v, "sim")
+    assert v["gain"] == pytest.approx(v["o3s"] - v["uniform"], rel=1e-6, abs=1e-9)  # mean of paired differences
 
 
 def test_04_o3s_on_an_intrinsic_metric(tree):
     m = run(tree, "04_o3s", METRIC="neg_dist_ref", MAX_EVALS=6, ITERS=2, SCAN_POINTS=3, STUDENT_NFES="2",
             TEACHER_NFES="5")
+    _check_o3s_searches(tree, m)
     (v,) = m["student_verdict"]
-    assert v["metric"] == "dist_ref" and v["gain_se"] >= 0 and v["uniform"] > 0 and v["o3s"] > 0
+    assert v["metric"] == "dist_ref" and v["uniform"] > 0 and v["o3s"] > 0
+    _check_o3s_verdict(tree, v, "dist_ref")
 
 
 def test_05_meanflow_vs_imf(tree):
     m = run(tree, "05_meanflow_vs_imf", STEPS=3)
     assert {r["objective"] for r in m["memory"]} == {"cfm", "imf", "meanflow"}
     assert len(m["quality_1nfe"]) == 5  # the final student, its first stage, three MeanFlow runs
-    assert m["imf_stage1_steps"] > 0 and set(m["winner_per_metric_stage1"]) == {"fs_ratio", "gv_ratio", "dist_ref"}
+    q = {r["system"]: r for r in m["quality_1nfe"]}
+    d = metrics_of(tree, "02_distill")  # the same students on the same utterances, noise and reference
+    assert q["IMF (IntMeanFlow student)"]["dist_ref"] == pytest.approx(d["student_dist_ref_1"], rel=1e-9)
+    assert q["IMF, first stage only"]["dist_ref"] == pytest.approx(d["stage1_dist_ref_1"], rel=1e-9)
+    assert m["imf_stage1_steps"] == d["steps"] and m["imf_steps"] == d["steps"] + d["stage2_steps"]
+    mf = {k: r for k, r in q.items() if not k.startswith("IMF")}
+    assert m["best_mf"] == min(mf, key=lambda k: mf[k]["dist_ref"]) and m["mf_steps"] == 3
+    for wins, imf in ((m["winner_per_metric"], "IMF (IntMeanFlow student)"), (m["winner_per_metric_stage1"], "IMF, first stage only")):
+        assert set(wins) == {"fs_ratio", "gv_ratio", "dist_ref"}
+        assert (wins["dist_ref"] == "IMF") == (q[imf]["dist_ref"] < mf[m["best_mf"]]["dist_ref"])
 
 
 def test_06_listen(tree):
@@ -127,8 +226,13 @@ def test_06_listen(tree):
     points = {(r["system"], r["nfe"]) for r in m["mean_scores"]}
     assert points == {("ground truth", 0), ("copy-synthesis", 0)} | {
         (s, n) for s in ("teacher + CFG 2", "IntMeanFlow student") for n in (1, 2, 4, 32)}
-    assert all(r["pesq"] > 0 and r["fs_ratio"] > 0 for r in m["mean_scores"])
-    assert (tree / "results/06_listen/comparison.png").exists() and (tree / "results/06_listen/scores.csv").exists()
+    scores = table(tree, "06_listen/scores.csv")
+    assert len(scores) == 2 * len(points)  # one row per utterance and point
+    for r in m["mean_scores"]:
+        per = scores[(scores.system == r["system"]) & (scores.nfe == r["nfe"])]
+        assert r["pesq"] == pytest.approx(per.pesq.mean(), rel=1e-9) and r["pesq"] > 0
+        assert r["fs_ratio"] == pytest.approx(per.fs_ratio.mean(), rel=1e-9)
+    assert (tree / "results/06_listen/comparison.png").exists()
     executed = (tree / "results/runs/06_listen.ipynb").read_text()
     assert executed.count("<audio") == 6  # the static players (2 utterances x 3 systems)
     assert "06 — listening comparison" in (tree / "results/README.md").read_text()

@@ -14,6 +14,8 @@ import sys
 import torch
 
 from imf.eval.speed import audio_seconds_of, default_rtf_systems, memory_table, rtf_table, speed_table
+from imf.runs.open import open_runs
+from imf.runs.profiles import profile
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +31,6 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--profile", default="small")
     rp.add_argument("--repeats", type=int, default=3)
     a = p.parse_args(argv)
-    from imf.runs.profiles import profile, runs_dir, student_run
     P = profile(a.profile)
     if a.cmd == "memory":
         objs = [("cfm", 0)] + [("imf", n) for n in a.teacher_nfes] + [("meanflow", 0)]
@@ -37,28 +38,15 @@ def main(argv: list[str] | None = None) -> int:
         df = memory_table(objs, P["student_train"]["batch_size"], P["data"]["max_frames"], cfg)
         print(df.to_string(index=False))
         return 0
-    from imf.data import load_corpus
-    from imf.eval.evalset import make_eval_set
-    from imf.core.runtime import setup_threads
-    from imf.core.checkpoints import load_model, load_checkpoint
-
-    setup_threads()
-    run = runs_dir(a.profile)
-    teacher = load_model(run / "teacher" / "checkpoints" / "last.pt")
-    student = load_model(run / student_run(a.profile) / "checkpoints" / "last.pt")  # 02_distill's final student
-    corpus = load_corpus(load_checkpoint(run / "teacher" / "checkpoints" / "last.pt")["config"]["corpus"])
-    E = P["eval"]
-    es = make_eval_set(corpus, E["split"], E["batch_size"], E["seed"], E["max_frames"], P["data"]["prompt_frames"])
+    # the teacher, 02_distill's final student, their corpus and one batch of eval.batch_size utterances
+    wb = open_runs(a.profile, None, n_utts=P["eval"]["batch_size"])  # no results folder
+    es, cfg_scale = wb.es, P["eval"]["cfg_scale"]
     print(f"batch of {len(es)} utterances, {int(es.mask.sum())} frames, {torch.get_num_threads()} threads")
     if a.cmd == "rtf":
-        from imf.models.vocoder import load_vocoder
-
-        voc_ckpt = run / "vocoder" / "checkpoints" / "last.pt"
-        vocoder = load_vocoder(voc_ckpt if voc_ckpt.exists() else None)
-        df = rtf_table(default_rtf_systems(teacher, student, E["cfg_scale"]), es.z_0, es.cond,
-                       audio_seconds_of(es), vocoder, a.repeats)
+        df = rtf_table(default_rtf_systems(wb.teacher, wb.student, cfg_scale), es.z_0, es.cond,
+                       audio_seconds_of(es), wb.vocoder(), a.repeats)
     else:
-        df = speed_table(teacher, student, es.z_0, es.cond, E["cfg_scale"], repeats=a.repeats)
+        df = speed_table(wb.teacher, wb.student, es.z_0, es.cond, cfg_scale, repeats=a.repeats)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 

@@ -4,10 +4,15 @@
 gets ``PROFILE`` injected into its ``parameters`` cell; its executed copy goes to
 ``results/runs/<name>.ipynb`` and its artefacts to ``results/<name>/``. A failing notebook
 stops the pipeline with its name; executed copies of earlier notebooks are kept.
+
+Before anything runs, every selected notebook must exist and accept the given parameters
+(:func:`imf.runs.params.check`: declared names, the default's type); ``--only``/``--from`` take
+the names of :data:`NOTEBOOKS` only (argparse error, exit code 2, with a close match).
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 import time
@@ -15,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from imf.core.runtime import atomic_path, repo_root
+from imf.runs.params import check
+from imf.runs.report import build_readme, results_dir
 
 NOTEBOOKS = [
     "00_corpus",
@@ -39,14 +46,16 @@ def run_notebook(name: str, out_dir: str | os.PathLike, parameters: dict[str, An
 
     The copy is written to a temporary file and renamed on success, so a failed run never
     leaves a half-written notebook over a good one (papermill's own partial output is kept
-    beside it as ``<name>.failed.ipynb`` for debugging).
+    beside it as ``<name>.failed.ipynb`` for debugging). ``parameters`` are checked against the
+    notebook's declared ones before papermill starts (:class:`imf.runs.params.ParameterError`).
     """
-    import papermill as pm
+    import papermill as pm  # heavy (nbclient, jupyter); only a run needs it
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # inherited by the kernel, read when it imports torch
     src = notebook_path(name)
     if not src.exists():
         raise FileNotFoundError(f"notebook {src} does not exist; known: {NOTEBOOKS}")
+    parameters = check(src, parameters or {})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"{name}.ipynb"
@@ -70,23 +79,54 @@ def available() -> list[str]:
     return [n for n in NOTEBOOKS if notebook_path(n).exists()]
 
 
+def notebook_name(value: str) -> str:
+    """argparse type of ``--only``/``--from``: one of :data:`NOTEBOOKS` (``.ipynb`` and a folder are dropped)."""
+    name = Path(value).name.removesuffix(".ipynb")
+    if name not in NOTEBOOKS:
+        close = difflib.get_close_matches(name, NOTEBOOKS, n=1)
+        raise argparse.ArgumentTypeError(f"unknown notebook {value!r}" + (f" (did you mean {close[0]}?)" if close else "")
+                                         + f"; choose from {', '.join(NOTEBOOKS)}")
+    return name
+
+
+def selected(only: list[str] | None, start: str | None) -> list[str]:
+    """The notebooks to run: ``only`` in the order given (else every notebook present, in pipeline order),
+    without those before ``start`` in pipeline order. A named notebook whose file is missing is a
+    ``FileNotFoundError`` naming it."""
+    names = list(only) if only else available()
+    if start:
+        names = [n for n in names if NOTEBOOKS.index(n) >= NOTEBOOKS.index(start)]
+    if not names:
+        raise FileNotFoundError(f"no notebook to run (--only {only}, --from {start}); present: {available()}")
+    missing = [n for n in names if not notebook_path(n).exists()]
+    if missing:
+        raise FileNotFoundError(f"notebook(s) {[str(notebook_path(n)) for n in missing]} do not exist; "
+                                f"present: {available()}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="small", choices=["tiny", "small", "paper"])
-    p.add_argument("--only", nargs="*", help="run only these notebooks (names without .ipynb)")
-    p.add_argument("--from", dest="start", help="start from this notebook")
+    p.add_argument("--only", nargs="*", type=notebook_name, metavar="NOTEBOOK",
+                   help=f"run only these notebooks (of: {', '.join(NOTEBOOKS)})")
+    p.add_argument("--from", dest="start", type=notebook_name, metavar="NOTEBOOK",
+                   help="start from this notebook (in pipeline order)")
     args = p.parse_args(argv)
-    from imf.runs.report import build_readme, results_dir
-
-    names = args.only or available()
-    if args.start:
-        names = names[names.index(args.start):]
+    params = {"PROFILE": args.profile}
+    try:  # every notebook and its parameters before any work
+        names = selected(args.only, args.start)
+        for name in names:
+            check(notebook_path(name), params)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"[imf.runs.pipeline] {e}", file=sys.stderr)
+        return 1
     out_dir = results_dir() / "runs"
     for name in names:
         t0 = time.time()
         print(f"[imf.runs.pipeline] {name} (profile {args.profile}) ...", flush=True)
         try:
-            run_notebook(name, out_dir, {"PROFILE": args.profile})
+            run_notebook(name, out_dir, params)
         except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
             print(f"[imf.runs.pipeline] {name} FAILED after {time.time() - t0:.0f}s: {e}", file=sys.stderr)
             print(f"[imf.runs.pipeline] partial copy: {out_dir / (name + '.failed.ipynb')}", file=sys.stderr)

@@ -1,13 +1,23 @@
 """Profiles: the default sizes of every component for ``tiny`` (tests), ``small`` (the CPU
 main job, ``make reproduce``) and ``paper`` (GPUs, LibriTTS-size data).
 
-Notebooks read ``profile(PROFILE)[section]`` and overlay their own parameters; every
-section is a flat dict that a component's ``Config.from_dict`` validates.
+Notebooks read ``profile(PROFILE)[section]`` and overlay their own parameters. Every section is
+validated when a profile is loaded, against its config class in
+:class:`imf.runs.sections_config.ProfileConfig` (a component's config such as ``TrainConfig``, or a
+section config such as ``EvalConfig``): an unknown or mistyped key anywhere is a ``ConfigError``
+naming ``section.key``.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
+import os
+from pathlib import Path
 from typing import Any
+
+from imf.core.config import Config, ConfigError
+from imf.core.runtime import repo_root
+from imf.runs.sections_config import ProfileConfig, sub_section
 
 _SMALL: dict[str, dict[str, Any]] = {
     "corpus": {"profile": "small"},
@@ -123,11 +133,45 @@ _PAPER["token2wav"]["eval"].update(n_utts=512)
 PROFILES = {"tiny": _TINY, "small": _SMALL, "paper": _PAPER}
 
 
+def _validate(cls: type[Config], d: Any, path: str, where: str) -> Config:
+    """``d`` as a ``cls``: nested sections first, so that an error names the innermost section."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}, section {path!r}: expected a mapping, got {type(d).__name__} {d!r}")
+    for f in dataclasses.fields(cls):
+        sub = sub_section(cls, f.name)
+        if sub is not None and f.name in d:
+            _validate(sub, d[f.name], f"{path}.{f.name}" if path else f.name, where)
+    try:
+        return cls.from_dict(d, prefix=f"{path}." if path else "")
+    except ConfigError as e:
+        raise ConfigError(f"{where}" + (f", section {path!r}" if path else "") + f": {e}") from None
+
+
+def validate_profile(sections: dict[str, Any], name: str = "") -> ProfileConfig:
+    """Every section of a profile checked against its config class; returns the typed profile.
+
+    ``ConfigError`` names the profile and ``section.key`` of an unknown key, a wrong type or an out-of-range
+    value, and lists missing sections.
+    """
+    where = f"profile {name!r}" if name else "profile"
+    missing = [f.name for f in dataclasses.fields(ProfileConfig) if f.name not in sections]
+    if missing:
+        raise ConfigError(f"{where}: missing section(s) {missing}")
+    return _validate(ProfileConfig, sections, "", where)  # type: ignore[return-value]
+
+
 def profile(name: str) -> dict[str, dict[str, Any]]:
-    """A deep copy of a profile's sections; unknown names raise ``KeyError`` listing the choices."""
+    """A deep copy of a profile's sections (as written above), validated section by section
+    (:func:`validate_profile`); unknown names raise ``KeyError`` listing the choices."""
     if name not in PROFILES:
         raise KeyError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    validate_profile(PROFILES[name], name)
     return copy.deepcopy(PROFILES[name])
+
+
+def profile_config(name: str) -> ProfileConfig:
+    """The profile ``name`` as a typed, validated :class:`ProfileConfig` (defaults filled in)."""
+    return validate_profile(profile(name), name)
 
 
 def student_run(profile_name: str) -> str:
@@ -136,10 +180,6 @@ def student_run(profile_name: str) -> str:
     return "student_stage2" if profile(profile_name)["student_stage2"]["steps"] > 0 else "student"
 
 
-def runs_dir(profile_name: str):
+def runs_dir(profile_name: str) -> Path:
     """``$IMF_RUNS/<profile>`` or ``<repo>/runs/<profile>``: checkpoints live here (git-ignored)."""
-    import os
-    from pathlib import Path
-
-    from imf.core.runtime import repo_root
     return Path(os.environ.get("IMF_RUNS", repo_root() / "runs")) / profile_name

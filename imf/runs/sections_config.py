@@ -1,0 +1,163 @@
+"""The configs of the profile sections that no single component owns, and the schema of a whole profile.
+
+A profile (:mod:`imf.runs.profiles`) is a dict of sections. Most sections are the config of one
+component (``teacher_train`` is a :class:`~imf.train.trainer.TrainConfig`); the others are read by the
+notebooks themselves (the evaluation set, the ablation, the second distillation stage, ...) and get a
+frozen config here. :class:`ProfileConfig` lists every section with its config class, so a profile is
+validated as a whole: an unknown or mistyped key anywhere is a :class:`~imf.core.config.ConfigError`
+naming ``section.key``.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from imf.core.config import Config, require
+from imf.data import CorpusConfig, DataConfig
+from imf.flow.objectives import CFMConfig, IMFConfig, MeanFlowConfig
+from imf.models.dit import DiTConfig
+from imf.models.token2mel import Token2MelConfig
+from imf.models.vae import VAEConfig
+from imf.models.vocoder import VocoderConfig
+from imf.train.token2wav import T2WDataConfig, WaveLossConfig
+from imf.train.trainer import TrainConfig
+from imf.train.vocoder import VocoderLossConfig
+
+_field = dataclasses.field
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(Config):
+    """``eval``: the fixed-noise evaluation set and the NFE grids of notebooks 01-06."""
+    split: str = "test"  # corpus split the evaluation utterances come from
+    n_utts: int = 32  # evaluation utterances (the first n of the split, by id)
+    batch_size: int = 32  # utterances per generation batch
+    max_frames: int = 256  # longest evaluation utterance kept, frames of 16 ms
+    seed: int = 1234  # the evaluation noise z_0 (its own generator: every system sees the same noise)
+    teacher_nfes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # NFEs of the teacher rows; the largest is the reference
+    student_nfes: tuple[int, ...] = (1, 2, 3, 4)  # NFEs of the student rows
+    cfg_scale: float = 2.0  # guidance w of the guided teacher rows, v_u + w (v_c - v_u)
+
+    def validate(self) -> None:
+        require(self.n_utts >= 1 and self.batch_size >= 1, "n_utts", "n_utts and batch_size must be >= 1")
+        require(self.max_frames >= 8, "max_frames", "must be >= 8")
+        require(len(self.teacher_nfes) >= 1 and min(self.teacher_nfes) >= 1, "teacher_nfes", "NFEs must be >= 1")
+        require(all(n >= 1 for n in self.student_nfes), "student_nfes", "NFEs must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class AblationConfig(Config):
+    """``ablation``: 02_distill's teacher-NFE ablation (the paper's Tab. 3), one short student per N."""
+    teacher_nfes: tuple[int, ...] = (2, 4, 8, 16, 32)  # total teacher Euler steps N over [0, 1], one student each
+    steps: int = 100  # distillation steps per student
+    batch_size: int = 8  # utterances per batch
+
+    def validate(self) -> None:
+        require(all(n >= 1 for n in self.teacher_nfes), "teacher_nfes", "NFEs must be >= 1")
+        require(self.steps >= 1 and self.batch_size >= 1, "steps", "steps and batch_size must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage2Config(Config):
+    """``student_stage2``: a second distillation stage from the first student, drawing the whole interval
+    (0, 1) for ``p_full`` of the samples (seed + 1, restarted cosine schedule)."""
+    steps: int = 2400  # steps of the second stage; 0 = no second stage
+    lr: float = 2e-4  # its peak learning rate
+    p_full: float = 0.7  # share of samples with (t, r) = (0, 1)
+
+    def validate(self) -> None:
+        require(self.steps >= 0, "steps", "must be >= 0 (0: no second stage)")
+        require(self.lr > 0, "lr", "must be > 0")
+        require(0.0 <= self.p_full <= 1.0, "p_full", "must lie in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanFlowTrainConfig(Config):
+    """``meanflow_train``: the MeanFlow (JVP) baselines of 05_meanflow_vs_imf."""
+    steps: int = 3000  # steps per MeanFlow run (= the first-stage student's: an equal-steps comparison)
+
+    def validate(self) -> None:
+        require(self.steps >= 1, "steps", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class VocoderSection(Config):
+    """``vocoder``: 00_vocoder's network, training and ground-truth judging."""
+    model: VocoderConfig = _field(default_factory=VocoderConfig)  # the network (mel geometry comes from the corpus)
+    seg_seconds: float = 1.0  # training segment length
+    per_voice: int = 10  # utterances per voice scored by the ground-truth judges
+    train: TrainConfig = _field(default_factory=TrainConfig)  # optimisation
+    loss: VocoderLossConfig = _field(default_factory=VocoderLossConfig)  # mel L1 + MR-STFT weights
+
+    def validate(self) -> None:
+        require(self.seg_seconds > 0, "seg_seconds", "must be > 0")
+        require(self.per_voice >= 1, "per_voice", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class T2WEvalConfig(Config):
+    """``token2wav.eval``: 07_token2wav's evaluation."""
+    split: str = "test"  # corpus split of the evaluation utterances
+    n_utts: int = 24  # evaluation utterances
+    seed: int = 1234  # evaluation noise
+    fm_nfe: int = 10  # Euler steps of the flow-matching row (the paper's 10-step baseline)
+    fm_cfg: float = 2.0  # guidance of the flow-matching row (1: none)
+    rtf_repeats: int = 3  # timing repeats (median)
+
+    def validate(self) -> None:
+        require(self.n_utts >= 1, "n_utts", "must be >= 1")
+        require(self.fm_nfe >= 1, "fm_nfe", "must be >= 1")
+        require(self.rtf_repeats >= 1, "rtf_repeats", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Token2WavSection(Config):
+    """``token2wav``: every stage of 07_token2wav (VAE, FM and MeanFlow generators, distillation, fine-tuning)."""
+    vae: VAEConfig = _field(default_factory=VAEConfig)  # waveform <-> 25 Hz latent
+    wave_loss: WaveLossConfig = _field(default_factory=WaveLossConfig)  # VAE and fine-tuning losses
+    data: T2WDataConfig = _field(default_factory=T2WDataConfig)  # crops in latent frames
+    generator: DiTConfig = _field(default_factory=DiTConfig)  # the DiT-1D generator
+    vae_train: TrainConfig = _field(default_factory=TrainConfig)  # VAE optimisation
+    fm_train: TrainConfig = _field(default_factory=TrainConfig)  # flow-matching generator
+    cfm: CFMConfig = _field(default_factory=CFMConfig)  # its objective
+    mf_train: TrainConfig = _field(default_factory=TrainConfig)  # MeanFlow generator
+    meanflow: MeanFlowConfig = _field(default_factory=MeanFlowConfig)  # its objective
+    imf_train: TrainConfig = _field(default_factory=TrainConfig)  # IntMeanFlow distillation of the FM generator
+    imf: IMFConfig = _field(default_factory=IMFConfig)  # its objective
+    decft_train: TrainConfig = _field(default_factory=TrainConfig)  # decoder-only fine-tuning
+    joint_train: TrainConfig = _field(default_factory=TrainConfig)  # joint fine-tuning
+    eval: T2WEvalConfig = _field(default_factory=T2WEvalConfig)  # evaluation
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileConfig(Config):
+    """Every section of a profile and its config class (the schema :func:`imf.runs.profiles.profile` checks)."""
+    corpus: CorpusConfig = _field(default_factory=CorpusConfig)  # the embedded corpus (00_corpus)
+    data: DataConfig = _field(default_factory=DataConfig)  # token2mel training crops
+    teacher_model: Token2MelConfig = _field(default_factory=Token2MelConfig)  # the teacher network (n_tokens: corpus)
+    teacher_train: TrainConfig = _field(default_factory=TrainConfig)  # 01_teacher
+    cfm: CFMConfig = _field(default_factory=CFMConfig)  # the teacher's objective
+    student_train: TrainConfig = _field(default_factory=TrainConfig)  # 02_distill, first stage
+    meanflow_train: MeanFlowTrainConfig = _field(default_factory=MeanFlowTrainConfig)  # 05's MeanFlow runs
+    imf: IMFConfig = _field(default_factory=IMFConfig)  # the IntMeanFlow objective
+    student_stage2: Stage2Config = _field(default_factory=Stage2Config)  # 02_distill, second stage
+    ablation: AblationConfig = _field(default_factory=AblationConfig)  # 02_distill's teacher-NFE ablation
+    vocoder: VocoderSection = _field(default_factory=VocoderSection)  # 00_vocoder
+    eval: EvalConfig = _field(default_factory=EvalConfig)  # 01-06's evaluation set and NFE grids
+    token2wav: Token2WavSection = _field(default_factory=Token2WavSection)  # 07_token2wav
+
+
+def sub_section(cls: type[Config], field: str) -> type[Config] | None:
+    """The config class of ``cls.field`` when that field is a nested section (its default is a config), else None."""
+    factory = cls.__dataclass_fields__[field].default_factory  # type: ignore[misc]
+    return factory if isinstance(factory, type) and issubclass(factory, Config) else None
+
+
+def section_classes(cls: type[Config] = ProfileConfig, prefix: str = "") -> dict[str, type[Config]]:
+    """Every (nested) section of ``cls`` by dotted name, e.g. ``{"eval": EvalConfig, "token2wav.vae": VAEConfig, ...}``."""
+    out: dict[str, type[Config]] = {}
+    for f in dataclasses.fields(cls):
+        sub = sub_section(cls, f.name)
+        if sub is not None:
+            out[prefix + f.name] = sub
+            out.update(section_classes(sub, f"{prefix}{f.name}."))
+    return out

@@ -1,0 +1,101 @@
+"""Profiles are validated section by section: a typo, a wrong type or a bad value anywhere names ``section.key``."""
+import copy
+
+import pytest
+
+from imf.core.config import ConfigError
+from imf.runs.profiles import PROFILES, profile, profile_config, validate_profile
+from imf.runs.sections_config import EvalConfig, ProfileConfig, Stage2Config, section_classes
+
+SECTIONS = sorted(section_classes())  # every (nested) section with a config class, e.g. "token2wav.vae"
+
+
+def _get(sections: dict, path: str) -> dict:
+    d = sections
+    for part in path.split("."):
+        d = d.setdefault(part, {})  # a section the profile leaves to its defaults (vocoder.loss) is created
+    return d
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_every_profile_validates_and_loads_unchanged(name):
+    P = profile(name)
+    assert P == PROFILES[name] and P is not PROFILES[name]  # the dicts as written (a deep copy), not defaults
+    cfg = profile_config(name)
+    assert isinstance(cfg, ProfileConfig)
+    assert cfg.eval.n_utts == P["eval"]["n_utts"] and list(cfg.eval.teacher_nfes) == P["eval"]["teacher_nfes"]
+    assert cfg.token2wav.vae.latent_dim == P["token2wav"]["vae"]["latent_dim"]
+    assert cfg.vocoder.train.steps == P["vocoder"]["train"]["steps"]
+
+
+def test_the_schema_covers_every_section_of_every_profile():
+    assert {"eval", "ablation", "student_stage2", "meanflow_train", "vocoder", "vocoder.model", "vocoder.train",
+            "vocoder.loss", "token2wav.eval", "token2wav.data", "token2wav.wave_loss"} <= set(SECTIONS)
+    for P in PROFILES.values():
+        for top, value in P.items():
+            assert top in SECTIONS
+            if top in ("vocoder", "token2wav"):
+                assert all(f"{top}.{k}" in SECTIONS or not isinstance(v, dict) for k, v in value.items())
+
+
+@pytest.mark.parametrize("path", SECTIONS)
+def test_a_typo_in_any_section_is_an_error_naming_it(path):
+    P = copy.deepcopy(PROFILES["tiny"])
+    _get(P, path)["n_utz"] = 3
+    with pytest.raises(ConfigError, match=rf"section '{path}'.*'{path}\.n_utz'"):
+        validate_profile(P, "tiny")
+
+
+@pytest.mark.parametrize("path, key, value, message", [
+    ("eval", "n_utts", "4", r"'eval\.n_utts': expected int, got str"),
+    ("ablation", "teacher_nfes", "2,4", r"'ablation\.teacher_nfes': expected a sequence"),
+    ("student_stage2", "lr", None, r"'student_stage2\.lr'"),
+    ("token2wav.eval", "fm_cfg", True, r"'token2wav\.eval\.fm_cfg': expected float, got bool"),
+    ("vocoder", "seg_seconds", "1", r"'vocoder\.seg_seconds': expected float"),
+    ("vocoder.train", "steps", 1.5, r"'vocoder\.train\.steps': expected int, got float"),
+])
+def test_a_wrong_type_is_an_error_naming_section_and_key(path, key, value, message):
+    P = copy.deepcopy(PROFILES["tiny"])
+    _get(P, path)[key] = value
+    with pytest.raises(ConfigError, match=message):
+        validate_profile(P, "tiny")
+
+
+@pytest.mark.parametrize("path, key, value", [
+    ("student_stage2", "steps", -1), ("eval", "teacher_nfes", []), ("meanflow_train", "steps", 0),
+    ("token2wav.vae", "latent_dim", 0), ("vocoder", "per_voice", 0), ("ablation", "teacher_nfes", [0]),
+])
+def test_a_value_out_of_range_names_its_section(path, key, value):
+    P = copy.deepcopy(PROFILES["tiny"])
+    _get(P, path)[key] = value
+    with pytest.raises(ConfigError, match=rf"profile 'tiny', section '{path}': parameter '{key}'"):
+        validate_profile(P, "tiny")
+
+
+def test_an_unknown_or_missing_section_is_an_error():
+    P = copy.deepcopy(PROFILES["small"])
+    P["evals"] = {}
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['evals'\]"):
+        validate_profile(P, "small")
+    del P["evals"], P["ablation"]
+    with pytest.raises(ConfigError, match=r"missing section\(s\) \['ablation'\]"):
+        validate_profile(P, "small")
+    P["ablation"] = [2, 4]
+    with pytest.raises(ConfigError, match="section 'ablation': expected a mapping"):
+        validate_profile(P, "small")
+
+
+def test_profile_rejects_an_unknown_name_and_validates_what_it_returns(monkeypatch):
+    with pytest.raises(KeyError, match="tiny"):
+        profile("tinny")
+    broken = copy.deepcopy(PROFILES["tiny"])
+    broken["eval"]["n_utz"] = 4
+    monkeypatch.setitem(PROFILES, "tiny", broken)
+    with pytest.raises(ConfigError, match=r"eval\.n_utz"):
+        profile("tiny")
+
+
+def test_section_configs_check_their_ranges_and_keep_their_defaults():
+    assert EvalConfig().teacher_nfes == (1, 2, 4, 8, 16, 32) and Stage2Config(steps=0).steps == 0
+    with pytest.raises(ConfigError, match="p_full"):
+        Stage2Config(p_full=1.5)
