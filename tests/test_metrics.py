@@ -75,3 +75,124 @@ def test_paired_verdict_closed_form():
     assert v["n"] == 4 and v["wins"] == 4 and v["verdict"] == "A better"  # 0.25 > 2 x 0.065
     assert paired_verdict(-d, "A better", "B better")["verdict"] == "B better"
     assert paired_verdict(torch.tensor([0.1, -0.1, 0.12, -0.1]), "A", "B")["verdict"] == "within noise"
+
+
+# --- the one sign table and what reads it -------------------------------------------------------
+
+import math  # noqa: E402
+
+import pytest  # noqa: E402
+
+from imf.eval.metrics import (HIGHER_IS_BETTER, beats, higher_is_better, intrinsic_per_utterance,  # noqa: E402
+                              objective_column, objective_score)
+from imf.eval.sweep import generate, grid_metric, utterance_scores  # noqa: E402
+from imf.flow.schedules import uniform  # noqa: E402
+from tests.eval_fakes import eval_set as _eval_set, velocity as _velocity  # noqa: E402
+
+
+def test_sign_table_directions():
+    assert higher_is_better("sim") and higher_is_better("mos") and higher_is_better("pesq") and higher_is_better("stoi")
+    assert not higher_is_better("wer") and not higher_is_better("dist_ref")
+    assert HIGHER_IS_BETTER["fs_ratio"] is None and HIGHER_IS_BETTER["gv_ratio"] is None
+    with pytest.raises(ValueError, match="no better direction"):
+        higher_is_better("fs_ratio")
+    with pytest.raises(KeyError, match="HIGHER_IS_BETTER"):
+        higher_is_better("my_judge")
+    assert higher_is_better("my_judge", default=False) is False  # a plug-in judge's own attribute
+
+
+def test_objective_score_signs_follow_the_table():
+    assert objective_score("sim", 0.8) == 0.8 and objective_score("mos", 3.0) == 3.0
+    assert objective_score("wer", 0.25) == -0.25 and objective_score("neg_wer", 0.25) == -0.25
+    assert objective_score("neg_dist_ref", 0.1) == -0.1 and objective_score("dist_ref", 0.1) == -0.1
+    assert objective_score("fs_closeness", 1.0) == 0.0
+    assert objective_score("fs_closeness", 2.0) == objective_score("fs_closeness", 0.5) == -math.log(2.0)
+    assert [objective_column(k) for k in ("neg_dist_ref", "fs_closeness", "sim", "neg_wer")] == \
+        ["dist_ref", "fs_ratio", "sim", "wer"]
+    assert objective_score("my_judge", 2.0) == 2.0 and objective_score("neg_my_judge", 2.0) == -2.0  # plug-ins
+    with pytest.raises(ValueError, match="higher-is-better"):
+        objective_score("neg_sim", 0.8)  # would minimise similarity
+    with pytest.raises(ValueError, match="no better direction"):
+        objective_score("fs_ratio", 1.0)
+    with pytest.raises(ValueError, match="not a ratio"):
+        objective_column("sim_closeness")
+
+
+def test_beats_by_direction_or_closeness():
+    assert beats("sim", 0.9, 0.8) and not beats("sim", 0.8, 0.9)
+    assert beats("wer", 0.1, 0.2) and beats("dist_ref", 0.1, 0.2) and not beats("dist_ref", 0.2, 0.1)
+    assert beats("fs_ratio", 0.9, 1.2) and not beats("fs_ratio", 0.9, 1.05)  # closer to 1
+    assert beats("gv_ratio", 1.4, 1.0, target=1.5)  # closer to a reference's own ratio
+
+
+def _judges(es, x):
+    return {"wer": float(x.abs().mean()), "sim": float(x.mean())}
+
+
+def test_grid_metric_signs_come_from_the_table():
+    es, grid = _eval_set(), uniform(2)
+    x, _, _ = generate(_velocity, es, grid)
+    raw = _judges(es, x)
+    assert grid_metric(_velocity, es, "wer", judges=_judges)(grid) == -raw["wer"]  # lower is better: negated
+    assert grid_metric(_velocity, es, "neg_wer", judges=_judges)(grid) == -raw["wer"]
+    assert grid_metric(_velocity, es, "sim", judges=_judges)(grid) == raw["sim"]
+    ref = es.x1
+    d = grid_metric(_velocity, es, "neg_dist_ref", reference=ref)(grid)
+    assert d == -distance(x * es.mask[:, None], ref, es.mask) < 0
+    with pytest.raises(ValueError, match="higher-is-better"):
+        grid_metric(_velocity, es, "neg_sim", judges=_judges)
+    with pytest.raises(ValueError, match="needs judges"):
+        grid_metric(_velocity, es, "mos")
+    with pytest.raises(ValueError, match="reference"):
+        grid_metric(_velocity, es, "dist_ref")
+
+
+def test_per_utterance_metrics_equal_the_set_metric_of_each_utterance():
+    es = _eval_set()
+    x, _, _ = generate(_velocity, es, uniform(1))
+    gen, real = x * es.mask[:, None], es.real_logmel()
+    per = intrinsic_per_utterance(gen, real, es.mask, ref=real)
+    for i in range(len(es)):
+        one = intrinsic_metrics(gen[i:i + 1], real[i:i + 1], es.mask[i:i + 1], real[i:i + 1])
+        assert per["fs_ratio"][i].item() == one["fs_ratio"] and per["gv_ratio"][i].item() == one["gv_ratio"]
+        assert per["dist_ref"][i].item() == one["dist_ref"]
+    assert torch.equal(utterance_scores(es, x, "dist_ref", reference=es.x1), per["dist_ref"])
+    assert torch.equal(utterance_scores(es, x, "fs_ratio"), per["fs_ratio"])
+    with pytest.raises(ValueError, match="reference"):
+        utterance_scores(es, x, "dist_ref")
+
+
+class _Vocoder:
+    @staticmethod
+    def vocode(mel):  # (1, C, T) -> (1, T * 100): any deterministic audio of the mel
+        return torch.tanh(mel.mean(1)).repeat_interleave(100, dim=-1)
+
+
+class _StubJudge:
+    def __init__(self, name, fn):
+        self.name, self.higher_is_better, self.fn, self.seen = name, name != "wer", fn, []
+
+    def score(self, items):
+        self.seen += [it.id for it in items]
+        return [self.fn(it) for it in items]
+
+
+def test_judge_table_per_utterance_and_wer_only_on_reliable_voices():
+    from imf.eval.audio import AudioJudges
+    from imf.eval.sweep import judge_table
+
+    es = _eval_set()
+    x, _, _ = generate(_velocity, es, uniform(1))
+    sim = _StubJudge("sim", lambda it: float(it.wav.mean()))
+    wer = _StubJudge("wer", lambda it: float(len(it.text)))
+    aj = AudioJudges(_Vocoder(), [sim, wer], wer_speakers=["clear"])  # utterances u0, u2 speak "clear"
+    table = judge_table(aj, es, x)
+    assert list(table.index) == ["u0", "u1", "u2"] and wer.seen == ["u0", "u2"]
+    assert table["wer"].isna().tolist() == [False, True, False]
+    wavs = aj.wavs(es, x)
+    assert table["sim"].tolist() == [float(w.numpy().mean()) for w in wavs]
+    assert aj(es, x)["sim"] == pytest.approx(table["sim"].mean())  # the summary the sweep records
+    scores = utterance_scores(es, x, "sim", judges=aj)
+    assert scores.dtype == torch.float64 and scores.tolist() == table["sim"].tolist()
+    with pytest.raises(KeyError, match="mos"):
+        utterance_scores(es, x, "mos", judges=aj)

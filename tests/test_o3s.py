@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from imf.core.config import ConfigError
-from imf.flow.o3s import O3SConfig, O3SError, O3SResult, o3s_search, plot_scans, scan_all, scan_position
-from imf.flow.schedules import GridError, load_grid, uniform
+from imf.flow.o3s import HISTORY_COLUMNS, O3SConfig, O3SError, O3SResult, o3s_search, scan_all, scan_position
+from imf.flow.schedules import GridError, load_grid, save_grid, uniform
 
 torch.set_num_threads(1)
 
@@ -244,23 +244,32 @@ def test_invalid_init_grid_and_config():
     assert O3SConfig.from_dict({"max_evals": 50, "tol": 0}).tol == 0.0
 
 
-# (h) save / load
+# (h) the result as data: its grid through save_grid / load_grid, its history as a table
 
 
-def test_save_load_round_trip(tmp_path):
+def test_grid_meta_round_trips_through_save_grid(tmp_path):
     res = o3s_search(separable([0.2, 0.6]), uniform(3), O3SConfig(max_evals=30), progress=False)
-    folder = res.save(tmp_path / "o3s")
-    assert torch.equal(load_grid(folder / "grid.json"), res.best_grid)
-    meta = json.loads((folder / "grid.json").read_text())
+    save_grid(tmp_path / "grid.json", res.best_grid, **res.grid_meta())
+    assert torch.equal(load_grid(tmp_path / "grid.json"), res.best_grid)
+    meta = json.loads((tmp_path / "grid.json").read_text())
     assert meta["score"] == res.best_score and meta["init_score"] == res.init_score
-    assert meta["n_evals"] == res.n_evals and meta["nfe"] == 3
-    assert json.loads((folder / "history.json").read_text()) == res.history
-    lines = (folder / "history.csv").read_text().splitlines()
-    assert lines[0] == "eval,sweep,position,score,best_so_far,time_grid"
-    assert len(lines) == res.n_evals + 1
+    assert meta["n_evals"] == res.n_evals and meta["nfe"] == 3 and meta["stopped"] == res.stopped
+    assert meta["init_grid"] == uniform(3).tolist() and meta["config"]["max_evals"] == 30
     df = res.history_frame()
+    assert tuple(df.columns) == HISTORY_COLUMNS
     assert len(df) == res.n_evals and df["best_so_far"].iloc[-1] == res.best_score
     assert df["best_so_far"].is_monotonic_increasing
+
+
+def test_search_module_writes_and_draws_nothing(tmp_path, monkeypatch):
+    import imf.flow.o3s as o3s
+
+    assert not hasattr(o3s, "plot_scans") and not hasattr(O3SResult, "save")  # now imf.viz.o3s / imf.runs
+    assert not {n for n in vars(o3s) if n.startswith(("atomic_", "save_"))}
+    monkeypatch.chdir(tmp_path)
+    o3s_search(log_spacing, uniform(3), O3SConfig(max_evals=10), progress=False)
+    scan_all(log_spacing, uniform(3), n_points=3)
+    assert list(tmp_path.iterdir()) == []
 
 
 # (i) convexity scans
@@ -285,18 +294,6 @@ def test_scan_position_interval_and_argmax():
         scan_position(separable(target), grid, 0)
     with pytest.raises(O3SError, match="non-finite"):
         scan_position(lambda g: math.nan, grid, 1)
-
-
-def test_plot_scans_draws_one_curve_per_position():
-    import matplotlib.pyplot as plt
-
-    grid = uniform(4)
-    scans = scan_all(log_spacing, grid, n_points=7)
-    fig = plot_scans(scans, grid, score=log_spacing(grid), title="log spacing")
-    ax = fig.axes[0]
-    assert len([ln for ln in ax.get_lines() if len(ln.get_xdata()) == 7]) == 3
-    assert ax.get_title() == "log spacing"
-    plt.close(fig)
 
 
 # (j) cache

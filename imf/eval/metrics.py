@@ -17,9 +17,101 @@ L1 to the ground-truth mel rewards the blurry average and is NOT used as a quali
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+HIGHER_IS_BETTER: dict[str, bool | None] = {
+    # audio judges (imf.eval.judges), scored on vocoded output
+    "wer": False,  # word error rate of the ASR transcript against the text
+    "sim": True,  # speaker-embedding cosine to the prompt speaker's real speech
+    "mos": True,  # predicted mean opinion score (DNSMOS P.808)
+    "pesq": True,  # perceptual quality against the real recording of the same utterance
+    "stoi": True,  # short-time objective intelligibility against the same real recording
+    "rtf": False,  # real-time factor: compute seconds per second of audio
+    # intrinsic metrics of this module, on log-mel
+    "dist_ref": False,  # distance to a reference output on identical noise (e.g. the guided teacher)
+    "fs_ratio": None,  # fine-structure variance / real speech's: no direction, 1 is best (too much detail is noise)
+    "gv_ratio": None,  # global variance / real speech's: no direction, 1 is best
+}
+"""THE sign table: ``True`` if a larger value of the metric (column) is better, ``False`` if a
+smaller one is, ``None`` for a ratio to real speech whose best value is 1 (neither direction).
+
+Every place that ranks systems, shows arrows or turns a metric into an objective reads it
+(through :func:`higher_is_better` and :func:`objective_score`), never its own copy.
+"""
+
+
+def higher_is_better(name: str, default: bool | None = None) -> bool:
+    """Whether a larger ``name`` is better, from :data:`HIGHER_IS_BETTER`.
+
+    A name not in the table gives ``default`` (e.g. a plug-in judge's own ``higher_is_better``);
+    without one it is a ``KeyError`` listing the known names. A ratio with no direction
+    (``fs_ratio``, ``gv_ratio``) is a ``ValueError``: rank it by closeness to 1 instead.
+    """
+    if name not in HIGHER_IS_BETTER:
+        if default is None:
+            raise KeyError(f"metric {name!r} is not in imf.eval.metrics.HIGHER_IS_BETTER {sorted(HIGHER_IS_BETTER)}; "
+                           f"add it there or pass default=")
+        return bool(default)
+    better = HIGHER_IS_BETTER[name]
+    if better is None:
+        raise ValueError(f"metric {name!r} has no better direction (a ratio to real speech, best at 1); "
+                         f"use its closeness -|log {name}|")
+    return better
+
+
+def beats(name: str, a: float, b: float, target: float = 1.0) -> bool:
+    """Whether value ``a`` of metric ``name`` is strictly better than ``b``: by the direction of
+    :data:`HIGHER_IS_BETTER`, or, for a ratio without direction, by being closer to ``target``
+    (real speech's 1 by default; e.g. a reference system's own ratio)."""
+    if HIGHER_IS_BETTER.get(name, True) is None:
+        return abs(a - target) < abs(b - target)
+    return a > b if higher_is_better(name) else a < b
+
+
+def objective_column(kind: str) -> str:
+    """The metric column an O3S objective ``kind`` reads (see :func:`objective_score`)."""
+    return _objective(kind)[0]
+
+
+def objective_score(kind: str, value: float) -> float:
+    """The metric ``value`` of column :func:`objective_column` ``(kind)`` as a higher-is-better score.
+
+    ``kind``:
+
+    * a column of :data:`HIGHER_IS_BETTER` with a direction: ``value`` if higher is better, else
+      ``-value`` (``"sim"`` -> sim, ``"wer"`` or ``"neg_wer"`` -> -wer, ``"neg_dist_ref"`` -> -dist_ref);
+    * ``"<x>_closeness"`` for a ratio ``<x>_ratio`` without direction: ``-|log value|``
+      (``"fs_closeness"``: 0 when the fine structure matches real speech);
+    * a column not in the table (a plug-in judge's): ``value``, or ``-value`` as ``"neg_<column>"``.
+
+    ``"neg_<x>"`` for a higher-is-better ``x`` is a ``ValueError`` (it would minimise quality).
+    """
+    _, sign = _objective(kind)
+    if sign == 0:
+        return -abs(math.log(value))
+    return value if sign > 0 else -value
+
+
+def _objective(kind: str) -> tuple[str, int]:
+    """``kind`` -> (column, sign): sign +1 / -1 for a directional column, 0 for closeness to 1."""
+    if kind.endswith("_closeness"):
+        column = kind[: -len("_closeness")] + "_ratio"
+        if column not in HIGHER_IS_BETTER or HIGHER_IS_BETTER[column] is not None:
+            raise ValueError(f"objective {kind!r}: {column!r} is not a ratio without direction in HIGHER_IS_BETTER")
+        return column, 0
+    negated = kind.startswith("neg_")
+    column = kind[4:] if negated else kind
+    better = HIGHER_IS_BETTER.get(column, not negated)  # a plug-in column: the prefix says
+    if better is None:
+        raise ValueError(f"objective {kind!r}: {column!r} has no better direction; use "
+                         f"{column.removesuffix('_ratio')}_closeness")
+    if negated and better:
+        raise ValueError(f"objective {kind!r}: {column!r} is higher-is-better; use {column!r}")
+    return column, 1 if better else -1
 
 
 def _valid(mel: Tensor, mask: Tensor | None) -> Tensor:
@@ -66,6 +158,22 @@ def distance_per_utterance(gen: Tensor, ref: Tensor, mask: Tensor | None = None)
     """(N,) float64: :func:`distance` of each utterance ``gen[i]`` to ``ref[i]`` over its own valid frames."""
     return torch.tensor([distance(gen[i:i + 1], ref[i:i + 1], None if mask is None else mask[i:i + 1])
                          for i in range(gen.shape[0])], dtype=torch.float64)
+
+
+def intrinsic_per_utterance(gen: Tensor, real: Tensor, mask: Tensor | None = None,
+                            ref: Tensor | None = None) -> dict[str, Tensor]:
+    """:func:`intrinsic_metrics` of each utterance over its own valid frames: name -> (N,) float64.
+
+    ``gen``, ``real``, ``ref`` (N, C, T) log-mel, ``mask`` (N, T); ``dist_ref`` only with ``ref``.
+    """
+    def each(fn, other: Tensor) -> Tensor:
+        return torch.tensor([fn(gen[i:i + 1], other[i:i + 1], None if mask is None else mask[i:i + 1])
+                             for i in range(gen.shape[0])], dtype=torch.float64)
+
+    out = {"fs_ratio": each(fine_structure_ratio, real), "gv_ratio": each(global_variance_ratio, real)}
+    if ref is not None:
+        out["dist_ref"] = distance_per_utterance(gen, ref, mask)
+    return out
 
 
 def paired_verdict(d, better: str, worse: str, z: float = 2.0) -> dict:

@@ -7,7 +7,6 @@ to a reference output on identical noise. Audio judges plug in through ``judges`
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any, Callable, Sequence
 
@@ -16,11 +15,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from imf.flow import schedules
-from imf.flow.solvers import Guided, sample
+from imf.flow.solvers import sample
 from imf.eval.evalset import EvalSet
-from imf.eval.metrics import intrinsic_metrics, noise_correlation
+from imf.eval.judges import evaluate
+from imf.eval.metrics import (intrinsic_metrics, intrinsic_per_utterance, noise_correlation, objective_column,
+                              objective_score)
 from imf.eval.systems import System
+
+INTRINSIC = ("dist_ref", "fs_ratio", "gv_ratio")  # columns of imf.eval.metrics.intrinsic_metrics (no judges needed)
 
 
 @torch.no_grad()
@@ -73,31 +75,72 @@ def grid_metric(model: Callable[..., Tensor], es: EvalSet, kind: str = "neg_dist
                 method: str = "euler") -> Callable[[Tensor], float]:
     """``f(time_grid) -> float`` (higher is better) for O3S, on the fixed noise of ``es``.
 
-    kinds: ``neg_dist_ref`` (minus the distance to ``reference``, a normalised mel on the same
-    noise, e.g. the guided 32-NFE teacher), ``fs_closeness`` (``-|log fs_ratio|``), or the
-    name of a column returned by ``judges(es, x)`` (e.g. ``sim``), or ``neg_<column>`` for a
-    lower-is-better judge column (e.g. ``neg_wer``).
+    ``kind`` names the objective (:func:`imf.eval.metrics.objective_score`, signs from
+    :data:`imf.eval.metrics.HIGHER_IS_BETTER`): ``neg_dist_ref`` (or ``dist_ref``: minus the distance
+    to ``reference``, a normalised mel (N, C, T) on the same noise, e.g. the guided 32-NFE teacher),
+    ``fs_closeness`` (``-|log fs_ratio|``), or a column returned by ``judges(es, x)``: ``sim`` and
+    ``mos`` as they are, ``wer`` (or ``neg_wer``) negated.
     """
-    import math
-
+    column = objective_column(kind)
     real = es.real_logmel()
     ref = None if reference is None else es.corpus.denormalize(reference) * es.mask[:, None]
-    if kind == "neg_dist_ref" and ref is None:
-        raise ValueError("grid_metric(kind='neg_dist_ref') needs a reference output")
+    if column == "dist_ref" and ref is None:
+        raise ValueError(f"grid_metric(kind={kind!r}) needs a reference output")
+    if column not in INTRINSIC and judges is None:
+        raise ValueError(f"metric {kind!r} needs judges")
 
     def f(time_grid: Tensor) -> float:
         x, _, _ = generate(model, es, time_grid, method, batch_size)
-        gen = es.corpus.denormalize(x) * es.mask[:, None]
-        if kind == "neg_dist_ref":
-            return -intrinsic_metrics(gen, real, es.mask, ref)["dist_ref"]
-        if kind == "fs_closeness":
-            return -abs(math.log(intrinsic_metrics(gen, real, es.mask)["fs_ratio"]))
-        if judges is None:
-            raise ValueError(f"metric {kind!r} needs judges")
-        scores = judges(es, x)
-        name = kind[4:] if kind.startswith("neg_") else kind
-        if name not in scores:
-            raise KeyError(f"judges returned {sorted(scores)}, not {name!r}")
-        return -scores[name] if kind.startswith("neg_") else scores[name]
+        if column in INTRINSIC:
+            gen = es.corpus.denormalize(x) * es.mask[:, None]
+            scores = intrinsic_metrics(gen, real, es.mask, ref if column == "dist_ref" else None)
+        else:
+            scores = judges(es, x)
+        if column not in scores:
+            raise KeyError(f"judges returned {sorted(scores)}, not {column!r}")
+        return objective_score(kind, scores[column])
 
     return f
+
+
+def utterance_scores(es: EvalSet, x: Tensor, column: str, reference: Tensor | None = None,
+                     judges: Any = None) -> Tensor:
+    """One metric ``column`` for each utterance of normalised mels ``x`` (N, C, T) generated on ``es``:
+    (N,) float64, in the metric's own units (rank with :func:`imf.eval.metrics.objective_score`).
+
+    Intrinsic columns (``dist_ref``, ``fs_ratio``, ``gv_ratio``) use each utterance's own frames;
+    ``dist_ref`` needs ``reference``, a normalised mel (N, C, T) on the same noise. Any other column is
+    a judge's, from :func:`judge_table` (NaN where the judge skips an utterance).
+    """
+    if column in INTRINSIC:
+        if column == "dist_ref" and reference is None:
+            raise ValueError("utterance_scores(column='dist_ref') needs a reference output")
+        gen = es.corpus.denormalize(x) * es.mask[:, None]
+        ref = None if reference is None else es.corpus.denormalize(reference) * es.mask[:, None]
+        return intrinsic_per_utterance(gen, es.real_logmel(), es.mask, ref)[column]
+    if judges is None:
+        raise ValueError(f"utterance_scores(column={column!r}) needs judges")
+    table = judge_table(judges, es, x)
+    if column not in table:
+        raise KeyError(f"judges scored {sorted(table.columns)}, not {column!r}")
+    return torch.from_numpy(table[column].to_numpy(dtype="float64", copy=True))
+
+
+def judge_table(judges: Any, es: EvalSet, x: Tensor) -> pd.DataFrame:
+    """Per-utterance scores of an :class:`imf.eval.audio.AudioJudges` on normalised mels ``x`` (N, C, T):
+    one row per utterance of ``es`` (index: utterance id), one column per judge (and their extra columns).
+
+    As the judges' own summary: WER only on utterances of ``judges.wer_speakers`` (NaN on the others).
+    """
+    items = judges.items(es, judges.wavs(es, x))
+    asr = [j for j in judges.judges if getattr(j, "name", "") == "wer"]
+    rest = [j for j in judges.judges if j not in asr]
+    table = evaluate(rest, items) if rest else pd.DataFrame(index=pd.Index([it.id for it in items], name="id"))
+    if asr:
+        keep = items
+        if judges.wer_speakers is not None and es.speakers is not None:
+            names = [es.corpus.speakers[int(k)] for k in es.speakers]
+            keep = [it for it, n in zip(items, names) if n in judges.wer_speakers]
+        if keep:
+            table = table.join(evaluate(asr, keep), how="left")
+    return table

@@ -13,33 +13,29 @@ with the others fixed, so O3S is coordinate ascent with a 1-D bracketing search:
     until a sweep improves the best score by < tol, or max_sweeps, or max_evals evaluations
 
 The metric is the caller's: it must be deterministic for a given grid (fixed dev set, fixed
-evaluation noise), because the search caches scores by grid. This module is pure maths: it
-imports no model and no training code; :func:`scan_position` / :func:`scan_all` /
-:func:`plot_scans` draw the convexity curves of the paper's Fig. 2.
+evaluation noise), because the search caches scores by grid. This module is search only: it
+imports no model and no training code, writes no file and draws nothing. :func:`scan_position` /
+:func:`scan_all` compute the convexity curves of the paper's Fig. 2 (drawn by
+:func:`imf.viz.o3s.plot_scans`); a result's grid goes to disk through
+:func:`imf.flow.schedules.save_grid` with :meth:`O3SResult.grid_meta` (the runs layer does that).
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 import math
-import os
-from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import torch
 from torch import Tensor
 
 from imf.core.config import Config, require
-from imf.core.runtime import atomic_write_json, atomic_write_text
-from imf.flow.schedules import GridError, save_grid, validate_grid
+from imf.flow.schedules import GridError, validate_grid
 
 Metric = Callable[[Tensor], float]
 """``metric(time_grid) -> score``: ``time_grid`` float64 (K+1,), higher score is better."""
 
 _INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0  # 1/phi ~ 0.618: golden-section shrink factor
-_HISTORY_KEYS = ("eval", "sweep", "position", "score", "best_so_far", "time_grid")
+HISTORY_COLUMNS = ("eval", "sweep", "position", "score", "best_so_far", "time_grid")  # one row per metric call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,32 +93,18 @@ class O3SResult:
     n_cache_hits: int = 0
     config: dict = dataclasses.field(default_factory=dict)
 
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write ``grid.json`` (:func:`imf.flow.schedules.save_grid` format, loadable by ``load_grid``),
-        ``history.json`` and ``history.csv`` into ``folder``, each atomically; return the folder."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_grid(
-            folder / "grid.json", self.best_grid,
-            score=self.best_score, init_score=self.init_score, n_evals=self.n_evals,
-            n_sweeps=self.n_sweeps, stopped=self.stopped, n_cache_hits=self.n_cache_hits,
-            init_grid=None if self.init_grid is None else self.init_grid.tolist(), config=self.config,
-        )
-        atomic_write_json(folder / "history.json", self.history)
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(_HISTORY_KEYS)
-        for h in self.history:
-            # the grid goes into one column as a JSON list so every row has the same columns
-            w.writerow([h[k] if k != "time_grid" else json.dumps(h[k]) for k in _HISTORY_KEYS])
-        atomic_write_text(folder / "history.csv", buf.getvalue())
-        return folder
+    def grid_meta(self) -> dict:
+        """What :func:`imf.flow.schedules.save_grid` records beside ``best_grid`` (plain JSON types):
+        ``save_grid(path, res.best_grid, **res.grid_meta())`` writes a grid ``load_grid`` reads."""
+        return dict(score=self.best_score, init_score=self.init_score, n_evals=self.n_evals,
+                    n_sweeps=self.n_sweeps, stopped=self.stopped, n_cache_hits=self.n_cache_hits,
+                    init_grid=None if self.init_grid is None else self.init_grid.tolist(), config=self.config)
 
     def history_frame(self):
         """The history as a ``pandas.DataFrame``, one row per metric call (``time_grid`` holds lists)."""
         import pandas as pd  # lazy: the maths layer should not pay for pandas at import
 
-        return pd.DataFrame([{k: h[k] for k in _HISTORY_KEYS} for h in self.history], columns=list(_HISTORY_KEYS))
+        return pd.DataFrame([{k: h[k] for k in HISTORY_COLUMNS} for h in self.history], columns=list(HISTORY_COLUMNS))
 
 
 def _as_grid(time_grid: Tensor | Sequence[float], name: str, min_gap: float) -> Tensor:
@@ -372,41 +354,3 @@ def scan_all(
         i: scan_position(metric, g, i, n_points=n_points, min_gap=min_gap)
         for i in tqdm(range(1, K), desc="O3S scan", unit="step", disable=not progress)
     }
-
-
-def plot_scans(
-    scans: dict[int, tuple[Tensor, Tensor]],
-    time_grid: Tensor | Sequence[float] | None = None,
-    score: float | None = None,
-    ax: Any = None,
-    title: str | None = None,
-    ylabel: str = "metric",
-):
-    """Draw one curve per interior position: x = position of ``t_i``, y = metric (Fig. 2).
-
-    ``time_grid`` (K+1,), if given, marks each current ``t_i`` with a dotted vertical line, and
-    ``score`` (the metric at ``time_grid``) with a hollow marker there. Draws into ``ax`` or a
-    new figure; returns the figure. matplotlib is imported here only.
-    """
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
-    else:
-        fig = ax.figure
-    g = None if time_grid is None else validate_grid(time_grid)
-    for i, (positions, scores) in sorted(scans.items()):
-        (line,) = ax.plot(torch.as_tensor(positions).tolist(), torch.as_tensor(scores).tolist(),
-                          marker=".", label=f"$t_{{{i}}}$")
-        if g is not None and i < g.numel() - 1:
-            ax.axvline(float(g[i]), color=line.get_color(), ls=":", lw=1)
-            if score is not None:
-                ax.plot([float(g[i])], [score], marker="o", mfc="none", color=line.get_color())
-    ax.set_xlim(0.0, 1.0)
-    ax.set_xlabel("position of step $t_i$ (0 = noise, 1 = data)")
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    if scans:
-        ax.legend(fontsize="small")
-    return fig

@@ -88,3 +88,51 @@ def plot_history(history: list[dict[str, float]], path: Path, title: str = "", k
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
+
+
+def plot_samples(es, outputs: Mapping[str, Tensor], path: str | Path | None = None, index: int = 0):
+    """Utterance ``index`` of an evaluation set, real then each system's output on the SAME noise.
+
+    ``es``: :class:`imf.eval.evalset.EvalSet`; ``outputs``: label -> normalised mel (N, C, T) generated
+    on ``es``. Each panel shows the utterance's valid frames as log-mel (:func:`plot_mels`).
+    """
+    n_i = int(es.mask[index].sum())
+    mels = {"real": es.real_logmel()[index, :, :n_i]}
+    for label, x in outputs.items():
+        mels[label] = es.corpus.denormalize(x[index])[:, :n_i]
+    return plot_mels(mels, path, title=f"{es.ids[index]} — same noise for every row")
+
+
+def plot_stability(histories: Mapping[str, Sequence[dict]], reference: pd.DataFrame | None = None,
+                   path: str | Path | None = None, reference_label: str = "IntMeanFlow", mark_step: int | None = None,
+                   loss: str = "mse"):
+    """Training stability side by side: loss, gradient norm and cumulative non-finite steps per run.
+
+    ``histories``: label -> a trainer history (rows with ``step``, ``loss`` column ``loss``, ``grad_norm``,
+    ``nonfinite``); ``reference``: a history drawn dashed in black (columns ``step``, ``loss``,
+    ``grad_norm``), e.g. IntMeanFlow's; ``mark_step``: a dotted vertical line (where its second stage
+    starts). Returns the saved path, or the figure without ``path``.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(14, 3.4))
+    for label, history in histories.items():
+        h = pd.DataFrame(history)
+        ax[0].plot(h.step, h[loss], label=label)
+        ax[1].plot(h.step, h.grad_norm, label=label)
+        ax[2].plot(h.step, h.nonfinite.cumsum(), label=label)
+    if reference is not None:
+        ax[0].plot(reference.step, reference["loss"], "k--", label=reference_label)
+        ax[1].plot(reference.step, reference.grad_norm, "k--", label=reference_label)
+    for a, name in zip(ax, ["loss (unweighted MSE to the target)", "gradient norm (before clipping)",
+                            "non-finite steps (cumulative)"]):
+        a.set_title(name, fontsize=9)
+        a.set_xlabel("step")
+        a.grid(alpha=0.3)
+    if mark_step is not None:
+        for a in ax[:2]:
+            a.axvline(mark_step, color="k", ls=":", lw=1)
+    ax[0].set_yscale("log")
+    ax[1].set_yscale("log")
+    ax[0].legend(fontsize=7)
+    return save_fig(fig, path) if path else fig

@@ -1,0 +1,141 @@
+"""Notebook 05, MeanFlow (JVP) vs IntMeanFlow on the same network and data: what is trained and compared.
+
+Vanilla MeanFlow runs (from the teacher with flow-matching fraction 0.75 and 0, from scratch with 0.75)
+train with the student's recipe; their curves meet IntMeanFlow's (both of its stages stitched), and
+their 1-NFE quality meets the IntMeanFlow student's on identical noise (the paper's Tab. 2 rows)::
+
+    wb = open_runs("small", "05_meanflow_vs_imf")
+    runs = train_meanflow_runs(wb, seed=0, steps=0, freeze="encoder")
+    imf = stage_history(wb.student_ckpt)
+    quality = meanflow_quality(wb, runs, imf)
+    report_meanflow(wb, memory, runs, imf, quality, winners(quality, runs.reference_name))  # imf.runs.sections_eval
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+
+from imf.core.checkpoints import load_checkpoint, load_model
+from imf.data import DataConfig
+from imf.eval.metrics import beats
+from imf.eval.sweep import nfe_sweep
+from imf.eval.systems import System, guided
+from imf.flow.objectives import MeanFlowConfig
+from imf.models import Token2MelConfig
+from imf.runs.open import Opened
+from imf.runs.profiles import runs_dir
+from imf.train.token2mel import train_meanflow
+from imf.train.trainer import Trainer, TrainConfig
+
+STUDENT = "IMF (IntMeanFlow student)"
+STAGE1 = "IMF, first stage only"
+MEANFLOW_RUNS = {  # label -> (init: "teacher" | "scratch", p_instant: the fraction of r = t flow-matching samples)
+    "MF from teacher, r=t 0.75": ("teacher", 0.75),
+    "MF from teacher, r=t 0": ("teacher", 0.0),
+    "MF from scratch, r=t 0.75": ("scratch", 0.75),
+}
+COMPARED = ("fs_ratio", "gv_ratio", "dist_ref")  # the 1-NFE metrics IntMeanFlow and MeanFlow are compared on
+
+
+@dataclasses.dataclass
+class MeanFlowRuns:
+    """The trained MeanFlow runs (label -> :class:`imf.train.trainer.Trainer`) and their settings."""
+    trainers: dict[str, Trainer]
+    train_cfg: TrainConfig
+    data_cfg: DataConfig
+    freeze: str  # what the teacher-initialised runs freeze
+    cfg_scale: float  # guidance folded into the MeanFlow target (the IntMeanFlow student's)
+    reference_name: str  # the guided teacher's name in the quality table
+
+    def histories(self) -> dict[str, list[dict]]:
+        return {label: tr.history for label, tr in self.trainers.items()}
+
+    def stability(self) -> dict[str, dict]:
+        """label -> non-finite (skipped) steps and the final unweighted MSE."""
+        out = {}
+        for label, tr in self.trainers.items():
+            h = pd.DataFrame(tr.history)
+            out[label] = {"nonfinite_steps": int(h.nonfinite.sum()), "final_mse": float(h["mse"].iloc[-1])}
+        return out
+
+
+@dataclasses.dataclass
+class StageHistory:
+    """A student's training history with the first stage it started from (if any) in front, steps
+    counted on from it: ``history`` (columns ``step``, ``loss``, ``grad_norm``, ...)."""
+    history: pd.DataFrame
+    stage1: str | None  # the first stage's checkpoint (config ``init`` of a second-stage student)
+    stage1_steps: int  # 0 without a first stage
+    steps: int  # steps in all
+
+
+def stage_history(ckpt: str | Path) -> StageHistory:
+    """The history of the student checkpoint ``ckpt``, stitched after its first stage's when it is a
+    second-stage student (its config's ``init``)."""
+    state = load_checkpoint(ckpt)
+    history = pd.DataFrame(state["history"])
+    stage1, stage1_steps = state["config"].get("init"), 0
+    if stage1:
+        h1 = pd.DataFrame(load_checkpoint(stage1)["history"])
+        stage1_steps = int(h1.step.max())
+        history = pd.concat([h1, history.assign(step=history.step + stage1_steps)], ignore_index=True)
+    return StageHistory(history, stage1 or None, stage1_steps, int(history.step.max()))
+
+
+def train_meanflow_runs(wb: Opened, seed: int = 0, steps: int = 0, freeze: str = "encoder",
+                        progress: bool = True) -> MeanFlowRuns:
+    """Train every run of :data:`MEANFLOW_RUNS` into ``runs/<profile>/mf_<init>_p<100 p>_w<w>`` with the
+    student's recipe (``student_train``, ``steps``: 0 for the profile's ``meanflow_train.steps``),
+    non-finite steps skipped and counted; runs already trained resume (nothing to do)."""
+    P = wb.P
+    w = P["imf"]["cfg_scale"]
+    train_cfg = TrainConfig.from_dict(P["student_train"], seed=seed, on_nonfinite="skip",
+                                      steps=steps or P["meanflow_train"]["steps"])
+    data_cfg, model_cfg = DataConfig.from_dict(P["data"]), Token2MelConfig.from_dict(P["teacher_model"])
+    runs = runs_dir(wb.profile)
+    trainers = {}
+    for label, (init, p) in MEANFLOW_RUNS.items():
+        mf_cfg = MeanFlowConfig(p_instant=p, cfg_scale=w)  # guidance folded into the target, as IMF's
+        tr, _ = train_meanflow(wb.corpus, runs / f"mf_{init}_p{int(p * 100)}_w{w:g}", train_cfg, mf_cfg, data_cfg,
+                               init=str(wb.teacher_ckpt) if init == "teacher" else "scratch", model_cfg=model_cfg,
+                               freeze_mode=freeze if init == "teacher" else "none", progress=progress)
+        trainers[label] = tr
+    return MeanFlowRuns(trainers, train_cfg, data_cfg, freeze, w, f"teacher + CFG {P['eval']['cfg_scale']:g}")
+
+
+def meanflow_quality(wb: Opened, runs: MeanFlowRuns, imf: StageHistory) -> pd.DataFrame:
+    """The guided teacher at the largest teacher NFE, then the IntMeanFlow student (and its first stage
+    alone, at equal steps with MeanFlow) and each MeanFlow run's EMA at 1 and 2 NFE, on ``wb.es``;
+    ``dist_ref`` to that teacher."""
+    E = wb.P["eval"]
+    max_nfe = max(E["teacher_nfes"])
+    ref = System(runs.reference_name, guided(wb.teacher, E["cfg_scale"]))
+    systems = [System(STUDENT, wb.student)]
+    if imf.stage1:
+        systems.append(System(STAGE1, load_model(imf.stage1)))
+    systems += [System(label, tr.ema) for label, tr in runs.trainers.items()]
+    quality, _ = nfe_sweep(wb.es, [(ref, max_nfe)] + [(s, n) for s in systems for n in (1, 2)],
+                           reference=(ref, max_nfe), batch_size=E["batch_size"])
+    return quality
+
+
+def winners(quality: pd.DataFrame, reference_name: str) -> dict:
+    """At 1 NFE, IntMeanFlow against the best MeanFlow run (lowest ``dist_ref``), per metric of
+    :data:`COMPARED` by :func:`imf.eval.metrics.beats` (``dist_ref``: lower wins; the ratios: closer to
+    the guided teacher's own value wins, as guidance raises them above real speech's 1).
+
+    Returns ``best_mf``, ``wins`` (metric -> "IMF" | "MF"), ``wins_stage1`` (the first stage alone;
+    None without one) and ``reference`` (the guided teacher's row).
+    """
+    q1 = quality[quality.nfe == 1].set_index("system")
+    best_mf = q1[~q1.index.str.startswith("IMF")].dist_ref.idxmin()
+    ref = quality[quality.system == reference_name].iloc[0]
+
+    def against(imf_row) -> dict[str, str]:
+        return {m: "IMF" if beats(m, imf_row[m], q1.loc[best_mf, m], target=ref[m]) else "MF" for m in COMPARED}
+
+    return {"best_mf": best_mf, "wins": against(q1.loc[STUDENT]),
+            "wins_stage1": against(q1.loc[STAGE1]) if STAGE1 in q1.index else None,
+            "reference": {m: float(ref[m]) for m in COMPARED}}
