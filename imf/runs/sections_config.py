@@ -14,13 +14,13 @@ import dataclasses
 from imf.core.config import Config, require
 from imf.data import CorpusConfig, DataConfig
 from imf.flow.objectives import CFMConfig, IMFConfig, MeanFlowConfig
-from imf.models.dit import DiTConfig
 from imf.models.token2mel import Token2MelConfig
-from imf.models.vae import VAEConfig
 from imf.models.vocoder import VocoderConfig
-from imf.train.token2wav import T2WDataConfig, WaveLossConfig
+from imf.eval.token2wav import T2WEvalConfig
+from imf.train.token2wav import T2WStagesConfig
 from imf.train.trainer import TrainConfig
-from imf.train.vocoder import VocoderLossConfig
+from imf.train.wave_losses import WaveLossConfig
+
 
 _field = dataclasses.field
 
@@ -86,7 +86,7 @@ class VocoderSection(Config):
     seg_seconds: float = 1.0  # training segment length
     per_voice: int = 10  # utterances per voice scored by the ground-truth judges
     train: TrainConfig = _field(default_factory=TrainConfig)  # optimisation
-    loss: VocoderLossConfig = _field(default_factory=VocoderLossConfig)  # mel L1 + MR-STFT weights
+    loss: WaveLossConfig = _field(default_factory=WaveLossConfig)  # mel L1 + MR-STFT weights (kl_weight unused)
 
     def validate(self) -> None:
         require(self.seg_seconds > 0, "seg_seconds", "must be > 0")
@@ -94,38 +94,9 @@ class VocoderSection(Config):
 
 
 @dataclasses.dataclass(frozen=True)
-class T2WEvalConfig(Config):
-    """``token2wav.eval``: 07_token2wav's evaluation."""
-    split: str = "test"  # corpus split of the evaluation utterances
-    n_utts: int = 24  # evaluation utterances
-    seed: int = 1234  # evaluation noise
-    fm_nfe: int = 10  # Euler steps of the flow-matching row (the paper's 10-step baseline)
-    fm_cfg: float = 2.0  # guidance of the flow-matching row (1: none)
-    rtf_repeats: int = 3  # timing repeats (median)
-
-    def validate(self) -> None:
-        require(self.n_utts >= 1, "n_utts", "must be >= 1")
-        require(self.fm_nfe >= 1, "fm_nfe", "must be >= 1")
-        require(self.rtf_repeats >= 1, "rtf_repeats", "must be >= 1")
-
-
-@dataclasses.dataclass(frozen=True)
-class Token2WavSection(Config):
-    """``token2wav``: every stage of 07_token2wav (VAE, FM and MeanFlow generators, distillation, fine-tuning)."""
-    vae: VAEConfig = _field(default_factory=VAEConfig)  # waveform <-> 25 Hz latent
-    wave_loss: WaveLossConfig = _field(default_factory=WaveLossConfig)  # VAE and fine-tuning losses
-    data: T2WDataConfig = _field(default_factory=T2WDataConfig)  # crops in latent frames
-    generator: DiTConfig = _field(default_factory=DiTConfig)  # the DiT-1D generator
-    vae_train: TrainConfig = _field(default_factory=TrainConfig)  # VAE optimisation
-    fm_train: TrainConfig = _field(default_factory=TrainConfig)  # flow-matching generator
-    cfm: CFMConfig = _field(default_factory=CFMConfig)  # its objective
-    mf_train: TrainConfig = _field(default_factory=TrainConfig)  # MeanFlow generator
-    meanflow: MeanFlowConfig = _field(default_factory=MeanFlowConfig)  # its objective
-    imf_train: TrainConfig = _field(default_factory=TrainConfig)  # IntMeanFlow distillation of the FM generator
-    imf: IMFConfig = _field(default_factory=IMFConfig)  # its objective
-    decft_train: TrainConfig = _field(default_factory=TrainConfig)  # decoder-only fine-tuning
-    joint_train: TrainConfig = _field(default_factory=TrainConfig)  # joint fine-tuning
-    eval: T2WEvalConfig = _field(default_factory=T2WEvalConfig)  # evaluation
+class Token2WavSection(T2WStagesConfig):
+    """``token2wav``: every stage of 07_token2wav (:class:`~imf.train.token2wav.T2WStagesConfig`) and its evaluation."""
+    eval: T2WEvalConfig = T2WEvalConfig()  # 07's evaluation table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,8 +119,14 @@ class ProfileConfig(Config):
 
 def sub_section(cls: type[Config], field: str) -> type[Config] | None:
     """The config class of ``cls.field`` when that field is a nested section (its default is a config), else None."""
-    factory = cls.__dataclass_fields__[field].default_factory  # type: ignore[misc]
-    return factory if isinstance(factory, type) and issubclass(factory, Config) else None
+    f = cls.__dataclass_fields__[field]  # type: ignore[attr-defined]
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        default = f.default_factory()  # type: ignore[misc]
+    else:
+        return None
+    return type(default) if isinstance(default, Config) else None
 
 
 def section_classes(cls: type[Config] = ProfileConfig, prefix: str = "") -> dict[str, type[Config]]:
