@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,11 +24,18 @@ from imf.data.text import MAX_WORDS, MIN_WORDS, PHONES, frame_durations, sentenc
 MICRO = dict(profile="tiny", utts_per_speaker=5, dev_fraction=0.2, test_fraction=0.2)
 
 
+def shared_micro(tmp_path_factory) -> Path:
+    """The micro corpus in one folder per test session: built by the first module that asks,
+    found at once by the others (build_corpus returns a finished corpus of the same config)."""
+    root = tmp_path_factory.getbasetemp() / "shared-micro"
+    return build_corpus(CorpusConfig.from_dict(MICRO), root=root, progress=False, workers=2)
+
+
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
     """The same micro corpus built twice: in 2 worker processes and in-process."""
     cfg = CorpusConfig.from_dict(MICRO)
-    a = build_corpus(cfg, root=tmp_path_factory.mktemp("a"), progress=False, workers=2)
+    a = shared_micro(tmp_path_factory)
     b = build_corpus(cfg, root=tmp_path_factory.mktemp("b"), progress=False, workers=1)
     return a, b
 
