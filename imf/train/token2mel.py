@@ -36,7 +36,7 @@ def load_for_corpus(path: str | Path, corpus: Corpus, role: str = "model") -> nn
     disk, the two phone inventories must be equal too (same size but other phones would give
     every id another meaning).
     """
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, require=("model_class", "model_config", "ema"))
     model = model_from_state(state, path)
     cfg = model.config
     n_tokens, n_mels = corpus.n_tokens, corpus.mel_config.n_mels
