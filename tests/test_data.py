@@ -1,10 +1,12 @@
 """The embedded corpus: determinism, re-run skipping, alignment, splits, errors, dataset/collate."""
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,8 +15,8 @@ import soundfile as sf
 import torch
 
 from imf.core.config import ConfigError
-from imf.data import (VOICES, CorpusConfig, CorpusError, EngineError, MelTokenDataset, build_corpus, collate,
-                      load_corpus)
+from imf.data import (VOICES, CorpusConfig, CorpusError, EngineError, MelTokenDataset, build_corpus, check_files,
+                      collate, load_corpus)
 from imf.data.engines import ESPEAK_TO_SHARED, Flite, Prosody, Voice, synthesize
 from imf.data.text import MAX_WORDS, MIN_WORDS, PHONES, frame_durations, sentence_for, vocabulary
 
@@ -22,11 +24,18 @@ from imf.data.text import MAX_WORDS, MIN_WORDS, PHONES, frame_durations, sentenc
 MICRO = dict(profile="tiny", utts_per_speaker=5, dev_fraction=0.2, test_fraction=0.2)
 
 
+def shared_micro(tmp_path_factory) -> Path:
+    """The micro corpus in one folder per test session: built by the first module that asks,
+    found at once by the others (build_corpus returns a finished corpus of the same config)."""
+    root = tmp_path_factory.getbasetemp() / "shared-micro"
+    return build_corpus(CorpusConfig.from_dict(MICRO), root=root, progress=False, workers=2)
+
+
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
     """The same micro corpus built twice: in 2 worker processes and in-process."""
     cfg = CorpusConfig.from_dict(MICRO)
-    a = build_corpus(cfg, root=tmp_path_factory.mktemp("a"), progress=False, workers=2)
+    a = shared_micro(tmp_path_factory)
     b = build_corpus(cfg, root=tmp_path_factory.mktemp("b"), progress=False, workers=1)
     return a, b
 
@@ -229,6 +238,97 @@ def test_load_corpus_errors_name_the_file(micro, tmp_path):
     pd.read_csv(micro[0] / "manifest.csv").drop(columns=["durations"]).to_csv(dst / "manifest.csv", index=False)
     with pytest.raises(CorpusError, match="durations"):
         load_corpus(dst)
+
+
+# --- damaged corpus files: errors name the utterance and the file ------------------------------
+
+@pytest.fixture
+def damaged(micro, tmp_path):
+    dst = tmp_path / micro[0].name  # where build_corpus(root=tmp_path) looks for it
+    shutil.copytree(micro[0], dst)
+    return dst, load_corpus(dst).manifest
+
+
+def test_truncated_wav_and_empty_mel_name_the_utterance(damaged):
+    dst, m = damaged
+    wav_id, mel_id, nan_id = m.id[1], m.id[2], m.id[3]
+    data = (dst / m.wav[1]).read_bytes()
+    (dst / m.wav[1]).write_bytes(data[: len(data) // 2])  # a copy killed half way
+    (dst / m.mel[2]).write_bytes(b"")
+    mel = np.load(dst / m.mel[3])
+    mel[5, 7] = np.nan
+    np.save(dst / m.mel[3], mel)
+    c = load_corpus(dst)
+    n = int(m.n_samples[1])
+    with pytest.raises(CorpusError, match=rf"{re.escape(str(dst / m.wav[1]))}: {(len(data) // 2 - 44) // 2} samples, "
+                                          rf"the manifest says {n} \(utterance '{wav_id}'\); truncated"):
+        c.load_wav(wav_id)
+    with pytest.raises(CorpusError, match=rf"{re.escape(str(dst / m.mel[2]))}: empty mel file .*'{mel_id}'"):
+        c.load_mel(mel_id)
+    with pytest.raises(CorpusError, match=rf"1 non-finite values in the mel \(utterance '{nan_id}'\)"):
+        c.load_mel(nan_id)
+    ds = MelTokenDataset(c, split="train")
+    with pytest.raises(CorpusError, match=mel_id):  # and so does a training item
+        ds[ds.ids.index(mel_id)]
+
+
+def _edit_row(k, **fields):
+    def edit(text):
+        lines = text.splitlines(keepends=True)
+        df = pd.read_csv(io.StringIO(lines[0] + lines[k + 1]), dtype=str, keep_default_na=False)
+        for key, v in fields.items():
+            df[key] = v
+        lines[k + 1] = df.to_csv(index=False, header=False, lineterminator="\n")
+        return "".join(lines)
+    return edit
+
+
+MANIFEST_DAMAGE = {
+    "non-numeric n_frames": (_edit_row(4, n_frames="abc"), r"line 6 \(utterance '{id4}'\): n_frames 'abc' is not"),
+    "one duration short": (lambda s: _edit_row(4, durations=" ".join(_row(s, 4)["durations"].split()[:-1]))(s),
+                           r"line 6 \(utterance '{id4}'\): \d+ phones but \d+ durations"),
+    "durations off by one": (lambda s: _edit_row(4, durations=_row(s, 4)["durations"] + "1")(s),
+                             r"line 6 \(utterance '{id4}'\): durations sum to"),
+    "empty mel field": (_edit_row(7, mel=""), r"line 9 \(utterance '{id7}'\): empty field\(s\) \['mel'\]"),
+    "cut mid-row": (lambda s: s[: s.index("\n", len(s) // 2) + 30], r"rows, .*corpus.json records \d+ utterances"),
+}
+
+
+def _row(text, k):
+    return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False).iloc[k]
+
+
+@pytest.mark.parametrize("case", list(MANIFEST_DAMAGE))
+def test_bad_manifest_rows_name_the_line_and_utterance(damaged, case):
+    dst, m = damaged
+    edit, match = MANIFEST_DAMAGE[case]
+    path = dst / "manifest.csv"
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(CorpusError, match=re.escape(str(path))) as e:
+        load_corpus(dst)
+    assert re.search(match.format(id4=m.id[4], id7=m.id[7]), str(e.value)), str(e.value)
+    if case == "cut mid-row":  # the same manifest without the row count: the cut row itself is named
+        info = json.loads((dst / "corpus.json").read_text())
+        del info["n_utts"]
+        (dst / "corpus.json").write_text(json.dumps(info))
+        with pytest.raises(CorpusError, match=r"line \d+ \(utterance '.*'\): (empty field|.* is not)"):
+            load_corpus(dst)
+
+
+def test_finished_corpus_is_rechecked_and_damaged_files_rebuilt(micro, damaged):
+    dst, m = damaged
+    cfg = CorpusConfig.from_dict(MICRO)
+    assert check_files(dst, json.loads((dst / "corpus.json").read_text())) == []
+    wav, mel = dst / m.wav[5], dst / m.mel[6]
+    good_wav, good_mel = wav.read_bytes(), mel.read_bytes()
+    wav.write_bytes(good_wav[:1000])
+    mel.unlink()
+    problems = check_files(dst, json.loads((dst / "corpus.json").read_text()))
+    assert len(problems) == 2 and m.id[5] in problems[0] and "missing" in problems[1] and m.id[6] in problems[1]
+    with pytest.warns(UserWarning, match=r"2 damaged or missing file\(s\).*rebuilding"):
+        assert build_corpus(cfg, root=dst.parent, progress=False, workers=1) == dst
+    assert wav.read_bytes() == good_wav and mel.read_bytes() == good_mel
+    assert (dst / "manifest.csv").read_bytes() == (micro[0] / "manifest.csv").read_bytes()
 
 
 # --- dataset and collate ---------------------------------------------------------------------

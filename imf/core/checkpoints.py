@@ -86,8 +86,16 @@ def load_weights(model: nn.Module, state_dict: dict[str, Any], path: str | Path,
 
 def load_model(path: str | Path, ema: bool = True) -> nn.Module:
     """Rebuild a model from its checkpoint alone (EMA weights by default), in eval mode, frozen."""
+    return model_from_state(load_checkpoint(path, require=("model_class", "model_config", "ema" if ema else "model")),
+                            path, ema)
+
+
+def model_from_state(state: dict[str, Any], path: str | Path, ema: bool = True) -> nn.Module:
+    """:func:`load_model` on a checkpoint dict already read from ``path`` (named in errors)."""
     weights = "ema" if ema else "model"
-    state = load_checkpoint(path, require=("model_class", "model_config", weights))
+    missing = [k for k in ("model_class", "model_config", weights) if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}")
     try:
         model = build_model(state["model_class"], state["model_config"])
     except (KeyError, TypeError, ValueError) as e:

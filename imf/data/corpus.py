@@ -1,36 +1,34 @@
-"""The embedded synthetic multi-speaker corpus: build it offline, load it, read its files.
+"""A built corpus on disk: its layout, :func:`load_corpus`, and checks that name the utterance.
 
-``build_corpus(CorpusConfig(profile="small"))`` speaks generated English sentences with 10
-voices from two engines (6 espeak-ng, 4 flite), randomising pitch and rate per utterance, and
-writes ``<data_dir>/synth-small/``::
+A corpus folder (written by :func:`imf.data.build.build_corpus`)::
 
     wav/<id>.wav       16 kHz mono PCM16
     mel/<id>.npy       float32 [80, n_frames] raw natural-log mel (imf.data.features.LogMel)
     meta/<id>.json     the utterance's manifest row (lets a re-run skip finished utterances)
     manifest.csv       one row per utterance (columns: MANIFEST_COLUMNS)
     corpus.json        config, builder version, mel config, phone inventory, speakers,
-                       per-bin mel mean/std over the train split
+                       per-bin mel mean/std over the train split, n_utts
 
-Speaker ``s`` utterance ``j`` draws its sentence and prosody from ``numpy.random.default_rng(
-[seed, s, j])``, so the corpus is a pure function of the config: a re-run reproduces
-``manifest.csv`` byte for byte and reuses every finished wav/mel. One espeak and one flite
-voice are held out whole as the ``unseen`` split; the other speakers' utterances are split
-into train/dev/test by position (the last ones go to test, the ones before to dev).
+What is checked, and when (every error is a :class:`CorpusError` naming the file and the
+utterance):
+
+* :func:`load_corpus`: ``corpus.json`` keys; the manifest's columns, splits, speakers, ids;
+  its row count against ``n_utts`` (a truncated manifest); every row's fields (none empty,
+  integer ``n_samples`` / ``n_frames``, numeric ``pitch`` / ``rate``, as many durations as
+  phones, durations >= 1 summing to ``n_frames``, ``n_frames = 1 + n_samples // hop``);
+* :meth:`Corpus.load_wav` / :meth:`Corpus.load_mel`: the file against its row (sample count,
+  shape, finite values), so a truncated wav or an empty mel never loads silently;
+* :func:`check_files`: one ``stat`` per file (sizes against the manifest), what
+  ``build_corpus`` runs before returning a finished corpus.
 
 ``load_corpus(path)`` returns a :class:`Corpus`; :mod:`imf.data.dataset` turns it into
 training items.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
-import dataclasses
-import hashlib
 import json
 import math
-import multiprocessing
 import os
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,366 +38,22 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
-from imf.core.config import Config, require
-from imf.core.runtime import atomic_path, atomic_write_json, data_dir
-from imf.data.engines import SAMPLE_RATE, EngineError, Prosody, Voice, sample_prosody, synthesize
-from imf.data.features import LogMel, MelConfig
-from imf.data.text import PHONES, expand, frame_durations, make_sentence
-
-BUILDER_VERSION = 1  # bump when the same config would produce different files
-
-#: The corpus speakers, chosen far apart by resemblyzer cosine (see data/README.md). ``holdout``
-#: voices form the ``unseen`` split. The order fixes the speaker ids.
-VOICES: tuple[Voice, ...] = (
-    Voice("es-gb-grandma", "espeak", "en+grandma"),
-    Voice("es-scotland-klatt", "espeak", "en-gb-scotland+klatt"),
-    Voice("es-gbclan-f1", "espeak", "en-gb-x-gbclan+f1"),
-    Voice("es-gbcwmd-klatt3", "espeak", "en-gb-x-gbcwmd+klatt3"),
-    Voice("es-caribbean-andy", "espeak", "en-029+Andy"),
-    Voice("es-nyc-m1", "espeak", "en-us-nyc+m1", holdout=True),
-    Voice("fl-slt", "flite", "slt", f0=170.0),
-    Voice("fl-rms", "flite", "rms", f0=100.0, pitch_by_speed=True),
-    Voice("fl-kal16", "flite", "kal16", f0=90.0),
-    Voice("fl-awb", "flite", "awb", f0=130.0, holdout=True),
-)
-VOICE_BY_NAME = {v.name: v for v in VOICES}
+from imf.core.runtime import data_dir
+from imf.data.features import MelConfig
+from imf.data.text import expand
 
 SPLITS = ("train", "dev", "test", "unseen")
-PROFILE_UTTS = {"tiny": 30, "small": 150}  # utterances per speaker when utts_per_speaker == 0
 MANIFEST_COLUMNS = ["id", "speaker", "engine", "voice", "split", "text", "phones", "durations",
                     "n_samples", "n_frames", "pitch", "rate", "wav", "mel", "pitch_range", "f0"]
-
-#: Loudness of every utterance: RMS scaled to this (peak kept below 0.99), so the engines'
-#: different output levels do not become a speaker cue or dominate the mel statistics.
-TARGET_RMS = 0.1
-#: Gaussian dither (std, full scale 1; about -70 dBFS, the level of flite's pauses) added to every
-#: utterance: espeak-ng pauses are digital zeros, which would pin those log-mel frames to the
-#: log floor (a constant no generative model should have to hit exactly).
-DITHER = 3e-4
+_REQUIRED_COLUMNS = MANIFEST_COLUMNS[:14]
+#: bytes a PCM16 WAV / an .npy file holds beyond its samples: at least the header soundfile /
+#: numpy write (44 / 64), at most this much more (extra chunks, longer headers)
+_WAV_HEADER, _NPY_HEADER, _HEADER_SLACK = 44, 64, 4096
 
 
 class CorpusError(RuntimeError):
     """A corpus file is missing, malformed or inconsistent (the message names the file)."""
 
-
-@dataclasses.dataclass(frozen=True)
-class CorpusConfig(Config):
-    profile: str = "small"  # "tiny" (30 utts/speaker, tests) | "small" (150 utts/speaker)
-    name: str = ""  # folder under the data dir; "" -> f"synth-{profile}"
-    seed: int = 0  # texts, prosody and thus audio derive from (seed, speaker, utterance)
-    utts_per_speaker: int = 0  # 0 -> profile default (tiny 30, small 150)
-    dev_fraction: float = 0.1  # share of each seen speaker's utterances in dev
-    test_fraction: float = 0.1  # share of each seen speaker's utterances in test
-    speakers: tuple[str, ...] = ()  # subset of VOICES by name (keeps VOICES order); () = all 10
-    pitch_semitones: float = 3.0  # per-utterance pitch drawn uniformly in +- this many semitones
-    rate_min: float = 0.85  # per-utterance speaking-rate factor drawn uniformly in [min, max]
-    rate_max: float = 1.2
-    align_tolerance: float = 0.2  # s: max |last phone end - audio duration| before dropping
-
-    def validate(self) -> None:
-        require(self.profile in PROFILE_UTTS, "profile", f"{self.profile!r} is not one of {list(PROFILE_UTTS)}")
-        require(self.utts_per_speaker >= 0, "utts_per_speaker", "must be >= 0 (0 = profile default)")
-        require(0 <= self.dev_fraction < 1, "dev_fraction", "must lie in [0, 1)")
-        require(0 <= self.test_fraction < 1, "test_fraction", "must lie in [0, 1)")
-        require(self.dev_fraction + self.test_fraction < 1, "test_fraction", "dev + test must be < 1")
-        unknown = [s for s in self.speakers if s not in VOICE_BY_NAME]
-        require(not unknown, "speakers", f"unknown speaker(s) {unknown}; known: {list(VOICE_BY_NAME)}")
-        require(0 <= self.pitch_semitones <= 12, "pitch_semitones", "must lie in [0, 12]")
-        require(0.5 <= self.rate_min <= self.rate_max <= 2.0, "rate_min", "need 0.5 <= rate_min <= rate_max <= 2")
-        require(self.align_tolerance > 0, "align_tolerance", "must be positive")
-        n = self.n_utts_per_speaker
-        n_dev, n_test = self.split_sizes()
-        require(n - n_dev - n_test >= 2, "utts_per_speaker",
-                f"{n} utterances per speaker leave {n - n_dev - n_test} for train after dev {n_dev} "
-                f"and test {n_test}; need >= 2 (prompts come from another utterance)")
-
-    @property
-    def corpus_name(self) -> str:
-        return self.name or f"synth-{self.profile}"
-
-    @property
-    def n_utts_per_speaker(self) -> int:
-        return self.utts_per_speaker or PROFILE_UTTS[self.profile]
-
-    @property
-    def voices(self) -> tuple[Voice, ...]:
-        return tuple(v for v in VOICES if not self.speakers or v.name in self.speakers)
-
-    def split_sizes(self) -> tuple[int, int]:
-        """(dev, test) utterances per seen speaker (fractions rounded half up)."""
-        n = self.n_utts_per_speaker
-        return int(math.floor(n * self.dev_fraction + 0.5)), int(math.floor(n * self.test_fraction + 0.5))
-
-    def resolved(self) -> dict[str, Any]:
-        """The config with defaults resolved: what corpus.json records and re-runs compare."""
-        d = self.to_dict()
-        d.update(name=self.corpus_name, utts_per_speaker=self.n_utts_per_speaker, speakers=[v.name for v in self.voices])
-        return d
-
-
-# ---------------------------------------------------------------------------------------------
-# Building
-# ---------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class _Job:
-    id: str
-    voice: Voice
-    split: str
-    text: str
-    prosody: Prosody
-    tolerance: float  # s, allowed |last phone end - audio duration|
-    seed: tuple[int, int, int]  # (corpus seed, speaker index, utterance index): the dither's seed
-    key: str  # hash of everything that determines the files
-
-
-def plan(cfg: CorpusConfig) -> list[_Job]:
-    """Every utterance of the corpus, in manifest order (speaker by speaker)."""
-    n = cfg.n_utts_per_speaker
-    n_dev, n_test = cfg.split_sizes()
-    mel_cfg = MelConfig().to_dict()
-    jobs = []
-    for s, voice in enumerate(VOICES):
-        if voice not in cfg.voices:
-            continue
-        for j in range(n):
-            rng = np.random.default_rng([cfg.seed, s, j])
-            text = make_sentence(rng)
-            prosody = sample_prosody(rng, cfg.pitch_semitones, (cfg.rate_min, cfg.rate_max))
-            if voice.holdout:
-                split = "unseen"
-            else:
-                split = "test" if j >= n - n_test else "dev" if j >= n - n_test - n_dev else "train"
-            ident = f"{voice.name}_{j:04d}"
-            blob = json.dumps([BUILDER_VERSION, dataclasses.asdict(voice), text, dataclasses.asdict(prosody),
-                               split, cfg.align_tolerance, mel_cfg, [cfg.seed, s, j], DITHER, TARGET_RMS],
-                              sort_keys=True)
-            key = hashlib.sha1(blob.encode()).hexdigest()[:16]
-            jobs.append(_Job(ident, voice, split, text, prosody, cfg.align_tolerance, (cfg.seed, s, j), key))
-    return jobs
-
-
-def estimate_f0(wav: np.ndarray, sr: int = SAMPLE_RATE, fmin: float = 60.0, fmax: float = 400.0,
-                threshold: float = 0.5) -> float:
-    """Median F0 (Hz) over voiced 40 ms frames of ``wav`` [N]; NaN if nothing is voiced.
-
-    Normalised, window-unbiased autocorrelation per frame; a frame is voiced when its peak in
-    the lag range ``[sr/fmax, sr/fmin]`` exceeds ``threshold``. Crude but fast (~5 ms per
-    utterance); it is a corpus statistic, not a judge.
-    """
-    n, hop = int(0.04 * sr), int(0.01 * sr)
-    if len(wav) < n:
-        return float("nan")
-    frames = wav[np.arange(0, len(wav) - n + 1, hop)[:, None] + np.arange(n)[None]].astype(np.float64)
-    frames -= frames.mean(1, keepdims=True)
-    energy = (frames ** 2).mean(1)
-    frames = frames[energy > max(1e-6, 0.01 * energy.max())]
-    if len(frames) == 0:
-        return float("nan")
-    window = np.hanning(n)
-    ac = np.fft.irfft(np.abs(np.fft.rfft(frames * window, 2 * n)) ** 2)[:, :n]
-    ac /= np.maximum(np.fft.irfft(np.abs(np.fft.rfft(window, 2 * n)) ** 2)[:n], 1e-9)
-    ac /= np.maximum(ac[:, :1], 1e-12)
-    lo, hi = int(sr / fmax), int(sr / fmin)
-    lag, peak = ac[:, lo:hi].argmax(1), ac[:, lo:hi].max(1)
-    voiced = peak > threshold
-    return float(np.median(sr / (lo + lag[voiced]))) if voiced.any() else float("nan")
-
-
-def _paths(root: Path, ident: str) -> tuple[Path, Path, Path]:
-    return root / "wav" / f"{ident}.wav", root / "mel" / f"{ident}.npy", root / "meta" / f"{ident}.json"
-
-
-def _finished(root: Path, job: _Job) -> dict[str, Any] | None:
-    """The stored manifest row of ``job`` if its wav, mel and meta files are complete and current."""
-    wav_path, mel_path, meta_path = _paths(root, job.id)
-    try:
-        meta = json.loads(meta_path.read_text())
-        if meta.get("key") != job.key:
-            return None
-        row = meta["row"]
-        if sf.info(str(wav_path)).frames != row["n_samples"]:
-            return None
-        if np.load(mel_path, mmap_mode="r").shape != (MelConfig().n_mels, row["n_frames"]):
-            return None
-        return row
-    except (OSError, ValueError, KeyError, RuntimeError, sf.LibsndfileError):
-        return None
-
-
-_LOGMEL: LogMel | None = None
-
-
-def _init_worker() -> None:
-    # one thread per worker: 2 cores are shared, and fixed threading keeps the mels bit-identical
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    torch.set_num_threads(1)
-
-
-def _make(root: Path, job: _Job) -> dict[str, Any] | str:
-    """Synthesise, align and write one utterance -> its manifest row, or a reason to drop it."""
-    global _LOGMEL
-    row = _finished(root, job)
-    if row is not None:
-        return row
-    try:
-        syn = synthesize(job.text, job.voice, job.prosody)
-    except EngineError as e:
-        return f"{job.id}: {e}"
-    wav = syn.wav.astype(np.float64)
-    rms, peak = np.sqrt((wav ** 2).mean()), np.abs(wav).max()
-    if not np.isfinite(rms) or rms < 1e-4:
-        return f"{job.id}: silent audio from {job.voice.engine} voice {job.voice.voice!r}"
-    wav = wav * min(TARGET_RMS / rms, 0.99 / peak)
-    wav += np.random.default_rng([*job.seed, 1]).normal(0.0, DITHER, len(wav))
-    pcm = np.clip(np.round(wav * 32767), -32768, 32767).astype(np.int16)
-    mel_cfg = MelConfig()
-    n_samples = len(pcm)
-    n_frames = mel_cfg.n_frames(n_samples)
-    duration = n_samples / SAMPLE_RATE
-    if abs(syn.ends[-1] - duration) > job.tolerance or any(b <= a for a, b in zip(syn.ends, syn.ends[1:])):
-        return (f"{job.id}: alignment does not fit the audio (last phone ends at {syn.ends[-1]:.3f} s, "
-                f"audio is {duration:.3f} s, or boundaries are not increasing)")
-    durations = frame_durations(syn.ends, n_frames, SAMPLE_RATE / mel_cfg.hop_length)
-    audio = torch.from_numpy(pcm.astype(np.float32) / 32768.0)  # exactly what load_wav returns
-    if _LOGMEL is None:
-        _LOGMEL = LogMel(mel_cfg)
-    with torch.no_grad():
-        mel = _LOGMEL(audio).numpy().astype(np.float32)
-    assert mel.shape == (mel_cfg.n_mels, n_frames), (job.id, mel.shape, n_frames)
-
-    wav_path, mel_path, meta_path = _paths(root, job.id)
-    with atomic_path(wav_path) as tmp:
-        sf.write(str(tmp), pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    with atomic_path(mel_path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, mel)
-    row = dict(
-        id=job.id, speaker=job.voice.name, engine=job.voice.engine, voice=job.voice.voice, split=job.split,
-        text=job.text, phones=" ".join(syn.phones), durations=" ".join(map(str, durations)),
-        n_samples=n_samples, n_frames=n_frames, pitch=syn.prosody.pitch, rate=syn.prosody.rate,
-        wav=f"wav/{job.id}.wav", mel=f"mel/{job.id}.npy", pitch_range=syn.prosody.pitch_range,
-        f0=round(estimate_f0(audio.numpy()), 1),
-    )
-    atomic_write_json(meta_path, {"key": job.key, "row": row})  # last: its presence marks completion
-    return row
-
-
-def _make_star(args: tuple[Path, _Job]) -> dict[str, Any] | str:
-    return _make(*args)
-
-
-def build_corpus(cfg: CorpusConfig | None = None, root: str | os.PathLike | None = None,
-                 progress: bool = True, workers: int | None = None) -> Path:
-    """Build (or finish, or just find) the corpus of ``cfg`` under ``root or data_dir()``.
-
-    Returns the corpus folder ``<root>/<cfg.corpus_name>``. If its ``corpus.json`` already
-    records the same resolved config and builder version, returns at once; otherwise builds,
-    reusing every utterance whose wav/mel/meta files are complete and current (files of
-    utterances the config no longer has are deleted). ``workers``
-    processes synthesise in parallel (default ``min(2, cpu_count)``; 1 = in this process).
-    Utterances whose alignment does not fit their audio are dropped with a warning naming
-    them (listed in corpus.json); more than 5 % dropped raises :class:`CorpusError`.
-    """
-    cfg = cfg or CorpusConfig()
-    out = Path(root or data_dir()) / cfg.corpus_name
-    info_path = out / "corpus.json"
-    if info_path.exists() and (out / "manifest.csv").exists():
-        try:
-            info = json.loads(info_path.read_text())
-            if info.get("config") == cfg.resolved() and info.get("builder_version") == BUILDER_VERSION:
-                return out
-        except ValueError:
-            pass  # unreadable: rebuild it
-    t0 = time.time()
-    jobs = plan(cfg)
-    # a corpus being (re)built is not loadable: corpus.json reappears only when it is complete
-    info_path.unlink(missing_ok=True)
-    wanted = {j.id for j in jobs}
-    for sub, ext in (("wav", ".wav"), ("mel", ".npy"), ("meta", ".json")):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-        for stale in (out / sub).glob(f"*{ext}"):  # utterances of an earlier, different config
-            if stale.name[: -len(ext)] not in wanted:
-                stale.unlink()
-    workers = workers or min(2, os.cpu_count() or 1)
-    results: list[dict[str, Any] | str]
-    bar = _progress(len(jobs), f"corpus {cfg.corpus_name}", progress)
-    if workers <= 1:
-        threads = torch.get_num_threads()
-        _init_worker()
-        try:
-            results = []
-            for job in jobs:
-                results.append(_make(out, job))
-                bar.update(1)
-        finally:
-            torch.set_num_threads(threads)
-    else:
-        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
-            results = []
-            for r in pool.map(_make_star, [(out, j) for j in jobs], chunksize=8):
-                results.append(r)
-                bar.update(1)
-    bar.close()
-
-    rows = [r for r in results if isinstance(r, dict)]
-    dropped = [r for r in results if isinstance(r, str)]
-    for reason in dropped:
-        warnings.warn(f"corpus {cfg.corpus_name}: dropped {reason}", stacklevel=2)
-    if len(dropped) > 0.05 * len(jobs):
-        raise CorpusError(f"{out}: {len(dropped)} of {len(jobs)} utterances dropped; first: {dropped[:3]}")
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    with atomic_path(out / "manifest.csv") as tmp:
-        manifest.to_csv(tmp, index=False, lineterminator="\n")
-
-    mean, std = _mel_stats(out, manifest[manifest.split == "train"])
-    mel_cfg = MelConfig()
-    info = dict(
-        config=cfg.resolved(), builder_version=BUILDER_VERSION, sample_rate=SAMPLE_RATE, mel=mel_cfg.to_dict(),
-        phones=PHONES,
-        speakers=[dict(name=v.name, engine=v.engine, voice=v.voice, role="unseen" if v.holdout else "seen")
-                  for v in cfg.voices],
-        mel_mean=mean, mel_std=std, n_utts=len(manifest),
-        split_counts={s: int((manifest.split == s).sum()) for s in SPLITS},
-        dropped=dropped, build_seconds=round(time.time() - t0, 1),
-    )
-    atomic_write_json(info_path, info)
-    return out
-
-
-def _mel_stats(root: Path, rows: pd.DataFrame) -> tuple[list[float], list[float]]:
-    """Per-bin mean and std of the raw log-mel over ``rows`` (float64 sums over all frames)."""
-    if len(rows) == 0:
-        raise CorpusError(f"{root}: the train split is empty: cannot compute mel statistics")
-    s1 = np.zeros(MelConfig().n_mels)
-    s2 = np.zeros(MelConfig().n_mels)
-    n = 0
-    for rel in rows.mel:
-        m = np.load(root / rel).astype(np.float64)
-        s1 += m.sum(1)
-        s2 += (m ** 2).sum(1)
-        n += m.shape[1]
-    mean = s1 / n
-    std = np.sqrt(np.maximum(s2 / n - mean ** 2, 1e-8))
-    return [round(float(x), 6) for x in mean], [round(float(x), 6) for x in std]
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None: ...
-    def close(self) -> None: ...
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, unit="utt")
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------------
 
 _REQUIRED_INFO = ("config", "builder_version", "sample_rate", "mel", "phones", "speakers", "mel_mean", "mel_std")
 
@@ -482,38 +136,57 @@ class Corpus:
             raise ValueError(f"expected a mel [..., {self.mel_config.n_mels}, T], got shape {tuple(mel.shape)}")
 
     def load_mel(self, ident: str) -> Tensor:
-        """Raw log-mel of ``ident``: float32 [80, n_frames]."""
+        """Raw log-mel of ``ident``: float32 [80, n_frames].
+
+        Raises :class:`CorpusError` naming the file and the utterance if it is missing,
+        empty, unreadable, not float, of another shape than its manifest row or not finite.
+        """
         row = self.row(ident)
         path = self.root / row["mel"]
+        what = f"(utterance {ident!r})"
         try:
-            mel = np.load(path)
+            mel = np.load(path, allow_pickle=False)
         except FileNotFoundError:
-            raise CorpusError(f"{path}: mel file missing (utterance {ident!r})") from None
+            raise CorpusError(f"{path}: mel file missing {what}") from None
+        except EOFError:
+            raise CorpusError(f"{path}: empty mel file ({path.stat().st_size} bytes) {what}") from None
         except (OSError, ValueError) as e:
-            raise CorpusError(f"{path}: unreadable mel file: {e}") from None
+            raise CorpusError(f"{path}: unreadable mel file {what}: {e}") from None
+        if not isinstance(mel, np.ndarray) or mel.dtype.kind != "f":
+            raise CorpusError(f"{path}: expected a float array, got {getattr(mel, 'dtype', type(mel))} {what}")
         if mel.shape != (self.mel_config.n_mels, int(row["n_frames"])):
-            raise CorpusError(f"{path}: mel shape {mel.shape}, manifest says ({self.mel_config.n_mels}, {row['n_frames']})")
+            raise CorpusError(f"{path}: mel shape {mel.shape}, manifest says ({self.mel_config.n_mels}, "
+                              f"{row['n_frames']}) {what}")
+        bad = int((~np.isfinite(mel)).sum())
+        if bad:
+            raise CorpusError(f"{path}: {bad} non-finite values in the mel {what}")
         return torch.from_numpy(mel.astype(np.float32, copy=False))
 
     def load_wav(self, ident: str) -> Tensor:
         """Audio of ``ident``: float32 [N] in [-1, 1) at 16 kHz.
 
-        Raises :class:`CorpusError` naming the file if it is missing, unreadable, empty, not
-        mono or not at the corpus sample rate.
+        Raises :class:`CorpusError` naming the file and the utterance if it is missing,
+        unreadable, empty, not mono, not at the corpus sample rate or shorter / longer than
+        its manifest row says (a truncated file).
         """
-        path = self.root / self.row(ident)["wav"]
+        row = self.row(ident)
+        path = self.root / row["wav"]
+        what = f"(utterance {ident!r})"
         if not path.exists():
-            raise CorpusError(f"{path}: audio file missing (utterance {ident!r})")
+            raise CorpusError(f"{path}: audio file missing {what}")
         try:
             wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
-            raise CorpusError(f"{path}: corrupt or unreadable audio: {e}") from None
+            raise CorpusError(f"{path}: corrupt or unreadable audio {what}: {e}") from None
         if sr != self.sample_rate:
-            raise CorpusError(f"{path}: sample rate {sr} Hz, expected {self.sample_rate} Hz")
+            raise CorpusError(f"{path}: sample rate {sr} Hz, expected {self.sample_rate} Hz {what}")
         if wav.shape[0] == 0:
-            raise CorpusError(f"{path}: empty audio (0 samples)")
+            raise CorpusError(f"{path}: empty audio (0 samples) {what}")
         if wav.shape[1] != 1:
-            raise CorpusError(f"{path}: {wav.shape[1]} channels, expected mono")
+            raise CorpusError(f"{path}: {wav.shape[1]} channels, expected mono {what}")
+        if wav.shape[0] != int(row["n_samples"]):
+            raise CorpusError(f"{path}: {wav.shape[0]} samples, the manifest says {row['n_samples']} {what}"
+                              + ("; truncated file?" if wav.shape[0] < int(row["n_samples"]) else ""))
         return torch.from_numpy(np.ascontiguousarray(wav[:, 0]))
 
     def phone_ids(self, ident: str) -> tuple[Tensor, Tensor]:
@@ -523,7 +196,10 @@ class Corpus:
             ids = [self.phone_id[p] for p in row["phones"].split()]
         except KeyError as e:
             raise CorpusError(f"{self.root / 'manifest.csv'}: utterance {ident!r} has phone {e} not in the inventory") from None
-        durations = [int(d) for d in row["durations"].split()]
+        durations = [int(d) for d in row["durations"].split()]  # validated by load_corpus
+        if len(durations) != len(ids):
+            raise CorpusError(f"{self.root / 'manifest.csv'}: utterance {ident!r} has {len(ids)} phones but "
+                              f"{len(durations)} durations")
         return torch.tensor(ids, dtype=torch.long), torch.tensor(durations, dtype=torch.long)
 
     def tokens(self, ident: str) -> Tensor:
@@ -539,11 +215,106 @@ class Corpus:
         return self._tokens[ident]
 
 
+def validate_manifest(manifest: pd.DataFrame, path: Path, hop_length: int = 256) -> None:
+    """Raise :class:`CorpusError` naming the line of ``path`` and the utterance of the first bad row.
+
+    Per row: no empty field among the required columns, integer ``n_samples`` / ``n_frames``
+    (> 0), numeric ``pitch`` / ``rate``, as many integer durations (>= 1) as phones, summing to
+    ``n_frames``, and ``n_frames = 1 + n_samples // hop_length``.
+    """
+    cols = {c: manifest[c].tolist() for c in _REQUIRED_COLUMNS}
+    for i in range(len(manifest)):
+        row = {c: cols[c][i] for c in _REQUIRED_COLUMNS}
+        where = f"{path} line {i + 2} (utterance {row['id']!r})"
+        empty = [c for c, v in row.items() if _missing(v)]
+        if empty:
+            raise CorpusError(f"{where}: empty field(s) {empty} (a truncated manifest?)")
+        ints = {}
+        for c in ("n_samples", "n_frames"):
+            ints[c] = _as_int(row[c])
+            if ints[c] is None or ints[c] <= 0:
+                raise CorpusError(f"{where}: {c} {row[c]!r} is not a positive integer")
+        for c in ("pitch", "rate"):
+            try:
+                ok = math.isfinite(float(row[c]))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise CorpusError(f"{where}: {c} {row[c]!r} is not a number")
+        phones, durations = str(row["phones"]).split(), str(row["durations"]).split()
+        if len(phones) != len(durations):
+            raise CorpusError(f"{where}: {len(phones)} phones but {len(durations)} durations")
+        d = [_as_int(x) for x in durations]
+        if any(x is None or x < 1 for x in d):
+            bad = next(x for x, y in zip(durations, d) if y is None or y < 1)
+            raise CorpusError(f"{where}: duration {bad!r} is not a positive integer")
+        if sum(d) != ints["n_frames"]:
+            raise CorpusError(f"{where}: durations sum to {sum(d)} frames, n_frames is {ints['n_frames']}")
+        if ints["n_frames"] != 1 + ints["n_samples"] // hop_length:
+            raise CorpusError(f"{where}: n_frames {ints['n_frames']} does not fit n_samples {ints['n_samples']} "
+                              f"(expected 1 + n_samples // {hop_length} = {1 + ints['n_samples'] // hop_length})")
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
+
+
+def _as_int(v: Any) -> int | None:
+    """``v`` as an int if it is one (an int, an integral float or such a string), else None."""
+    if isinstance(v, (bool, np.bool_)):
+        return None
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return int(f) if math.isfinite(f) and f == int(f) else None
+
+
+def check_files(root: str | os.PathLike, info: dict[str, Any] | None = None) -> list[str]:
+    """Cheap check of a built corpus: problems found (empty if none), one ``stat`` per file.
+
+    The manifest must be readable with ``info["n_utts"]`` rows (if given); each row's wav
+    and mel must exist with the size its ``n_samples`` / ``n_frames`` imply (PCM16 mono,
+    float32 [n_mels, n_frames], headers of at most a few KiB). Catches deleted, truncated
+    and emptied files; not a bit flip inside a file (:meth:`Corpus.load_wav` / ``load_mel``
+    check the contents when they read).
+    """
+    root = Path(root)
+    path = root / "manifest.csv"
+    try:
+        m = pd.read_csv(path, usecols=["id", "wav", "mel", "n_samples", "n_frames"], dtype=str,
+                        keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as e:
+        return [f"{path}: unreadable ({e})"]
+    info = info or {}
+    n_mels = (info.get("mel") or {}).get("n_mels", 80)
+    problems = []
+    if isinstance(info.get("n_utts"), int) and len(m) != info["n_utts"]:
+        problems.append(f"{path}: {len(m)} rows, corpus.json records {info['n_utts']}")
+    for ident, wav, mel, n_samples, n_frames in zip(m.id, m.wav, m.mel, m.n_samples, m.n_frames):
+        n_samples, n_frames = _as_int(n_samples), _as_int(n_frames)
+        if not wav or not mel or n_samples is None or n_frames is None:
+            problems.append(f"{path}: malformed row of utterance {ident!r}")
+            continue
+        for rel, payload, header in ((wav, 2 * n_samples, _WAV_HEADER), (mel, 4 * n_mels * n_frames, _NPY_HEADER)):
+            try:
+                extra = (root / rel).stat().st_size - payload - header
+            except OSError:
+                problems.append(f"{root / rel}: missing (utterance {ident!r})")
+                continue
+            if not 0 <= extra <= _HEADER_SLACK:
+                problems.append(f"{root / rel}: {extra + payload + header} bytes, expected "
+                                f"{payload + header} (utterance {ident!r})")
+    return problems
+
+
 def load_corpus(path: str | os.PathLike) -> Corpus:
     """Open a built corpus: its folder, its ``corpus.json``, or a folder name under ``data_dir()``.
 
-    Raises :class:`CorpusError` naming the file if ``corpus.json`` or ``manifest.csv`` is
-    missing or malformed.
+    Raises :class:`CorpusError` naming the file (and the utterance of a bad row) if
+    ``corpus.json`` or ``manifest.csv`` is missing or malformed (see :func:`validate_manifest`).
     """
     root = Path(path)
     if root.name == "corpus.json":
@@ -570,13 +341,18 @@ def load_corpus(path: str | os.PathLike) -> Corpus:
     need = [c for c in MANIFEST_COLUMNS[:14] if c not in manifest.columns]
     if need:
         raise CorpusError(f"{manifest_path}: missing column(s) {need}")
-    bad_split = sorted(set(manifest.split) - set(SPLITS))
-    if bad_split:
-        raise CorpusError(f"{manifest_path}: unknown split(s) {bad_split}")
+    n_utts = info.get("n_utts")
+    if isinstance(n_utts, int) and len(manifest) != n_utts:
+        raise CorpusError(f"{manifest_path}: {len(manifest)} rows, {info_path} records {n_utts} utterances "
+                          "(a truncated or edited manifest? rebuild with imf.data.build_corpus)")
+    validate_manifest(manifest, manifest_path, hop_length=info["mel"].get("hop_length", 256))
     names = {s.get("name") for s in info["speakers"]}
-    bad_spk = sorted(set(manifest.speaker) - names)
-    if bad_spk:
-        raise CorpusError(f"{manifest_path}: speaker(s) {bad_spk} not listed in {info_path}")
+    for col, known, what in (("split", set(SPLITS), "split"), ("speaker", names, f"speaker (not in {info_path})")):
+        bad = ~manifest[col].isin(known)
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise CorpusError(f"{manifest_path} line {i + 2} (utterance {manifest.id.iloc[i]!r}): unknown {what} "
+                              f"{manifest[col].iloc[i]!r} ({int(bad.sum())} such rows)")
     if manifest.id.duplicated().any():
         raise CorpusError(f"{manifest_path}: duplicate ids {manifest.id[manifest.id.duplicated()].tolist()[:5]}")
     n_mels = info["mel"].get("n_mels", 80)

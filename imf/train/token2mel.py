@@ -4,19 +4,20 @@ Notebooks and scripts call these; they hold no maths of their own (see :mod:`imf
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from imf.core.checkpoints import load_checkpoint, model_from_state
 from imf.core.runtime import seed_everything
+from imf.data import Corpus, MelTokenDataset, collate
+from imf.data.config import DataConfig
 from imf.flow.objectives import CFMConfig, IMFConfig, MeanFlowConfig, cfm_loss, intmeanflow_loss, meanflow_loss
+from imf.flow.solvers import Guided
 from imf.models import Token2Mel, Token2MelConfig, freeze, student_from_teacher
 from imf.models.student import init_time_mix
-from imf.flow.solvers import Guided
-from imf.core.checkpoints import load_model
-from imf.data.config import DataConfig
 from imf.train.trainer import TrainConfig, Trainer
 
 COND_KEYS = ("tokens", "mask", "prompt", "prompt_mask")
@@ -27,9 +28,36 @@ def cond_of(batch: dict[str, Any]) -> dict[str, Tensor]:
     return {k: batch[k] for k in COND_KEYS}
 
 
-def train_dataset(corpus, data_cfg: DataConfig, seed: int):
-    from imf.data import MelTokenDataset
+def load_for_corpus(path: str | Path, corpus: Corpus, role: str = "model") -> nn.Module:
+    """The model of checkpoint ``path`` (EMA, frozen), refused unless it fits ``corpus``.
 
+    Its token vocabulary and mel bins must equal the corpus's phone inventory size and mel
+    bins; if the checkpoint names the corpus it was trained on and that corpus is still on
+    disk, the two phone inventories must be equal too (same size but other phones would give
+    every id another meaning).
+    """
+    state = load_checkpoint(path, require=("model_class", "model_config", "ema"))
+    model = model_from_state(state, path)
+    cfg = model.config
+    n_tokens, n_mels = corpus.n_tokens, corpus.mel_config.n_mels
+    if getattr(cfg, "n_tokens", n_tokens) != n_tokens or getattr(cfg, "n_mels", n_mels) != n_mels:
+        raise ValueError(f"{role} {path} was trained for {getattr(cfg, 'n_tokens', '?')} tokens and "
+                         f"{getattr(cfg, 'n_mels', '?')} mel bins; the corpus {corpus.root} has {n_tokens} phones "
+                         f"(its inventory) and {n_mels} mel bins: use a {role} trained on this corpus")
+    own = (state.get("config") or {}).get("corpus")
+    try:
+        phones = json.loads((Path(own) / "corpus.json").read_text())["phones"] if own else None
+    except (OSError, ValueError, KeyError, TypeError):
+        phones = None  # its corpus is gone or unreadable: the sizes above are all we can check
+    if phones is not None and list(phones) != list(corpus.phones):
+        diff = [i for i, (a, b) in enumerate(zip(phones, corpus.phones)) if a != b]
+        raise ValueError(f"{role} {path} was trained on the corpus {own}, whose phone inventory differs from "
+                         f"{corpus.root}'s ({len(diff)} of {len(phones)} ids name another phone, first id "
+                         f"{diff[0] if diff else len(corpus.phones)}): token ids would mean other phones")
+    return model
+
+
+def train_dataset(corpus, data_cfg: DataConfig, seed: int) -> MelTokenDataset:
     return MelTokenDataset(corpus, split="train", max_frames=data_cfg.max_frames,
                            prompt_frames=data_cfg.prompt_frames, crop="random", normalize=True, seed=seed)
 
@@ -38,8 +66,6 @@ def train_teacher(corpus, run_dir: str | Path, model_cfg: Token2MelConfig, train
                   cfm_cfg: CFMConfig = CFMConfig(), data_cfg: DataConfig = DataConfig(),
                   progress: bool = True) -> tuple[Trainer, dict[str, Any]]:
     """Train (or resume) a conditional flow-matching token2mel teacher in ``run_dir``."""
-    from imf.data import collate
-
     if model_cfg.n_tokens != corpus.n_tokens or model_cfg.n_mels != corpus.mel_config.n_mels:
         model_cfg = model_cfg.replace(n_tokens=corpus.n_tokens, n_mels=corpus.mel_config.n_mels)
     seed_everything(train_cfg.seed)
@@ -64,14 +90,12 @@ def distill(corpus, teacher_ckpt: str | Path, run_dir: str | Path, train_cfg: Tr
     a student checkpoint: start from that student's EMA weights instead, e.g. a second stage
     with another interval mix (``imf_cfg.p_full``) after a first distillation run.
     """
-    from imf.data import collate
-
     seed_everything(train_cfg.seed)  # crops and prompt choices draw from the global generators
-    teacher = load_model(teacher_ckpt)  # EMA weights, frozen, eval mode
+    teacher = load_for_corpus(teacher_ckpt, corpus, "teacher")  # EMA weights, frozen, eval mode
     if init is None:
         student = student_from_teacher(teacher)
     else:
-        student = load_model(init)
+        student = load_for_corpus(init, corpus, "init")
         if not getattr(getattr(student, "config", None), "mean_flow", False):
             raise ValueError(f"distill(init={str(init)!r}): not a student checkpoint (its model takes no r); "
                              "pass a run of distill or train_meanflow, or init=None to start from the teacher")
@@ -103,8 +127,6 @@ def train_meanflow(corpus, run_dir: str | Path, train_cfg: TrainConfig, mf_cfg: 
     ``init="scratch"``: a fresh mean-flow network of ``model_cfg`` (its ``W`` also starts at
     ``[I | 0]``); otherwise a teacher checkpoint path, used through the init strategy.
     """
-    from imf.data import collate
-
     seed_everything(train_cfg.seed)  # model init (scratch), crops and prompt choices
     if init == "scratch":
         if model_cfg is None:
@@ -112,7 +134,7 @@ def train_meanflow(corpus, run_dir: str | Path, train_cfg: TrainConfig, mf_cfg: 
         model = Token2Mel(model_cfg.replace(n_tokens=corpus.n_tokens, n_mels=corpus.mel_config.n_mels, mean_flow=True))
         init_time_mix(model.time_mix)
     else:
-        model = student_from_teacher(load_model(init)).train()
+        model = student_from_teacher(load_for_corpus(init, corpus, "init")).train()
     params = freeze(model, freeze_mode)
 
     def objective(m, batch, g):
