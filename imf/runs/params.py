@@ -106,15 +106,11 @@ def declared(notebook: str | Path) -> dict[str, Parameter]:
     return parse_assignments(parameters_source(notebook), f"{notebook_file(notebook).name} (parameters cell)")
 
 
-def _type_name(v: Any) -> str:
-    return type(v).__name__
-
-
 def check_value(where: str, p: Parameter, value: Any) -> Any:
     """``value`` checked against the type of ``p.default`` (see the module docstring); returns it (ints -> float
     for a float parameter, tuples -> lists for a list parameter)."""
     d, name = p.default, f"{where}: parameter {p.name}"
-    got = f"got {_type_name(value)} {value!r}"
+    got = f"got {type(value).__name__} {value!r}"
     if d is None:
         return value
     if isinstance(d, bool):
@@ -139,9 +135,8 @@ def check_value(where: str, p: Parameter, value: Any) -> Any:
     if isinstance(d, (list, tuple)):
         if not isinstance(value, (list, tuple)):
             raise ParameterError(f"{name} must be a list, {got} (pass lists with papermill -y '{p.name}: [1, 2]')")
-        item = Parameter(f"{p.name}[]", d[0]) if d else None
-        checked = [v if item is None else check_value(where, dataclasses.replace(item, name=f"{p.name}[{i}]"), v)
-                   for i, v in enumerate(value)]
+        # items take the type of the default's first item (an empty default accepts any items)
+        checked = [check_value(where, Parameter(f"{p.name}[{i}]", d[0]), v) if d else v for i, v in enumerate(value)]
         return checked if isinstance(d, list) else tuple(checked)
     return value
 
