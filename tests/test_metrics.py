@@ -1,7 +1,16 @@
+import math
+
+import pytest
 import torch
 
-from imf.eval.metrics import (distance, distance_per_utterance, fine_structure, fine_structure_ratio,
-                              global_variance_ratio, intrinsic_metrics, noise_correlation, paired_verdict)
+from imf.eval.audio import AudioJudges
+from imf.eval.metrics import (HIGHER_IS_BETTER, beats, distance, distance_per_utterance, fine_structure,
+                              fine_structure_ratio, global_variance_ratio, higher_is_better, intrinsic_metrics,
+                              intrinsic_per_utterance, noise_correlation, objective_column, objective_score,
+                              paired_verdict)
+from imf.eval.sweep import generate, grid_metric, judge_table, utterance_scores
+from imf.flow.schedules import uniform
+from tests.eval_fakes import eval_set as _eval_set, velocity as _velocity
 
 
 def harmonic_mel(b=2, c=80, t=50, amp=1.0, seed=0):
@@ -78,16 +87,6 @@ def test_paired_verdict_closed_form():
 
 
 # --- the one sign table and what reads it -------------------------------------------------------
-
-import math  # noqa: E402
-
-import pytest  # noqa: E402
-
-from imf.eval.metrics import (HIGHER_IS_BETTER, beats, higher_is_better, intrinsic_per_utterance,  # noqa: E402
-                              objective_column, objective_score)
-from imf.eval.sweep import generate, grid_metric, utterance_scores  # noqa: E402
-from imf.flow.schedules import uniform  # noqa: E402
-from tests.eval_fakes import eval_set as _eval_set, velocity as _velocity  # noqa: E402
 
 
 def test_sign_table_directions():
@@ -178,9 +177,6 @@ class _StubJudge:
 
 
 def test_judge_table_per_utterance_and_wer_only_on_reliable_voices():
-    from imf.eval.audio import AudioJudges
-    from imf.eval.sweep import judge_table
-
     es = _eval_set()
     x, _, _ = generate(_velocity, es, uniform(1))
     sim = _StubJudge("sim", lambda it: float(it.wav.mean()))

@@ -14,6 +14,10 @@ over the valid frames of the whole set.
 * distance to a reference output on identical noise (e.g. the guided 32-step teacher).
 
 L1 to the ground-truth mel rewards the blurry average and is NOT used as a quality metric.
+
+Which way is better, for these and for the audio judges, is written once: :data:`HIGHER_IS_BETTER`
+(read through :func:`higher_is_better`, :func:`beats`, and :func:`objective_score` that turns a metric
+into the higher-is-better objective O3S maximises).
 """
 from __future__ import annotations
 
