@@ -1,6 +1,5 @@
 """What notebooks 00_vocoder and 07_token2wav open: plans from a profile + parameters, and the
 voice list 07 reads from 00_vocoder's results."""
-import json
 
 import pandas as pd
 import pytest
@@ -42,20 +41,6 @@ def test_vocoder_plan(tree):
     assert plan.corpus == ("corpus", "tiny", "/x") and plan.train.steps == 11 and plan.train.seed == 3
     assert plan.per_voice == V["per_voice"] and plan.model.dim == V["model"]["dim"]
     assert plan.ckpt == tree / "runs" / "tiny" / "voc" / "checkpoints" / "last.pt"
-
-
-def test_reliable_wer_voices_reads_the_vocoder_notebooks_record(tree):
-    assert S.reliable_wer_voices() is None  # nothing recorded: WER on every voice
-    path = tree / "results" / "00_vocoder" / "metrics.json"
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"wer_voices": ["fl-slt", "fl-awb"]}))
-    assert S.reliable_wer_voices() == ["fl-slt", "fl-awb"]
-    assert S.reliable_wer_voices(["fl-rms"]) == ["fl-rms"]  # the parameter wins
-    path.write_text(json.dumps({"wer_voices": []}))
-    assert S.reliable_wer_voices() is None
-    path.write_text("{")
-    with pytest.raises(ValueError, match="00_vocoder"):
-        S.reliable_wer_voices()
 
 
 def test_reliable_voices_threshold():

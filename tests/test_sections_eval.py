@@ -9,7 +9,7 @@ import torch
 from imf.flow.o3s import O3SConfig, o3s_search
 from imf.flow.schedules import load_grid, uniform
 from imf.runs.eval_meanflow import STAGE1, STUDENT, stage_history, winners
-from imf.runs.sections_eval import wer_voices, write_csv, write_o3s_result
+from imf.runs.sections_eval import write_csv, write_o3s_result
 
 
 def test_write_o3s_result_grid_history_json_and_csv(tmp_path):
@@ -34,18 +34,6 @@ def test_write_csv_is_the_frame_without_index(tmp_path):
     df = pd.DataFrame({"system": ["a", "b"], "nfe": [1, 2], "x": [0.1, 1e-5]})
     path = write_csv(df, tmp_path / "t.csv")
     assert path.read_text() == "system,nfe,x\na,1,0.1\nb,2,1e-05\n"
-
-
-def test_wer_voices_override_file_and_default(tmp_path, monkeypatch):
-    monkeypatch.setenv("IMF_RESULTS", str(tmp_path))
-    assert wer_voices() is None  # 00_vocoder has not run: WER on every voice
-    assert wer_voices(["fl-slt", "fl-rms"]) == ["fl-slt", "fl-rms"]
-    (tmp_path / "00_vocoder").mkdir()
-    (tmp_path / "00_vocoder" / "metrics.json").write_text('{"wer_voices": ["fl-awb"]}')
-    assert wer_voices() == ["fl-awb"]
-    (tmp_path / "00_vocoder" / "metrics.json").write_text('{"wer_voices": ')
-    with pytest.raises(ValueError, match="00_vocoder"):
-        wer_voices()
 
 
 def test_stage_history_stitches_the_first_stage_in_front(tmp_path):

@@ -14,7 +14,7 @@ from imf.data.waves import T2WDataConfig, TokenWaveDataset, collate_waves, gener
 from imf.eval.evalset import make_latent_eval_set
 from imf.eval.speed import rtf_table
 from imf.eval.systems import System, synthesize, waveforms
-from imf.eval.token2wav import build_systems, token2wav_system
+from imf.eval.token2wav import build_systems
 from imf.flow import schedules
 from imf.flow.objectives import (CFMConfig, IMFConfig, MeanFlowConfig, cfm_loss, intmeanflow_loss, meanflow_loss,
                                  meanflow_target)

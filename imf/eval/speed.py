@@ -211,11 +211,6 @@ def default_rtf_systems(teacher, student, cfg_scale: float) -> list[tuple[System
     return [(teacher_cfg, n) for n in (32, 16, 4)] + [(student_sys, n) for n in (1, 2, 4)]
 
 
-def audio_seconds_of(es: EvalSet) -> float:
-    """Seconds of audio an eval set represents: :attr:`EvalSet.audio_seconds` (kept for older callers)."""
-    return es.audio_seconds
-
-
 if __name__ == "__main__":
     if sys.argv[1:2] == ["_memstep"]:
         print(json.dumps(_memstep(**json.loads(sys.argv[2]))))

@@ -26,12 +26,13 @@ from imf.data.waves import TokenWaveDataset, pad_stack
 from imf.eval.audio import AudioJudges
 from imf.eval.evalset import EvalSet, make_latent_eval_set
 from imf.eval.judges import JudgesConfig, make_judges
+from imf.eval.metrics import higher_is_better
 from imf.eval.speed import rtf_table
 from imf.eval.systems import System, guided, waveforms
 from imf.models.token2wav import Token2Wav
 
 STAGES = ("MF No-FT", "MF Decoder-FT", "MF Joint-FT")  # the refinement ladder the paper orders
-HIGHER_IS_BETTER = {"wer": False, "sim": True, "mos": True, "pesq": True, "stoi": True}
+JUDGED = ("wer", "sim", "mos", "pesq", "stoi")  # the table's judge columns (directions: imf.eval.metrics)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,12 +100,12 @@ def score_systems(wavs: Mapping[str, Sequence[Tensor]], es: EvalSet, judges: Seq
     return pd.DataFrame(rows), tables
 
 
-def ordering(df: pd.DataFrame, column: str, names: Sequence[str], higher_is_better: bool) -> bool:
+def ordering(df: pd.DataFrame, column: str, names: Sequence[str], up: bool) -> bool:
     """Whether ``column`` strictly improves along ``names`` (rows of ``df`` by ``system``)."""
     v = [float(df.set_index("system").loc[n, column]) for n in names]
     if any(math.isnan(x) for x in v):
         return False
-    return all((b > a) if higher_is_better else (b < a) for a, b in zip(v, v[1:]))
+    return all((b > a) if up else (b < a) for a, b in zip(v, v[1:]))
 
 
 @dataclasses.dataclass
@@ -145,6 +146,6 @@ def evaluate_token2wav(corpus, ckpts: Mapping[str, str | Path], cfg: T2WEvalConf
     table = table[["system", "nfe"] + [c for c in table.columns if c not in ("system", "nfe")]]
     mf = rtf.set_index("system").loc[mf_name]
     speed = {"end_to_end": float(mf["speedup_e2e"]), "generator_only": float(mf["speedup_flow"])}
-    orderings = {c: ordering(table, c, STAGES, up) for c, up in HIGHER_IS_BETTER.items() if c in table}
+    orderings = {c: ordering(table, c, STAGES, higher_is_better(c)) for c in JUDGED if c in table}
     return T2WResult(es, points, wavs, table, per_utt, rtf, speed, orderings, list(judges),
                      None if wer_voices is None else list(wer_voices))

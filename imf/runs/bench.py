@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from imf.eval.speed import audio_seconds_of, default_rtf_systems, memory_table, rtf_table, speed_table
+from imf.eval.speed import default_rtf_systems, memory_table, rtf_table, speed_table
 from imf.runs.open import open_runs
 from imf.runs.profiles import profile
 
@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     es, cfg_scale = wb.es, P["eval"]["cfg_scale"]
     print(f"batch of {len(es)} utterances, {int(es.mask.sum())} frames, {torch.get_num_threads()} threads")
     if a.cmd == "rtf":
-        df = rtf_table(default_rtf_systems(wb.teacher, wb.student, cfg_scale), es.z_0, es.cond,
-                       audio_seconds_of(es), wb.vocoder(), a.repeats)
+        df = rtf_table(default_rtf_systems(wb.teacher, wb.student, cfg_scale), es, wb.vocoder(), a.repeats)
     else:
         df = speed_table(wb.teacher, wb.student, es.z_0, es.cond, cfg_scale, repeats=a.repeats)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

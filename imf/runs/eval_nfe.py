@@ -26,7 +26,8 @@ from imf.eval.sweep import nfe_sweep
 from imf.eval.systems import System, guided
 from imf.flow import schedules
 from imf.runs.open import Opened
-from imf.runs.sections_eval import Timings, has_run, wer_voices
+from imf.runs.sections_eval import Timings, has_run
+from imf.runs.voices import wer_voices
 from imf.viz.plots import plot_metric_vs_nfe, plot_samples
 
 STUDENT = "IntMeanFlow student"  # the student's name in the tables

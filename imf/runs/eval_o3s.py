@@ -33,7 +33,8 @@ from imf.eval.systems import System, guided
 from imf.flow import schedules
 from imf.flow.o3s import O3SConfig, o3s_search, scan_all
 from imf.runs.open import Opened, checkpoint
-from imf.runs.sections_eval import wer_voices, write_o3s_result
+from imf.runs.sections_eval import write_o3s_result
+from imf.runs.voices import wer_voices
 from imf.viz.o3s import plot_scans
 from imf.viz.plots import save_fig
 

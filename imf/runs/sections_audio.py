@@ -8,9 +8,8 @@ notebook 00_vocoder recorded, for notebook 07.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -20,7 +19,7 @@ from imf.eval.ceilings import RealRecordings, copy_synthesis_ids
 from imf.eval.token2wav import STAGES, T2WEvalConfig, T2WResult
 from imf.models.vocoder import VocoderConfig
 from imf.runs.profiles import profile, runs_dir
-from imf.runs.report import results_dir, section_dir, table_md, write_section
+from imf.runs.report import section_dir, table_md, write_section
 from imf.train.token2wav import STAGE_RUNS, T2WStagesConfig, checkpoints
 from imf.train.trainer import TrainConfig
 from imf.train.wave_losses import WaveLossConfig
@@ -102,20 +101,6 @@ the "real recordings" row is the reference itself, judged by MOS only):
 ![vocoder loss](00_vocoder/vocoder_loss.png)
 """)
     return metrics
-
-
-def reliable_wer_voices(override: Sequence[str] = ()) -> list[str] | None:
-    """Voices scored by WER: ``override`` if non-empty, else the list notebook 00_vocoder recorded
-    (``results/00_vocoder/metrics.json``), else None (WER on every voice)."""
-    if override:
-        return list(override)
-    path = results_dir() / "00_vocoder" / "metrics.json"
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text()).get("wer_voices") or None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); re-run notebooks/00_vocoder.ipynb") from e
 
 
 # ---------------------------------------------------------------------------------------------

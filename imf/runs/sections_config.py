@@ -13,7 +13,7 @@ import dataclasses
 
 from imf.core.config import Config, require
 from imf.data import CorpusConfig, DataConfig
-from imf.flow.objectives import CFMConfig, IMFConfig, MeanFlowConfig
+from imf.flow.objectives import CFMConfig, IMFConfig
 from imf.models.token2mel import Token2MelConfig
 from imf.models.vocoder import VocoderConfig
 from imf.eval.token2wav import T2WEvalConfig

@@ -23,11 +23,12 @@ from typing import Any, Sequence
 import pandas as pd
 
 from imf.core.runtime import atomic_write_json, atomic_write_text
-from imf.eval.speed import audio_seconds_of, default_rtf_systems, memory_table, rtf_table, speed_table
+from imf.eval.speed import default_rtf_systems, memory_table, rtf_table, speed_table
 from imf.flow.o3s import HISTORY_COLUMNS, O3SResult
 from imf.flow.schedules import save_grid
 from imf.runs.open import MissingRun, Opened, checkpoint
-from imf.runs.report import results_dir, table_md, write_section
+from imf.runs.voices import wer_voices
+from imf.runs.report import table_md, write_section
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,20 +55,6 @@ def write_o3s_result(res: O3SResult, folder: str | Path) -> Path:
         w.writerow([h[k] if k != "time_grid" else json.dumps(h[k]) for k in HISTORY_COLUMNS])
     atomic_write_text(folder / "history.csv", buf.getvalue())
     return folder
-
-
-def wer_voices(override: Sequence[str] | None = None) -> list[str] | None:
-    """Voices scored by WER: ``override`` if given, else those 00_vocoder chose (real-recording WER
-    within its threshold, ``results/00_vocoder/metrics.json``), else None (WER on every voice)."""
-    if override:
-        return list(override)
-    path = results_dir() / "00_vocoder" / "metrics.json"
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text()).get("wer_voices") or None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); re-run notebooks/00_vocoder.ipynb") from e
 
 
 def has_run(wb: Opened, run: str) -> bool:
@@ -103,8 +90,7 @@ def speed_and_rtf(wb: Opened, cfg_scale: float, teacher_nfe: int, repeats: int =
     es_b = es.subset(range(min(len(es), B)))
     trained = has_run(wb, vocoder_run)
     vocoder = wb.vocoder(vocoder_run, fallback=True)
-    rtf = rtf_table(default_rtf_systems(wb.teacher, wb.student, cfg_scale), es_b.z_0, es_b.cond,
-                    audio_seconds_of(es_b), vocoder, repeats)
+    rtf = rtf_table(default_rtf_systems(wb.teacher, wb.student, cfg_scale), es_b, vocoder, repeats)
     return Timings(speed, rtf, "trained vocoder" if trained else "Griffin-Lim fallback", B, repeats)
 
 

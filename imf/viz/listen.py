@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from torch import Tensor
 
+from imf.eval.metrics import higher_is_better
 from imf.eval.listen import TRUTH, Comparison
 from imf.viz.plots import save_fig
 
@@ -47,7 +48,7 @@ def _fmt(v: Any) -> str:
 
 def _higher_is_better(comp: Comparison) -> dict[str, bool]:
     judges = comp.judges.judges if comp.judges is not None else []
-    return {j.name: bool(getattr(j, "higher_is_better", True)) for j in judges}
+    return {j.name: higher_is_better(j.name, default=getattr(j, "higher_is_better", True)) for j in judges}
 
 
 def scores_html(comp: Comparison, name: str, nfe: int | None, utt: int | str, compact: bool = False) -> str:
