@@ -185,7 +185,7 @@ def _check_o3s_verdict(tree, v, col):
 
 
 def test_04_o3s(tree):
-    m = run(tree, "04_o3s", METRIC="sim", MAX_EVALS=6, ITERS=2, SCAN_POINTS=3, STUDENT_NFES="2", TEACHER_NFES="5")
+    m = run(tree, "04_o3s", METRIC="sim", MAX_EVALS=6, ITERS=2, SCAN_POINTS=3, STUDENT_NFES=[2], TEACHER_NFES=[5])
     assert {(s["model"], s["nfe"]) for s in m["searches"]} == {("student", 2), ("teacher", 5)}
     _check_o3s_searches(tree, m)
     (v,) = m["student_verdict"]
@@ -195,8 +195,8 @@ def test_04_o3s(tree):
 
 
 def test_04_o3s_on_an_intrinsic_metric(tree):
-    m = run(tree, "04_o3s", METRIC="neg_dist_ref", MAX_EVALS=6, ITERS=2, SCAN_POINTS=3, STUDENT_NFES="2",
-            TEACHER_NFES="5")
+    m = run(tree, "04_o3s", METRIC="neg_dist_ref", MAX_EVALS=6, ITERS=2, SCAN_POINTS=3, STUDENT_NFES=[2],
+            TEACHER_NFES=[5])
     _check_o3s_searches(tree, m)
     (v,) = m["student_verdict"]
     assert v["metric"] == "dist_ref" and v["uniform"] > 0 and v["o3s"] > 0

@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 
 from imf.flow.solvers import sample
 from imf.eval.evalset import EvalSet
-from imf.eval.judges import evaluate
 from imf.eval.metrics import (intrinsic_metrics, intrinsic_per_utterance, noise_correlation, objective_column,
                               objective_score)
 from imf.eval.systems import System
@@ -132,15 +131,4 @@ def judge_table(judges: Any, es: EvalSet, x: Tensor) -> pd.DataFrame:
 
     As the judges' own summary: WER only on utterances of ``judges.wer_speakers`` (NaN on the others).
     """
-    items = judges.items(es, judges.wavs(es, x))
-    asr = [j for j in judges.judges if getattr(j, "name", "") == "wer"]
-    rest = [j for j in judges.judges if j not in asr]
-    table = evaluate(rest, items) if rest else pd.DataFrame(index=pd.Index([it.id for it in items], name="id"))
-    if asr:
-        keep = items
-        if judges.wer_speakers is not None and es.speakers is not None:
-            names = [es.corpus.speakers[int(k)] for k in es.speakers]
-            keep = [it for it, n in zip(items, names) if n in judges.wer_speakers]
-        if keep:
-            table = table.join(evaluate(asr, keep), how="left")
-    return table
+    return judges.table(es, judges.wavs(es, x))
