@@ -278,7 +278,7 @@ def test_bad_inputs(es, models):
 
 def test_listen_config_validates_notebook_parameters():
     from imf.core.config import ConfigError
-    from imf.runs.listen_setup import ListenConfig
+    from imf.runs.listen import ListenConfig
 
     params = {"PROFILE": "tiny", "N_UTTS": 2, "NFE_CHOICES": [1, 4], "JUDGES": ["pesq"], "display": print, "_x": 1}
     cfg = ListenConfig.from_params(params)  # lower-case names (imports, helpers) are not parameters

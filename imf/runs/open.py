@@ -78,26 +78,34 @@ class Opened:
     teacher_ckpt: Path
     student_ckpt: Path | None
 
+    def vocoder_checkpoint(self, run: str = "vocoder") -> Path | None:
+        """The checkpoint of the trained vocoder of ``run``, or None if 00_vocoder has not trained it."""
+        path = runs_dir(self.profile) / run / "checkpoints" / "last.pt" if run else None
+        return path if path is not None and path.exists() else None
+
     def vocoder(self, run: str = "vocoder", fallback: bool = True) -> nn.Module:
         """The trained vocoder of ``run``; Griffin-Lim (with a warning) if it is missing and ``fallback``."""
-        path = runs_dir(self.profile) / run / "checkpoints" / "last.pt"
-        if not path.exists() and not fallback:
+        path = self.vocoder_checkpoint(run)
+        if path is None and not fallback:
             checkpoint(self.profile, run)  # raises, naming 00_vocoder
-        return load_vocoder(path if path.exists() else None, self.corpus.mel_config)
+        return load_vocoder(path, self.corpus.mel_config)
 
-    def eval_set(self, split: str | None = None, n_utts: int | None = None, seed: int | None = None) -> EvalSet:
+    def eval_set(self, split: str | None = None, n_utts: int | None = None, seed: int | None = None,
+                 max_frames: int | None = None) -> EvalSet:
         """Another fixed-noise evaluation set of this corpus (the profile's ``eval`` section by default)."""
         E = self.P["eval"]
         return make_eval_set(self.corpus, split or E["split"], n_utts or E["n_utts"],
-                             E["seed"] if seed is None else seed, E["max_frames"], self.P["data"]["prompt_frames"])
+                             E["seed"] if seed is None else seed, max_frames or E["max_frames"],
+                             self.P["data"]["prompt_frames"])
 
 
 def open_runs(profile_name: str, section: str | None, teacher_run: str = "teacher", student: str | None = "",
-              n_utts: int = 0, threads: int | None = None) -> Opened:
+              n_utts: int = 0, threads: int | None = None, max_frames: int = 0) -> Opened:
     """Open the teacher (and the student) of ``profile_name`` for notebook ``section``.
 
     ``student``: a run folder; ``""``: 02_distill's final student (:func:`imf.runs.profiles.student_run`);
-    ``None``: no student. ``n_utts``: evaluation utterances (0: the profile's ``eval.n_utts``).
+    ``None``: no student. ``n_utts``, ``max_frames``: evaluation utterances and their longest length
+    (0: the profile's ``eval`` section).
     ``section``: the notebook whose results folder ``results/<section>/`` is made (``None``: none, e.g. a benchmark).
     Checks every needed run before loading anything.
     """
@@ -109,5 +117,5 @@ def open_runs(profile_name: str, section: str | None, teacher_run: str = "teache
     opened = Opened(profile_name, P, load_model(teacher_ckpt),
                     None if student_ckpt is None else load_model(student_ckpt), corpus, None,  # type: ignore[arg-type]
                     None if section is None else section_dir(section), teacher_ckpt, student_ckpt)
-    opened.es = opened.eval_set(n_utts=n_utts or None)
+    opened.es = opened.eval_set(n_utts=n_utts or None, max_frames=max_frames or None)
     return opened

@@ -21,18 +21,16 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from imf.core.checkpoints import load_checkpoint, load_model
 from imf.core.config import Config, ConfigError, require
-from imf.core.runtime import atomic_write_json, setup_threads
-from imf.data import load_corpus
+from imf.core.runtime import atomic_write_json
 from imf.eval.audio import AudioJudges
-from imf.eval.evalset import EvalSet, make_eval_set
+from imf.eval.evalset import EvalSet
 from imf.eval.judges import JUDGES, JudgesConfig, make_judges
 from imf.eval.listen import TRUTH, Comparison, render_comparison
 from imf.eval.systems import System, guided
-from imf.models.vocoder import load_vocoder
-from imf.runs.profiles import PROFILES, profile, runs_dir, student_run
-from imf.runs.report import section_dir, table_md, write_section
+from imf.runs.open import open_runs, relative
+from imf.runs.profiles import PROFILES
+from imf.runs.report import table_md, write_section
 from imf.runs.voices import wer_voices
 from imf.viz.listen import static_comparison
 
@@ -98,29 +96,16 @@ class ListenSetup:
 def open_listen(cfg: ListenConfig) -> ListenSetup:
     """Check the teacher and student runs exist, then load them, the corpus, the vocoder, the
     judges (WER only on the voices 00_vocoder found the ASR reliable on) and the eval set."""
-    p = profile(cfg.profile)
-    student = cfg.student_run or student_run(cfg.profile)
-    setup_threads()
-    run = runs_dir(cfg.profile)
-    for name, nb in ((cfg.teacher_run, "01_teacher"), (student, "02_distill")):
-        if not (run / name / "checkpoints" / "last.pt").exists():
-            raise FileNotFoundError(f"{run / name} has no checkpoint: run notebooks/{nb}.ipynb "
-                                    f"(PROFILE={cfg.profile!r}) first")
-    teacher_ckpt = run / cfg.teacher_run / "checkpoints" / "last.pt"
-    teacher, student_model = load_model(teacher_ckpt), load_model(run / student / "checkpoints" / "last.pt")
-    corpus = load_corpus(load_checkpoint(teacher_ckpt)["config"]["corpus"])
-    voc_ckpt = run / cfg.vocoder_run / "checkpoints" / "last.pt" if cfg.vocoder_run else None
-    trained = voc_ckpt is not None and voc_ckpt.exists()
-    vocoder = load_vocoder(voc_ckpt if trained else None, corpus.mel_config)
+    wb = open_runs(cfg.profile, SECTION, cfg.teacher_run, cfg.student_run, cfg.n_utts, max_frames=cfg.max_frames)
+    voc_ckpt = wb.vocoder_checkpoint(cfg.vocoder_run)
+    vocoder = wb.vocoder(cfg.vocoder_run)
     judges = None
     if cfg.judges:
         judges = AudioJudges(vocoder, make_judges(JudgesConfig(judges=cfg.judges, progress=False)), wer_voices())
-    e = p["eval"]
-    es = make_eval_set(corpus, e["split"], cfg.n_utts or e["n_utts"], e["seed"], cfg.max_frames or e["max_frames"],
-                       p["data"]["prompt_frames"])
-    setup = ListenSetup(cfg, teacher, student_model, corpus, vocoder,
-                        str(voc_ckpt) if trained else "Griffin-Lim (no trained vocoder)", judges, es, e,
-                        cfg.cfg_scale or e["cfg_scale"], section_dir(SECTION))
+    e, es = wb.P["eval"], wb.es
+    setup = ListenSetup(cfg, wb.teacher, wb.student, wb.corpus, vocoder,
+                        relative(voc_ckpt) if voc_ckpt else "Griffin-Lim (no trained vocoder)", judges, es, e,
+                        cfg.cfg_scale or e["cfg_scale"], wb.out)
     print(f"{len(es)} utterances of {e['split']!r}, vocoder: {setup.vocoder_name}, "
           f"judges: {list(cfg.judges) or 'none'}")
     return setup
