@@ -122,7 +122,7 @@ def f5_model_config(name: str, vocab: str | Path, **overrides: Any) -> F5Config:
     import yaml
 
     f5_dit_class()
-    path = importlib.resources.files("f5_tts").joinpath("configs", f"{name}.yaml")
+    path = importlib.resources.files("f5_tts") / "configs" / f"{name}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"f5_tts has no model config {name!r} ({path}); shipped: {F5_MODELS}")
     model = yaml.safe_load(path.read_text())["model"]
