@@ -274,3 +274,13 @@ def test_guided_sample_equals_f5_cfm_sample(steps, s, sway):
     torch.testing.assert_close(ours, traj[-1].transpose(1, 2), rtol=0, atol=1e-10)
     kept = torch.where(cond["cond_mel"] != 0, cond["cond_mel"], ours)  # F5 pastes the prompt back
     torch.testing.assert_close(kept, out.transpose(1, 2), rtol=0, atol=1e-10)
+
+
+def test_freeze_encoder_keeps_f5s_text_encoder():
+    from imf.models.student import freeze
+
+    student = make_student(tiny_f5(dtype=torch.float32))
+    params = freeze(student, "encoder")
+    frozen = {n for n, p in student.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, _ in student.named_parameters() if n.startswith("net.text_embed.")} and frozen
+    assert any(p is student.time_mix.weight for p in params)

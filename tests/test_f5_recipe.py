@@ -156,3 +156,45 @@ def test_griffin_lim_inverts_f5s_mel():
     again = f5_mel(out[0], sr)
     assert out.shape == (1, (mel.shape[-1] - 1) * 256)
     assert (again[:, 2:-2] - mel[0, :, 2:-2]).abs().mean() < 0.5  # log-mel error of a 64-iteration Griffin-Lim
+
+
+def test_speak_f5_with_a_local_vocos_checkpoint(tmp_path):
+    """A Vocos folder (config.yaml + pytorch_model.bin, the layout of charactr/vocos-mel-24khz), tiny and random."""
+    import warnings
+
+    from vocos import Vocos
+
+    (tmp_path / "config.yaml").write_text(
+        "feature_extractor:\n  class_path: vocos.feature_extractors.MelSpectrogramFeatures\n"
+        "  init_args: {sample_rate: 24000, n_fft: 1024, hop_length: 256, n_mels: 100, padding: center}\n"
+        "backbone:\n  class_path: vocos.models.VocosBackbone\n"
+        "  init_args: {input_channels: 100, dim: 16, intermediate_dim: 32, num_layers: 1}\n"
+        "head:\n  class_path: vocos.heads.ISTFTHead\n  init_args: {dim: 16, n_fft: 1024, hop_length: 256, padding: center}\n")
+    torch.save(Vocos.from_hparams(str(tmp_path / "config.yaml")).state_dict(), tmp_path / "pytorch_model.bin")
+    student = make_student(tiny_teacher()).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no Griffin-Lim warning
+        out = speak_f5(student, "Hello there, world.", REF_WAV, "Some call me nature.", nfe=2, vocoder=tmp_path)
+    assert out.info["vocoder"] == f"vocos ({tmp_path})"
+    assert out.wav.numel() == (out.mel.shape[-1] - 1) * 256 and torch.isfinite(out.wav).all()
+
+
+def test_sweeps_and_o3s_run_unchanged_on_f5_models(tmp_path):
+    from imf.eval.f5 import make_f5_eval_set
+    from imf.eval.sweep import grid_metric, nfe_sweep
+    from imf.eval.systems import System
+    from imf.flow.o3s import O3SConfig, o3s_search
+
+    teacher = tiny_teacher()
+    student = make_student(teacher).eval()
+    data = F5Dataset.from_manifest(_write_clips(tmp_path), teacher.config)
+    es = make_f5_eval_set(data, make_collate(F5Text(VOCAB)), n=4)
+    f5_teacher = System("teacher (w=3, F5 s=2)", Guided(teacher, 3.0), schedule="custom",
+                        grids={k: epss_f5(k) for k in (7, 16)})
+    table, _ = nfe_sweep(es, [(f5_teacher, 7), (System("student", student), 1), (System("student", student), 2)],
+                         reference=(f5_teacher, 16), progress=False)
+    assert list(table.nfe) == [7, 1, 2] and table.dist_ref.notna().all() and (table.dist_ref > 0).all()
+    ref = nfe_sweep(es, [(f5_teacher, 16)], progress=False, keep=True)[1][(f5_teacher.name, 16)]
+    res = o3s_search(grid_metric(student, es, "neg_dist_ref", reference=ref), uniform(2),
+                     O3SConfig(max_evals=6, ternary_iters=3), progress=False)
+    assert res.best_score >= res.init_score

@@ -11,6 +11,9 @@ Defaults: a student (``config.mean_flow``) runs unguided on the uniform grid (it
 a teacher runs as F5 does, guided with ``w = 3`` (F5's ``cfg_strength`` s = 2, ``w = s + 1``)
 on F5's EPSS+sway grid. Vocoder: a local Vocos checkpoint folder (``config.yaml`` +
 ``pytorch_model.bin``, the ``vocos`` package) if given, else Griffin-Lim — the result says which.
+
+:func:`make_f5_eval_set` builds a fixed-noise infilling :class:`~imf.eval.evalset.EvalSet` from F5
+data, so :func:`imf.eval.sweep.nfe_sweep`, ``grid_metric`` and O3S run on F5 models unchanged.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ import torchaudio
 from torch import Tensor, nn
 
 from imf.core.checkpoints import load_model
-from imf.data.f5_text import (F5Text, estimate_frames, f5_mel, prompt_text_with_pause, read_audio)
+from imf.data.f5_text import F5Text, estimate_frames, f5_mel, infill_cond, prompt_text_with_pause, read_audio, span_mask
+from imf.eval.evalset import EvalSet
 from imf.flow.schedules import F5_CFG_STRENGTH, epss_f5, uniform, validate_grid
 from imf.flow.solvers import Guided, sample
 from imf.models.backbones.f5 import F5Backbone, F5Config
@@ -139,3 +143,31 @@ def speak_f5(model: F5Backbone | str | Path, text: str, ref_audio: str | Path | 
             "guidance": "none (w = 1)" if w == 1.0 else f"w = {w:g} (F5 cfg_strength s = w - 1 = {w - 1:g})",
             "vocoder": voc_name, "prompt_frames": n_ref, "frames": n - n_ref, "seed": seed}
     return F5Speech(out, cfg.sample_rate, mel.cpu(), info)
+
+
+class RawMel:
+    """The ``corpus`` of an F5 :class:`EvalSet`: F5 mels are raw log mels, so (de)normalising is the identity."""
+
+    def normalize(self, mel: Tensor) -> Tensor:
+        return mel
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        return x
+
+
+def make_f5_eval_set(dataset, collate, n: int = 16, seed: int = 1234, frac: tuple[float, float] = (0.7, 1.0)) -> EvalSet:
+    """A fixed infilling evaluation set for F5 models, usable by :mod:`imf.eval.sweep` and O3S unchanged.
+
+    ``n`` items of ``dataset`` (:class:`~imf.data.f5_text.F5Dataset`) picked by a seeded shuffle,
+    collated by ``collate`` (:func:`~imf.data.f5_text.make_collate`); one span per utterance
+    (F5's 70-100 %) from the same seed is to be generated. ``EvalSet.mask`` is that span (the
+    metrics look at generated frames only); ``cond`` holds F5's ``cond_mel`` / ``text`` /
+    ``mask`` (valid frames); ``z_0`` is noise on every valid frame, as F5 starts from.
+    """
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(dataset), generator=g)[:n].tolist()
+    batch = collate([dataset[i] for i in order])
+    span = span_mask(batch["lengths"], frac, batch["x1"].shape[-1], g) & batch["mask"]
+    z_0 = torch.randn(batch["x1"].shape, generator=g) * batch["mask"][:, None]
+    return EvalSet(list(batch["ids"]), batch["x1"], span, infill_cond(batch["x1"], batch["text"], batch["mask"], span),
+                   z_0, RawMel(), [dataset.items[i][2] for i in order] if hasattr(dataset, "items") else [])
