@@ -198,3 +198,25 @@ def test_sweeps_and_o3s_run_unchanged_on_f5_models(tmp_path):
     res = o3s_search(grid_metric(student, es, "neg_dist_ref", reference=ref), uniform(2),
                      O3SConfig(max_evals=6, ternary_iters=3), progress=False)
     assert res.best_score >= res.init_score
+
+
+def test_command_line_recipe_from_a_safetensors_checkpoint(tmp_path):
+    """``python -m imf.train.f5`` on a released-format checkpoint: a resumable run whose student loads back."""
+    from safetensors.torch import save_file
+
+    from imf.train.f5 import main
+
+    teacher = tiny_teacher()
+    save_file({f"ema_model.transformer.{k}": v.contiguous() for k, v in teacher.state_dict().items()},
+              str(tmp_path / "model.safetensors"))
+    manifest = _write_clips(tmp_path)
+    args = ["--checkpoint", str(tmp_path / "model.safetensors"), "--vocab", VOCAB, "--manifest", str(manifest),
+            "--run-dir", str(tmp_path / "run"), "--steps", "2", "--batch-size", "3", "--teacher-nfe", "2",
+            "--device", "cpu", "--set", "dim=32", "--set", "depth=2", "--set", "heads=2", "--set", "dim_head=16",
+            "--set", "text_dim=16", "--set", "conv_layers=1"]
+    summary = main(args)
+    assert summary["steps"] == 2
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
+    assert state["config"]["imf"]["cfg_scale"] == 3.0 and state["config"]["f5_cfg_strength"] == 2.0
+    assert load_model(tmp_path / "run" / "checkpoints" / "last.pt").config.depth == 2
+    assert main(args[:-2] + ["--set", "conv_layers=1", "--steps", "3"])["resumed_from"] == 2

@@ -12,6 +12,7 @@ config naming the F5 model and vocab, so :func:`imf.core.checkpoints.load_model`
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +97,61 @@ def distill_f5(teacher: F5Backbone, dataset, collate, run_dir: str | Path, train
 def distill_f5_files(checkpoint: str | Path, vocab: str | Path, manifest: str | Path, run_dir: str | Path,
                      train_cfg: TrainConfig, model: str = "F5TTS_v1_Base", imf_cfg: IMFConfig = F5_IMF,
                      cfg: F5DistillConfig = F5DistillConfig(), ema: bool = True, device: str = "cpu",
-                     progress: bool = True) -> tuple[Trainer, dict[str, Any]]:
+                     progress: bool = True, overrides: dict[str, Any] | None = None) -> tuple[Trainer, dict[str, Any]]:
     """The whole recipe from paths: an F5-TTS checkpoint (``.pt`` or ``.safetensors``) of model config
-    ``model`` with its ``vocab.txt``, and a CSV/TSV ``manifest`` (columns ``audio_path``, ``text``)."""
-    teacher = F5Backbone.from_f5(checkpoint, model, vocab, ema=ema).to(device)
+    ``model`` with its ``vocab.txt``, and a CSV/TSV ``manifest`` (columns ``audio_path``, ``text``).
+    ``overrides``: F5Config fields that differ from the named config (a custom-sized DiT)."""
+    teacher = F5Backbone.from_f5(checkpoint, model, vocab, ema=ema, **(overrides or {})).to(device)
     data = F5Dataset.from_manifest(manifest, teacher.config, max_frames=cfg.max_frames)
     collate = make_collate(F5Text(vocab, teacher.config.tokenizer))
     return distill_f5(teacher, data, collate, run_dir, train_cfg, imf_cfg, cfg, progress, teacher_ref=str(checkpoint))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """``python -m imf.train.f5 --checkpoint ... --vocab ... --manifest ... --run-dir ...`` (see docs/distil_your_own_model.md)."""
+    import argparse
+
+    d, t = F5DistillConfig(), TrainConfig()
+    ap = argparse.ArgumentParser(prog="python -m imf.train.f5", description=distill_f5_files.__doc__)
+    ap.add_argument("--checkpoint", required=True, help="F5-TTS checkpoint: trainer .pt or released .safetensors")
+    ap.add_argument("--vocab", required=True, help="the checkpoint's vocab.txt")
+    ap.add_argument("--manifest", required=True, help="CSV/TSV with columns audio_path,text")
+    ap.add_argument("--run-dir", required=True, help="run folder (re-running resumes it)")
+    ap.add_argument("--model", default="F5TTS_v1_Base", help="F5-TTS model config name (F5TTS_v1_Base, F5TTS_Small, ...)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--steps", type=int, default=t.steps)
+    ap.add_argument("--batch-size", type=int, default=t.batch_size)
+    ap.add_argument("--lr", type=float, default=2e-5, help="AdamW peak lr (2e-5: fine-tuning a big pretrained DiT)")
+    ap.add_argument("--warmup", type=int, default=t.warmup)
+    ap.add_argument("--ema-decay", type=float, default=t.ema_decay)
+    ap.add_argument("--ckpt-every", type=int, default=t.ckpt_every)
+    ap.add_argument("--seed", type=int, default=t.seed)
+    ap.add_argument("--teacher-nfe", type=int, default=F5_IMF.teacher_nfe, help="N: Euler sub-steps of the teacher over [0, 1]")
+    ap.add_argument("--cfg-w", type=float, default=F5_IMF.cfg_scale,
+                    help="teacher guidance, OUR w = F5's cfg_strength s + 1 (F5's default s = 2 -> w = 3)")
+    ap.add_argument("--max-frames", type=int, default=d.max_frames, help="crop utterances (0: whole)")
+    ap.add_argument("--freeze", default=d.freeze, choices=["none", "encoder"])
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override an F5Config field of the named model config, e.g. --set depth=18 (JSON values)")
+    a = ap.parse_args(argv)
+    overrides = {}
+    for item in a.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    train_cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, ema_decay=a.ema_decay,
+                            ckpt_every=a.ckpt_every, seed=a.seed)
+    imf_cfg = F5_IMF.replace(teacher_nfe=a.teacher_nfe, cfg_scale=a.cfg_w)
+    _, summary = distill_f5_files(a.checkpoint, a.vocab, a.manifest, a.run_dir, train_cfg, a.model, imf_cfg,
+                                  F5DistillConfig(max_frames=a.max_frames, freeze=a.freeze), device=a.device,
+                                  overrides=overrides)
+    print(summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
