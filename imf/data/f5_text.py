@@ -39,15 +39,16 @@ class F5Text:
         vocab = Path(vocab)
         if not vocab.is_file():
             raise FileNotFoundError(f"vocab file {vocab} does not exist (F5-TTS's vocab.txt of the model)")
+        if tokenizer == "byte":
+            raise ValueError("F5Text: the 'byte' tokenizer (no vocab.txt) is not supported; use a vocab.txt model")
         u = _f5_utils()
         self.vocab_path, self.tokenizer = vocab, tokenizer
         self.char_map, self.vocab_size = u.get_tokenizer(str(vocab), "custom")
 
     def tokens(self, texts: Sequence[str]) -> list[list[str]]:
-        """F5's conversion: pinyin for Chinese characters (``pinyin``), the characters otherwise."""
-        if self.tokenizer == "pinyin":
-            return _f5_utils().convert_char_to_pinyin(list(texts))
-        return [list(t) for t in texts]
+        """F5's ``convert_char_to_pinyin``: pinyin for Chinese characters, characters (and its spacing
+        rule) otherwise. F5-TTS's inference applies it whatever the tokenizer, and so do we."""
+        return _f5_utils().convert_char_to_pinyin(list(texts))
 
     def ids(self, texts: Sequence[str]) -> Tensor:
         """(B, Nt) long: vocab ids, -1 after each text's end."""

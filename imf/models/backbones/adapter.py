@@ -77,10 +77,8 @@ def _flatten_keys(module: "Backbone", state_dict: dict, prefix: str, local_metad
 
 def _nest_keys(module: "Backbone", state_dict: dict, prefix: str, *args: Any) -> None:
     """load_state_dict pre-hook: ``<prefix>k -> <prefix>net.k`` for every key not owned by the adapter."""
-    own = {prefix + MIX + "."}
-    for k in [k for k in state_dict if k.startswith(prefix)]:
-        if not any(k.startswith(o) for o in own) and not k.startswith(prefix + "net."):
-            state_dict[prefix + "net." + k[len(prefix):]] = state_dict.pop(k)
+    for k in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + MIX + ".")]:
+        state_dict[prefix + "net." + k[len(prefix):]] = state_dict.pop(k)
 
 
 class Backbone(nn.Module):
