@@ -88,8 +88,10 @@ def _check_nfe(nfe: int) -> None:
 
 
 def make_grid(kind: str, nfe: int, **kw: float) -> Tensor:
-    """Grid by name: ``uniform``, ``sway``, ``cosine``, ``epss``."""
-    makers = {"uniform": uniform, "sway": sway, "cosine": cosine, "epss": epss}
+    """Grid by name: ``uniform``, ``sway``, ``cosine``, ``epss``, ``epss_raw`` (F5-TTS's tables),
+    ``epss_f5`` (F5-TTS's tables with its sway on top, the grid its sampler integrates on)."""
+    makers = {"uniform": uniform, "sway": sway, "cosine": cosine, "epss": epss, "epss_raw": epss_raw,
+              "epss_f5": epss_f5}
     if kind not in makers:
         raise GridError(f"unknown schedule {kind!r}; choose one of {sorted(makers)} or load a JSON grid")
     return makers[kind](nfe, **kw)
@@ -121,3 +123,55 @@ def load_grid(path: str | os.PathLike) -> Tensor:
 def _short(v: object) -> str:
     s = repr(v)
     return s if len(s) <= 80 else s[:77] + "..."
+
+
+# ---------------------------------------------------------------------------------------
+# F5-TTS's grids, exactly as its sampler builds them (appended; nothing above changes)
+# ---------------------------------------------------------------------------------------
+# Every EPSS grid F5-TTS defines (``f5_tts.model.utils.get_epss_timesteps``), in units of 1/32.
+F5_EPSS = {
+    5: [0, 2, 4, 8, 16, 32],
+    6: [0, 2, 4, 6, 8, 16, 32],
+    7: [0, 2, 4, 6, 8, 16, 24, 32],
+    10: [0, 2, 4, 6, 8, 12, 16, 20, 24, 28, 32],
+    12: [0, 2, 4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32],
+    16: [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32],
+}
+F5_SWAY = -1.0  # F5-TTS's default sway coefficient (its CFM.sample / infer defaults)
+F5_CFG_STRENGTH = 2.0  # F5-TTS's guidance s in pred + (pred - null) s; our w = s + 1 = 3
+
+
+def epss_raw(nfe: int) -> Tensor:
+    """F5-TTS's EPSS table for ``nfe`` in {5, 6, 7, 10, 12, 16}, WITHOUT sway: ``table / 32``.
+
+    This is the grid F5-TTS's sampler starts from, not the one it integrates on (see
+    :func:`epss_f5`). For 5/6/7 steps it equals :func:`epss`.
+    """
+    _check_nfe(nfe)
+    if nfe not in F5_EPSS:
+        raise GridError(f"epss_raw: F5-TTS defines EPSS grids for nfe in {sorted(F5_EPSS)}, got nfe={nfe}")
+    return torch.tensor(F5_EPSS[nfe], dtype=torch.float64) / 32
+
+
+def apply_sway(time_grid: Tensor | Sequence[float], s: float = F5_SWAY) -> Tensor:
+    """Sway on top of any grid, as F5-TTS's ``CFM.sample`` does: ``t + s (cos(pi t / 2) - 1 + t)``.
+
+    (B,)-free: time_grid (K+1,) -> (K+1,) float64. ``s = -1`` gives ``1 - cos(pi t / 2)``.
+    A non-increasing result raises :class:`GridError`.
+    """
+    g = validate_grid(time_grid)
+    return validate_grid(g + s * (torch.cos(math.pi / 2 * g) - 1 + g), name=f"sway(s={s}) of {g.tolist()}")
+
+
+def epss_f5(nfe: int, sway: float | None = F5_SWAY) -> Tensor:
+    """The grid F5-TTS's ``CFM.sample(steps=nfe, sway_sampling_coef=sway)`` integrates on.
+
+    F5-TTS takes its EPSS table when it defines one for ``nfe`` (5, 6, 7, 10, 12, 16) and the
+    uniform grid otherwise, then applies sway on top (``sway=None``: no sway, as F5's
+    ``sway_sampling_coef=None``). Its default 7-step grid is therefore
+    ``[0, .0048, .0192, .0431, .0761, .2929, .6173, 1]``, not the raw table
+    (:func:`epss_raw`). (K+1,) float64.
+    """
+    _check_nfe(nfe)
+    g = epss_raw(nfe) if nfe in F5_EPSS else uniform(nfe)
+    return g if sway is None else apply_sway(g, sway)

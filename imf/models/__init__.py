@@ -4,6 +4,7 @@ Every network registers itself with :mod:`imf.core.checkpoints` so that
 ``imf.core.checkpoints.load_model(path)`` rebuilds it from a checkpoint alone.
 """
 from imf.core.checkpoints import MODELS, build_model, register
+from imf.models import backbones  # noqa: F401  (registers the foreign-backbone adapters; f5_tts loads lazily)
 from imf.models.dit import DiT1D, DiTConfig
 from imf.models.student import freeze, init_time_mix, student_from_teacher
 from imf.models.token2mel import Token2Mel, Token2MelConfig
