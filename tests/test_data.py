@@ -151,7 +151,7 @@ def test_alignment_matches_audio_and_mel(corpus):
 
 
 def test_mel_file_is_logmel_of_the_wav(corpus):
-    from imf.data.features import LogMel
+    from imf.models.features import LogMel
 
     ident = corpus.manifest.id[3]
     mel = LogMel(corpus.mel_config)(corpus.load_wav(ident))

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from imf.data.features import MelConfig
+from imf.models.features import MelConfig
 from imf.eval.evalset import EvalSet
 from imf.eval.speed import default_rtf_systems, rtf_table, speed_table
 from imf.eval.systems import System, waveforms

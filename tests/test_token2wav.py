@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from imf.core.checkpoints import build_model, load_model
-from imf.data.features import MelConfig
+from imf.models.features import MelConfig
 from imf.data.tokenizers import PhoneTokenizer, resample_labels
 from imf.data.waves import T2WDataConfig, TokenWaveDataset, collate_waves, generator_batch
 from imf.eval.evalset import make_latent_eval_set

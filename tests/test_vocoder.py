@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from imf.core.config import ConfigError
-from imf.data.features import LogMel, MelConfig
+from imf.models.features import LogMel, MelConfig
 from imf.core.checkpoints import MODELS
 from imf.models.vocoder import GriffinLim, Vocoder, VocoderConfig, load_vocoder
 from imf.train.trainer import TrainConfig

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from imf.core.config import ConfigError
-from imf.data.features import LogMel, MelConfig
+from imf.models.features import LogMel, MelConfig
 from imf.data.tokenizers import PhoneTokenizer
 from imf.data.waves import (MelWaveDataset, T2WDataConfig, TokenWaveDataset, collate_waves, generator_batch,
                             mel_segments, pad_stack, segment_frames)

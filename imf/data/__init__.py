@@ -9,7 +9,7 @@ from imf.data.corpus import Corpus, CorpusError, check_files, corpus_metrics, lo
 from imf.data.config import DataConfig
 from imf.data.dataset import MelTokenDataset, collate
 from imf.data.engines import EngineError, Prosody, Synthesis, Voice, synthesize
-from imf.data.features import LogMel, MelConfig
+from imf.models.features import LogMel, MelConfig
 from imf.data.text import PAD, PHONES, SIL
 
 __all__ = [

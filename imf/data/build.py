@@ -34,7 +34,7 @@ from imf.core.config import Config, require
 from imf.core.runtime import atomic_path, atomic_write_json, data_dir, sweep_temp_files
 from imf.data.corpus import MANIFEST_COLUMNS, SPLITS, CorpusError, check_files
 from imf.data.engines import SAMPLE_RATE, EngineError, Prosody, Voice, sample_prosody, synthesize
-from imf.data.features import LogMel, MelConfig
+from imf.models.features import LogMel, MelConfig
 from imf.data.text import PHONES, frame_durations, make_sentence
 
 BUILDER_VERSION = 1  # bump when the same config would produce different files

@@ -3,7 +3,7 @@
 A corpus folder (written by :func:`imf.data.build.build_corpus`)::
 
     wav/<id>.wav       16 kHz mono PCM16
-    mel/<id>.npy       float32 [80, n_frames] raw natural-log mel (imf.data.features.LogMel)
+    mel/<id>.npy       float32 [80, n_frames] raw natural-log mel (imf.models.features.LogMel)
     meta/<id>.json     the utterance's manifest row (lets a re-run skip finished utterances)
     manifest.csv       one row per utterance (columns: MANIFEST_COLUMNS)
     corpus.json        config, builder version, mel config, phone inventory, speakers,
@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from imf.core.runtime import data_dir
-from imf.data.features import MelConfig
+from imf.models.features import MelConfig
 from imf.data.text import expand
 
 SPLITS = ("train", "dev", "test", "unseen")

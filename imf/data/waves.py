@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from imf.core.config import Config, require
-from imf.data.features import LogMel, MelConfig
+from imf.models.features import LogMel, MelConfig
 from imf.data.tokenizers import Tokenizer
 
 

@@ -1,6 +1,6 @@
 """Log-mel -> waveform: a small Vocos-style vocoder and a Griffin-Lim fallback.
 
-Both take the package's one feature (:class:`imf.data.features.LogMel`: 16 kHz, n_fft 1024,
+Both take the package's one feature (:class:`imf.models.features.LogMel`: 16 kHz, n_fft 1024,
 hop 256, 80 slaney mel bins, natural-log magnitude) and return audio aligned to the mel's
 frames: frame ``j`` is centred on sample ``j * hop``, so T frames give ``N = (T - 1) * hop``
 samples (the inverse of ``T = 1 + N // hop``).
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from imf.core.checkpoints import CheckpointError, load_checkpoint, load_weights
 from imf.core.config import Config, require
-from imf.data.features import MelConfig
+from imf.models.features import MelConfig
 from imf.models.layers import ConvNeXtBlock
 
 

@@ -1,7 +1,7 @@
 """Train the log-mel -> waveform vocoder (:class:`imf.models.vocoder.Vocoder`).
 
 Data: :class:`imf.data.waves.MelWaveDataset` holds whole utterances with their log-mel
-(computed once with the corpus's :class:`~imf.data.features.LogMel`); every step the
+(computed once with the corpus's :class:`~imf.models.features.LogMel`); every step the
 objective cuts one random ``seg_frames``-frame segment per utterance with the trainer's
 generator (:func:`imf.data.waves.mel_segments`), so a resumed run sees the same segments as an
 uninterrupted one. Loss: :class:`imf.train.wave_losses.WaveLoss` (mel L1 + multi-resolution

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from imf.core.config import Config, require
-from imf.data.features import LogMel, MelConfig
+from imf.models.features import LogMel, MelConfig
 from imf.data.waves import (T2WDataConfig, TokenWaveDataset, generator_batch, mel_segments, segment_starts,
                             wav_segments)
 from imf.models.token2wav import Token2Wav

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from imf.core.runtime import atomic_path
-from imf.data.features import LogMel
+from imf.models.features import LogMel
 from imf.eval.evalset import EvalSet
 
 

@@ -1,4 +1,9 @@
-"""The one log-mel feature config of the package (stored with every corpus)."""
+"""The log-mel front end (config + transform), shared by the corpus builder, the vocoder and the losses.
+
+It sits in the models layer because networks (the vocoder, the VAE losses) take it as their input
+transform; the data layer above uses it to compute and store features. One config is stored with
+every corpus.
+"""
 from __future__ import annotations
 
 import dataclasses
