@@ -12,23 +12,7 @@ from imf.eval.evalset import EvalSet
 from imf.eval.judges import WER, audio_sha1
 from imf.runs.voices import wer_voices
 
-SR = 16_000
-
-
-def tone(seconds: float = 1.0, f: float = 220.0) -> np.ndarray:
-    t = np.arange(int(seconds * SR)) / SR
-    return (0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32)
-
-
-class CountingASR:
-    """A stub recogniser: returns the transcript registered for an audio, counting calls."""
-
-    def __init__(self, transcripts: dict[str, str]):
-        self.transcripts, self.calls = transcripts, 0
-
-    def __call__(self, wav: np.ndarray) -> str:
-        self.calls += 1
-        return self.transcripts[audio_sha1(wav)]
+from tests.judge_fakes import SR, CountingASR, tone  # noqa: E402
 
 
 def test_wer_voices_override_file_and_default(tmp_path, monkeypatch):

@@ -26,7 +26,7 @@ from imf.eval.judges import (
     evaluate, make_judge, make_judges, summarise, wer_counts,
 )
 
-SR = 16_000
+from tests.judge_fakes import SR, CountingASR, tone  # noqa: E402
 SENTENCES = {
     "a": "The birch canoe slid on the smooth planks.",
     "b": "Glue the sheet to the dark blue background.",
@@ -63,22 +63,6 @@ def noisy(x: np.ndarray, snr_db: float, seed: int = 0) -> np.ndarray:
     n = g.standard_normal(len(x)).astype(np.float32)
     n *= np.sqrt(np.mean(x ** 2) / np.mean(n ** 2) / 10 ** (snr_db / 10))
     return np.clip(x + n, -1, 1).astype(np.float32)
-
-
-def tone(seconds: float = 1.0, f: float = 220.0) -> np.ndarray:
-    t = np.arange(int(seconds * SR)) / SR
-    return (0.3 * np.sin(2 * np.pi * f * t)).astype(np.float32)
-
-
-class CountingASR:
-    """A stub recogniser: returns the transcript registered for an audio, counting calls."""
-
-    def __init__(self, transcripts: dict[str, str]):
-        self.transcripts, self.calls = transcripts, 0
-
-    def __call__(self, wav: np.ndarray) -> str:
-        self.calls += 1
-        return self.transcripts[audio_sha1(wav)]
 
 
 # --------------------------------------------------------------------------------------------

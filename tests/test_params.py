@@ -148,3 +148,20 @@ def test_plain_papermill_fails_in_the_notebooks_first_cell(tmp_path, args, messa
                         "-p", "PROFILE", "tiny", *args], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode != 0 and "ParameterError" in r.stderr and message in r.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+
+
+def test_pipeline_sweeps_leftovers_of_killed_writes_before_running(tmp_path, monkeypatch):
+    """A kill during an atomic write leaves `.<name>.<8>.tmp<ext>` files: the next pipeline start removes
+    exactly those (a user's own dot-file stays) before it runs anything."""
+    monkeypatch.setenv("IMF_RESULTS", str(tmp_path))
+    (tmp_path / "runs").mkdir()
+    leftovers = [tmp_path / "runs" / ".02_distill.ipynb.k3j9x2ab.tmp.ipynb", tmp_path / ".README.md.q8w7e6r5.tmp.md"]
+    kept = tmp_path / "runs" / ".my_notes.tmp"
+    for f in leftovers + [kept]:
+        f.write_text("half")
+    ran = []
+    monkeypatch.setattr(pipeline, "run_notebook", lambda name, *a, **k: ran.append(
+        (name, [f.exists() for f in leftovers])))
+    monkeypatch.setattr(pipeline, "build_readme", lambda: None)
+    assert pipeline.main(["--profile", "tiny", "--only", "00_corpus"]) == 0
+    assert ran == [("00_corpus", [False, False])] and kept.exists()

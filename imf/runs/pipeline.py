@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from imf.core.runtime import atomic_path, repo_root
+from imf.core.runtime import atomic_path, repo_root, sweep_temp_files
 from imf.runs.params import check
 from imf.runs.report import build_readme, results_dir
 
@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[imf.runs.pipeline] {e}", file=sys.stderr)
         return 1
     out_dir = results_dir() / "runs"
+    swept = sweep_temp_files(results_dir())  # leftovers of writes killed in an earlier run
+    if swept:
+        print(f"[imf.runs.pipeline] removed {len(swept)} leftover temporary file(s) of killed writes", flush=True)
     for name in names:
         t0 = time.time()
         print(f"[imf.runs.pipeline] {name} (profile {args.profile}) ...", flush=True)
