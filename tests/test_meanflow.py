@@ -1,6 +1,8 @@
 """MeanFlow: JVP vs finite differences, the sign of the identity, r = t, a loss that drops."""
+import pytest
 import torch
 
+from imf.flow import objectives
 from imf.flow.objectives import MeanFlowConfig, meanflow_loss, meanflow_target
 from imf.models import student_from_teacher
 from tests.helpers import make_cond, tiny_model
@@ -78,11 +80,43 @@ def test_tiny_meanflow_training_lowers_loss():
     assert held_out() < 0.85 * before
 
 
-def test_adaptive_weight_and_folded_guidance_run():
+def _spy_on_target(monkeypatch) -> dict:
+    """Capture the (u, u_tgt) that meanflow_loss weights (u keeps its gradient)."""
+    seen = {}
+    real = objectives.meanflow_target
+
+    def spy(*args, **kw):
+        u, u_tgt = real(*args, **kw)
+        u.retain_grad()
+        seen.update(u=u, u_tgt=u_tgt)
+        return u, u_tgt
+
+    monkeypatch.setattr(objectives, "meanflow_target", spy)
+    return seen
+
+
+@pytest.mark.parametrize("p, c, cfg_scale", [(1.0, 1e-3, 1.0), (1.0, 1e-3, 2.0), (0.5, 1e-2, 1.0), (0.0, 1e-3, 1.0)])
+def test_adaptive_weight_is_the_papers_form_with_a_stop_gradient(monkeypatch, p, c, cfg_scale):
+    """loss = mean_b sg(w_b) ||D_b||^2 with w_b = 1 / (||D_b||^2 + c)^p, D = u - u_tgt and the squared
+    norm SUMMED over the sample's valid elements (MeanFlow paper and official code), recomputed
+    here from the captured u and u_tgt; the weight carries no gradient: d loss / d u = 2 w D / B."""
     model = student_from_teacher(tiny_model(0))
-    cond = make_cond(4, 6, n_mels=8)
-    loss, logs = meanflow_loss(model, torch.randn(4, 8, 6), cond, None, MeanFlowConfig(cfg_scale=2.0),
-                               torch.Generator().manual_seed(0))
+    b, n, ch = 4, 6, 8
+    cond = make_cond(b, n, n_mels=ch)
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[1, 4:] = False
+    mask[3, 2:] = False
+    cond["mask"] = mask
+    seen = _spy_on_target(monkeypatch)
+    cfg = MeanFlowConfig(adaptive_p=p, adaptive_c=c, cfg_scale=cfg_scale)
+    loss, logs = meanflow_loss(model, torch.randn(b, ch, n), cond, mask, cfg, torch.Generator().manual_seed(0))
+    u, u_tgt = seen["u"], seen["u_tgt"]
+    d = (u - u_tgt).detach() * mask[:, None]  # padded frames do not count
+    sq = d.pow(2).sum((1, 2))
+    w = 1.0 / (sq + c) ** p
+    assert torch.allclose(loss, (w * sq).mean(), rtol=1e-6, atol=0)
     loss.backward()
-    # with p = 1 each sample's weighted loss is L / (L + c) < 1
-    assert 0 < loss.item() < 1 and logs["mse"] > 0
+    assert torch.allclose(u.grad, 2 * w[:, None, None] * d / b, rtol=1e-5, atol=1e-12)
+    assert logs["mse"] == pytest.approx((sq / (mask.sum(1) * ch)).mean().item(), rel=1e-6)
+    assert logs["loss"] == loss.item()
+

@@ -28,6 +28,14 @@ def masked_mse(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
     return (err * m).sum() / (m.sum() * err.shape[1]).clamp(min=1.0)
 
 
+def per_sample_sq_error(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+    """(B,) squared L2 norm ``||pred - target||^2`` of each sample over its valid frames (a sum, not a mean)."""
+    err = (pred - target) ** 2
+    if mask is not None:
+        err = err * mask[:, None].to(err.dtype)
+    return err.flatten(1).sum(1)
+
+
 def per_sample_mse(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
     """(B,) mean squared error of each sample over its valid frames."""
     err = (pred - target) ** 2
@@ -187,8 +195,9 @@ class MeanFlowConfig(Config):
     time_sampler: str = "logit_normal"  # endpoints drawn like this, then sorted
     time_mu: float = 0.4  # logit-normal location in OUR convention (published -0.4 with data at t=0)
     time_sigma: float = 1.0  # logit-normal scale
-    adaptive_p: float = 1.0  # adaptive weight 1 / (loss + c)^p (p = 0: plain MSE)
-    adaptive_c: float = 1e-3  # adaptive weight offset
+    adaptive_p: float = 1.0  # adaptive weight 1 / (||u - u_tgt||^2 + c)^p, the norm summed over the sample's
+    #   valid elements as in the MeanFlow paper (p = 0: the plain summed squared error)
+    adaptive_c: float = 1e-3  # adaptive weight offset c
     cfg_scale: float = 1.0  # w > 1 folds guidance into the target (MeanFlow paper); 1 = off
     p_drop: float = 0.1  # condition dropout (needed for the unconditional branch when cfg_scale != 1)
 
@@ -222,7 +231,15 @@ def meanflow_target(model: Callable[..., Tensor], z_t: Tensor, t: Tensor, r: Ten
 
 def meanflow_loss(model: Callable[..., Tensor], z_1: Tensor, cond: Cond, mask: Tensor | None, cfg: MeanFlowConfig,
                   generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
-    """MeanFlow objective with adaptive weighting ``sg(1 / (L + c)^p) * L`` per sample."""
+    """MeanFlow objective with the paper's adaptive weighting, per sample ``b``:
+
+        L_b = ||u_b - u_tgt_b||^2   (summed over the sample's valid elements),
+        loss = mean_b sg(w_b) L_b,   w_b = 1 / (L_b + c)^p.
+
+    The norm is a sum, as in the MeanFlow paper (Geng et al. 2025, eq. for the adaptive loss)
+    and its official code, not a per-element mean: with a mean, ``c`` would act as ``c`` times
+    the element count. ``logs["mse"]`` is the per-element mean squared error, for monitoring.
+    """
     b = z_1.shape[0]
     a = sample_t(b, cfg.time_sampler, generator, cfg.time_mu, cfg.time_sigma)
     c = sample_t(b, cfg.time_sampler, generator, cfg.time_mu, cfg.time_sigma)
@@ -238,7 +255,7 @@ def meanflow_loss(model: Callable[..., Tensor], z_1: Tensor, cond: Cond, mask: T
             u_null = model(z_t, t=t, r=t, cond=dict(cond, drop=torch.ones_like(drop)))
         v = torch.where(drop[:, None, None], v, cfg.cfg_scale * v + (1 - cfg.cfg_scale) * u_null)
     u, u_tgt = meanflow_target(model, z_t, t, r, v, dict(cond, drop=drop))
-    per = per_sample_mse(u, u_tgt, mask)
-    weight = 1.0 / (per.detach() + cfg.adaptive_c) ** cfg.adaptive_p
-    loss = (weight * per).mean()
-    return loss, {"loss": loss.item(), "mse": per.mean().item()}
+    sq = per_sample_sq_error(u, u_tgt, mask)
+    weight = 1.0 / (sq.detach() + cfg.adaptive_c) ** cfg.adaptive_p
+    loss = (weight * sq).mean()
+    return loss, {"loss": loss.item(), "mse": per_sample_mse(u.detach(), u_tgt, mask).mean().item()}
