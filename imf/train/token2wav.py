@@ -39,6 +39,7 @@ from torch import Tensor
 
 from imf.core.checkpoints import load_model
 from imf.core.config import Config
+from imf.core.lock import RunLock
 from imf.core.runtime import seed_everything
 from imf.data.tokenizers import PhoneTokenizer
 from imf.data.waves import T2WDataConfig, TokenWaveDataset, collate_waves, generator_batch
@@ -124,7 +125,8 @@ def train_vae(corpus, run_dir: str | Path, model_cfg: VAEConfig = VAEConfig(), t
     if not (torch.equal(trainer.ema.latent_mean, mean) and torch.equal(trainer.ema.latent_std, std.clamp(min=1e-4))):
         for m in (trainer.model, trainer.ema):
             m.set_latent_stats(mean, std)
-        trainer.save()
+        with RunLock(run_dir):  # the run is ours again while the statistics are written into its checkpoint
+            trainer.save()
     return trainer, summary
 
 
