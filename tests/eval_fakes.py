@@ -26,9 +26,9 @@ def eval_set(n: int = 3, c: int = 8, t: int = 12, seed: int = 0) -> EvalSet:
     g = torch.Generator().manual_seed(seed)
     mask = torch.ones(n, t, dtype=torch.bool)
     mask[1, 9:] = False
-    x1 = torch.randn(n, c, t, generator=g) * mask[:, None]
+    z_1 = torch.randn(n, c, t, generator=g) * mask[:, None]
     ids = [f"u{i}" for i in range(n)]
-    return EvalSet(ids, x1, mask, {"mask": mask}, torch.randn(n, c, t, generator=g), FakeCorpus(),
+    return EvalSet(ids, z_1, mask, {"mask": mask}, torch.randn(n, c, t, generator=g), FakeCorpus(),
                    texts=[f"text {i}" for i in range(n)], speakers=torch.arange(n) % 2, prompt_ids=list(ids))
 
 

@@ -52,7 +52,7 @@ class RandomMelDataset(torch.utils.data.Dataset):
             tok = torch.randint(1, n_tokens, (frames,), generator=g)
             mel = torch.sin(tok[None].float() * torch.arange(1, n_mels + 1)[:, None] / 3) + 0.1 * torch.randn(
                 n_mels, frames, generator=g)
-            self.items.append({"id": str(i), "x1": mel, "tokens": tok, "speaker": i % 3,
+            self.items.append({"id": str(i), "z_1": mel, "tokens": tok, "speaker": i % 3,
                                "prompt": torch.randn(n_mels, 10, generator=g), "text": ""})
 
     def __len__(self):
@@ -65,7 +65,7 @@ class RandomMelDataset(torch.utils.data.Dataset):
 def collate(items):
     return {
         "ids": [it["id"] for it in items],
-        "x1": torch.stack([it["x1"] for it in items]),
+        "z_1": torch.stack([it["z_1"] for it in items]),
         "tokens": torch.stack([it["tokens"] for it in items]),
         "mask": torch.ones(len(items), items[0]["tokens"].shape[0], dtype=torch.bool),
         "prompt": torch.stack([it["prompt"] for it in items]),

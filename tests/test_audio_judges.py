@@ -81,7 +81,7 @@ def audio_es():
 
 def test_audio_judges_table_and_summary(audio_es):
     voc = _ToneVocoder()
-    wavs = AudioJudges(voc, []).wavs(audio_es, audio_es.x1)
+    wavs = AudioJudges(voc, []).wavs(audio_es, audio_es.z_1)
     assert [len(w) for w in wavs] == [160 * n for n in (10, 8, 12, 6)]
     # the stub ASR drops the last word of every utterance: 1 error per utterance
     hyps = {audio_es.ids[i]: audio_es.texts[i].rsplit(" ", 1)[0] if " " in audio_es.texts[i] else ""
@@ -98,7 +98,7 @@ def test_audio_judges_table_and_summary(audio_es):
     summary = judges.summary(table)
     assert summary["wer"] == pytest.approx(3 / 8)  # corpus level over u0, u2, u3: 3 errors / 8 words
     assert set(summary) == {"wer", "rms"} and summary["rms"] == pytest.approx(table["rms"].mean())
-    assert judges.score_wavs(audio_es, wavs) == summary and judges(audio_es, audio_es.x1) == summary
+    assert judges.score_wavs(audio_es, wavs) == summary and judges(audio_es, audio_es.z_1) == summary
     assert not hasattr(judges, "last_table")  # no side channel: the table is returned, not stored
     # WER on every voice when no list is given; the ASR-only table still has one row per utterance
     every = AudioJudges(voc, [WER(transcribe=asr)]).table(audio_es, wavs)

@@ -340,11 +340,11 @@ def test_dataset_items_and_prompts(corpus):
     for i in range(len(ds)):
         it = ds[i]
         row, prow = corpus.row(it["id"]), corpus.row(it["prompt_id"])
-        T = it["x1"].shape[1]
-        assert it["x1"].shape[0] == 80 and 1 <= T <= 48 and it["tokens"].shape == (T,)
+        T = it["z_1"].shape[1]
+        assert it["z_1"].shape[0] == 80 and 1 <= T <= 48 and it["tokens"].shape == (T,)
         o = it["offset"]
         assert torch.equal(it["tokens"], corpus.tokens(it["id"])[o:o + T])
-        assert torch.allclose(it["x1"], corpus.normalize(corpus.load_mel(it["id"]))[:, o:o + T])
+        assert torch.allclose(it["z_1"], corpus.normalize(corpus.load_mel(it["id"]))[:, o:o + T])
         assert it["prompt_id"] != it["id"] and prow.speaker == row.speaker and prow.split == "train"
         assert it["prompt"].shape[0] == 80 and 1 <= it["prompt"].shape[1] <= 32
         assert it["speaker"] == corpus.speaker_id(row.speaker) and it["text"] == row.text
@@ -356,9 +356,9 @@ def test_dataset_is_deterministic_without_random_crops(corpus):
     for i in range(len(a)):
         x, y = a[i], b[i]
         assert x["prompt_id"] == y["prompt_id"] and torch.equal(x["prompt"], y["prompt"])
-        assert x["offset"] == 0 and torch.equal(x["x1"], y["x1"])
+        assert x["offset"] == 0 and torch.equal(x["z_1"], y["z_1"])
     full = MelTokenDataset(corpus, split="dev", crop="none", normalize=False)[0]
-    assert torch.equal(full["x1"], corpus.load_mel(full["id"]))
+    assert torch.equal(full["z_1"], corpus.load_mel(full["id"]))
     # a dev pool with one utterance per speaker borrows the prompt from the speaker's other splits
     assert full["prompt_id"] != full["id"] and corpus.row(full["prompt_id"]).speaker == corpus.row(full["id"]).speaker
     with pytest.raises(ValueError, match="crop"):
@@ -371,18 +371,18 @@ def test_collate_pads_and_masks(corpus):
     ds = MelTokenDataset(corpus, split="train", max_frames=64, prompt_frames=40, crop="none")
     items = [ds[i] for i in range(4)]
     b = collate(items)
-    B, T = 4, max(it["x1"].shape[1] for it in items)
+    B, T = 4, max(it["z_1"].shape[1] for it in items)
     Tp = max(it["prompt"].shape[1] for it in items)
-    assert b["x1"].shape == (B, 80, T) and b["tokens"].shape == (B, T) and b["mask"].shape == (B, T)
+    assert b["z_1"].shape == (B, 80, T) and b["tokens"].shape == (B, T) and b["mask"].shape == (B, T)
     assert b["prompt"].shape == (B, 80, Tp) and b["prompt_mask"].shape == (B, Tp)
     assert b["mask"].dtype == torch.bool and b["tokens"].dtype == torch.long and b["speaker"].dtype == torch.long
-    assert b["lengths"].tolist() == [it["x1"].shape[1] for it in items]
+    assert b["lengths"].tolist() == [it["z_1"].shape[1] for it in items]
     assert b["ids"] == [it["id"] for it in items] and b["texts"] == [it["text"] for it in items]
     for k, it in enumerate(items):
-        n = it["x1"].shape[1]
+        n = it["z_1"].shape[1]
         assert b["mask"][k, :n].all() and not b["mask"][k, n:].any()
         assert (b["tokens"][k, n:] == 0).all() and (b["tokens"][k, :n] > 0).all()
-        assert (b["x1"][k, :, n:] == 0).all() and torch.equal(b["x1"][k, :, :n], it["x1"])
+        assert (b["z_1"][k, :, n:] == 0).all() and torch.equal(b["z_1"][k, :, :n], it["z_1"])
         assert b["prompt_mask"][k].sum() == it["prompt"].shape[1]
 
 

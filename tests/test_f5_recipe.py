@@ -121,9 +121,9 @@ def test_tiny_intmeanflow_distillation_lowers_its_loss_and_samples_at_1_2_3_nfe(
     student = load_model(tmp_path / "run" / "checkpoints" / "last.pt")
     assert isinstance(student, F5Backbone) and student.config.mean_flow
     # the student samples at 1/2/3 NFE, and its 1-step output moved towards the guided teacher
-    cond = infill_cond(batch["x1"], batch["text"], batch["mask"],
-                       span_mask(batch["lengths"], (0.7, 1.0), batch["x1"].shape[-1], torch.Generator().manual_seed(9)))
-    z_0 = torch.randn(batch["x1"].shape, generator=torch.Generator().manual_seed(5))
+    cond = infill_cond(batch["z_1"], batch["text"], batch["mask"],
+                       span_mask(batch["lengths"], (0.7, 1.0), batch["z_1"].shape[-1], torch.Generator().manual_seed(9)))
+    z_0 = torch.randn(batch["z_1"].shape, generator=torch.Generator().manual_seed(5))
     ref, _ = sample(guided, z_0, epss_f5(16), cond)
     fresh = make_student(teacher)
     for nfe in (1, 2, 3):

@@ -84,12 +84,12 @@ def es():
     mask = torch.zeros(3, t, dtype=torch.bool)
     for i, n in enumerate(frames):
         mask[i, :n] = True
-    x1 = corpus.normalize(torch.randn(3, C, t) - 3.0) * mask[:, None]
+    z_1 = corpus.normalize(torch.randn(3, C, t) - 3.0) * mask[:, None]
     cond = make_cond(3, t, n_mels=C)
     cond["mask"] = mask
     g = torch.Generator().manual_seed(7)
     z_0 = torch.randn(3, C, t, generator=g) * mask[:, None]
-    return EvalSet(ids, x1, mask, cond, z_0, corpus, ["hello there", "a second one", "third"], None, ["u1", "u2", "u0"])
+    return EvalSet(ids, z_1, mask, cond, z_0, corpus, ["hello there", "a second one", "third"], None, ["u1", "u2", "u0"])
 
 
 @pytest.fixture

@@ -135,7 +135,7 @@ def test_grid_metric_signs_come_from_the_table():
     assert grid_metric(_velocity, es, "wer", judges=_judges)(grid) == -raw["wer"]  # lower is better: negated
     assert grid_metric(_velocity, es, "neg_wer", judges=_judges)(grid) == -raw["wer"]
     assert grid_metric(_velocity, es, "sim", judges=_judges)(grid) == raw["sim"]
-    ref = es.x1
+    ref = es.z_1
     d = grid_metric(_velocity, es, "neg_dist_ref", reference=ref)(grid)
     assert d == -distance(x * es.mask[:, None], ref, es.mask) < 0
     with pytest.raises(ValueError, match="higher-is-better"):
@@ -155,7 +155,7 @@ def test_per_utterance_metrics_equal_the_set_metric_of_each_utterance():
         one = intrinsic_metrics(gen[i:i + 1], real[i:i + 1], es.mask[i:i + 1], real[i:i + 1])
         assert per["fs_ratio"][i].item() == one["fs_ratio"] and per["gv_ratio"][i].item() == one["gv_ratio"]
         assert per["dist_ref"][i].item() == one["dist_ref"]
-    assert torch.equal(utterance_scores(es, x, "dist_ref", reference=es.x1), per["dist_ref"])
+    assert torch.equal(utterance_scores(es, x, "dist_ref", reference=es.z_1), per["dist_ref"])
     assert torch.equal(utterance_scores(es, x, "fs_ratio"), per["fs_ratio"])
     with pytest.raises(ValueError, match="reference"):
         utterance_scores(es, x, "dist_ref")

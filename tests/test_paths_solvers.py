@@ -53,8 +53,8 @@ def test_solver_converges_to_closed_form(method, order):
     exact = x0 * torch.exp(cond["a"])[:, None]
     errs = []
     for n in (16, 32, 64):
-        x1, nfe = sample(linear_field, x0, schedules.uniform(n), cond, method=method)
-        errs.append((x1 - exact).abs().max().item())
+        z_1, nfe = sample(linear_field, x0, schedules.uniform(n), cond, method=method)
+        errs.append((z_1 - exact).abs().max().item())
         assert nfe == n * (1 if method == "euler" else 2)
     # halving the step divides the error by ~2^order
     rate = math.log2(errs[0] / errs[1])
@@ -65,8 +65,8 @@ def test_solver_converges_to_closed_form(method, order):
 def test_time_dependent_field_closed_form():
     """dx/dt = 2t integrates to x(1) = x(0) + 1 exactly with midpoint (quadratic in t)."""
     f = lambda x, *, t, r=None, cond: 2 * t[:, None].to(x) * torch.ones_like(x)
-    x1, _ = sample(f, torch.zeros(3, 1, dtype=torch.float64), schedules.sway(7), {"a": torch.zeros(3)}, "midpoint")
-    assert torch.allclose(x1, torch.ones(3, 1, dtype=torch.float64), atol=1e-12)
+    z_1, _ = sample(f, torch.zeros(3, 1, dtype=torch.float64), schedules.sway(7), {"a": torch.zeros(3)}, "midpoint")
+    assert torch.allclose(z_1, torch.ones(3, 1, dtype=torch.float64), atol=1e-12)
 
 
 @pytest.mark.parametrize("grid", [schedules.uniform(1), schedules.uniform(5), schedules.sway(8), schedules.cosine(4),
@@ -102,8 +102,8 @@ def test_student_jump_rule_uses_r():
     z_1 = torch.tensor([[2.0, -1.0]])
     # the average velocity of the straight path to z_1 from z at t over [t, r] is (z_1 - z) / (1 - t)
     u = lambda x, *, t, r, cond: (z_1 - x) / (1 - t[:, None])
-    x1, nfe = sample(u, torch.zeros(1, 2), torch.tensor([0.0, 0.3, 1.0]), {"a": torch.zeros(1)})
-    assert torch.allclose(x1, z_1) and nfe == 2
+    z_hat, nfe = sample(u, torch.zeros(1, 2), torch.tensor([0.0, 0.3, 1.0]), {"a": torch.zeros(1)})
+    assert torch.allclose(z_hat, z_1) and nfe == 2
 
 
 def test_schedules_strictly_increasing_0_to_1():

@@ -28,7 +28,7 @@ CFG = TrainConfig(steps=4, batch_size=4, lr=3e-3, warmup=1, ckpt_every=2, log_ev
 
 def objective(model, batch, g):
     cond = {k: batch[k] for k in ("tokens", "mask", "prompt", "prompt_mask")}
-    return cfm_loss(model, batch["x1"], cond, batch["mask"], CFMConfig(), g)
+    return cfm_loss(model, batch["z_1"], cond, batch["mask"], CFMConfig(), g)
 
 
 def trainer(run_dir, cfg=CFG):

@@ -225,14 +225,14 @@ def test_each_stage_lowers_its_loss_on_a_fixed_batch(data):
     assert after < before, ("vae", before, after)
 
     fm = DiT1D(DIT_CFG)
-    fm_loss = lambda g: (lambda b: cfm_loss(fm, b["x1"], b["cond"], b["cond"]["mask"], CFMConfig(), g)[0])(
+    fm_loss = lambda g: (lambda b: cfm_loss(fm, b["z_1"], b["cond"], b["cond"]["mask"], CFMConfig(), g)[0])(
         generator_batch(data, batch, DATA_CFG, g))
     before, after = _fit_fixed(list(fm.parameters()), fm_loss)
     assert after < before, ("fm", before, after)
 
     mf = DiT1D(DIT_CFG.replace(mean_flow=True))
     mf_cfg = MeanFlowConfig(adaptive_p=0.0)  # plain MSE: the adaptive weight makes the loss ~1 by design
-    mf_loss = lambda g: (lambda b: meanflow_loss(mf, b["x1"], b["cond"], b["cond"]["mask"], mf_cfg, g)[0])(
+    mf_loss = lambda g: (lambda b: meanflow_loss(mf, b["z_1"], b["cond"], b["cond"]["mask"], mf_cfg, g)[0])(
         generator_batch(data, batch, DATA_CFG, g))
     before, after = _fit_fixed(list(mf.parameters()), mf_loss)
     assert after < before, ("meanflow", before, after)
@@ -240,7 +240,7 @@ def test_each_stage_lowers_its_loss_on_a_fixed_batch(data):
     teacher = randomized(DiT1D(DIT_CFG)).eval().requires_grad_(False)
     student = student_from_teacher(teacher)
     guided = Guided(teacher, 2.0)
-    imf_loss = lambda g: (lambda b: intmeanflow_loss(student, guided, b["x1"], b["cond"], b["cond"]["mask"],
+    imf_loss = lambda g: (lambda b: intmeanflow_loss(student, guided, b["z_1"], b["cond"], b["cond"]["mask"],
                                                      IMFConfig(teacher_nfe=4), g)[0])(generator_batch(data, batch, DATA_CFG, g))
     before, after = _fit_fixed(list(student.parameters()), imf_loss)
     assert after < before, ("imf", before, after)
@@ -275,11 +275,11 @@ def test_latent_eval_set_is_one_eval_set_with_real_audio(data):
     es = make_latent_eval_set(data, 4, seed=7, prompt_frames=DATA_CFG.prompt_frames)
     again = make_latent_eval_set(data, 4, seed=7, prompt_frames=DATA_CFG.prompt_frames)
     assert torch.equal(es.z_0, again.z_0) and es.ids == again.ids  # deterministic from its seed
-    assert es.x1.shape == es.z_0.shape == (4, 8, es.mask.shape[1]) and torch.all(es.z_0[~es.mask[:, None].expand_as(es.z_0)] == 0)
+    assert es.z_1.shape == es.z_0.shape == (4, 8, es.mask.shape[1]) and torch.all(es.z_0[~es.mask[:, None].expand_as(es.z_0)] == 0)
     for i, ident in enumerate(es.ids):
         it = data[data.index[ident]]
         n = it["latent"].shape[-1]
-        assert torch.equal(es.x1[i, :, :n], it["latent"]) and int(es.mask[i].sum()) == n
+        assert torch.equal(es.z_1[i, :, :n], it["latent"]) and int(es.mask[i].sum()) == n
         assert es.n_samples[i] == it["n_samples"] and torch.equal(es.wavs[i], it["wav"])
         assert data[data.index[es.prompt_ids[i]]]["speaker"] == it["speaker"] == int(es.speakers[i])
         assert es.prompt_ids[i] != ident  # another utterance of the same speaker

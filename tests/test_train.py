@@ -16,7 +16,7 @@ def objective(fail_at=None, nan_at=None):
         if fail_at is not None and calls["n"] == fail_at:
             raise KeyboardInterrupt("simulated kill")
         cond = {k: batch[k] for k in ("tokens", "mask", "prompt", "prompt_mask")}
-        loss, logs = cfm_loss(model, batch["x1"], cond, batch["mask"], CFMConfig(), g)
+        loss, logs = cfm_loss(model, batch["z_1"], cond, batch["mask"], CFMConfig(), g)
         if nan_at is not None and calls["n"] >= nan_at:
             loss = loss * float("nan")
         return loss, logs

@@ -44,12 +44,12 @@ def test_collate_keeps_lists_and_generator_batch_crops_aligned(corpus):
         collate_waves([])
     cfg = T2WDataConfig(seg_frames=4, max_frames=10, prompt_frames=5)
     b = generator_batch(data, batch, cfg, torch.Generator().manual_seed(3))
-    assert b["x1"].shape == (3, 8, 10) and b["cond"]["prompt"].shape == (3, 8, 5)
+    assert b["z_1"].shape == (3, 8, 10) and b["cond"]["prompt"].shape == (3, 8, 5)
     for i, f in enumerate(b["starts"].tolist()):  # the crop and its tokens come from the same frames
-        assert torch.equal(b["x1"][i], batch["latent"][i][:, f:f + 10])
+        assert torch.equal(b["z_1"][i], batch["latent"][i][:, f:f + 10])
         assert torch.equal(b["cond"]["tokens"][i], batch["tokens"][i][f:f + 10])
     again = generator_batch(data, batch, cfg, torch.Generator().manual_seed(3))
-    assert torch.equal(again["x1"], b["x1"]) and torch.equal(again["cond"]["prompt"], b["cond"]["prompt"])
+    assert torch.equal(again["z_1"], b["z_1"]) and torch.equal(again["cond"]["prompt"], b["cond"]["prompt"])
     out, mask = pad_stack([torch.ones(2, 3), torch.ones(2, 5)])
     assert out.shape == (2, 2, 5) and mask.tolist() == [[True] * 3 + [False] * 2, [True] * 5]
     # a deterministic prompt (eval sets) is another utterance of the same speaker, from frame 0

@@ -7,17 +7,17 @@ a speaker prompt taken from another utterance of the same speaker.
 key       type                  meaning
 ========  ====================  ================================================================
 id        str                   utterance id
-x1        float32 [80, T]       mel crop (normalised per bin unless ``normalize=False``), T <= max_frames
-tokens    int64 [T]             frame-level phone ids aligned with ``x1``'s crop (pad id 0 unused here)
+z_1       float32 [80, T]       mel crop (normalised per bin unless ``normalize=False``), T <= max_frames
+tokens    int64 [T]             frame-level phone ids aligned with ``z_1``'s crop (pad id 0 unused here)
 speaker   int                   ``corpus.speaker_id(speaker)``
 prompt    float32 [80, Tp]      mel crop (Tp <= prompt_frames) of a DIFFERENT utterance of the same
                                 speaker from the same split (see ``prompt_pool``)
 text      str                   the sentence
 prompt_id str                   the utterance the prompt comes from
-offset    int                   first frame of the ``x1`` crop in the full utterance
+offset    int                   first frame of the ``z_1`` crop in the full utterance
 ========  ====================  ================================================================
 
-``collate(items)`` pads to the longest item: ``x1`` [B, 80, T] and ``prompt`` [B, 80, Tp] with
+``collate(items)`` pads to the longest item: ``z_1`` [B, 80, T] and ``prompt`` [B, 80, Tp] with
 zeros, ``tokens`` [B, T] with 0; ``mask`` [B, T] / ``prompt_mask`` [B, Tp] are True on real frames.
 
 Randomness: with ``crop="random"`` crop positions and prompt choices come from torch's global
@@ -45,7 +45,7 @@ class MelTokenDataset(torch.utils.data.Dataset):
     Args:
         corpus: a loaded :class:`Corpus`.
         split: "train" | "dev" | "test" | "unseen".
-        max_frames: longest ``x1`` crop (ignored with ``crop="none"``).
+        max_frames: longest ``z_1`` crop (ignored with ``crop="none"``).
         prompt_frames: longest prompt crop.
         crop: "random" (uniform window, training), "start" (first frames) or "none" (whole).
         normalize: standardise mels with the corpus train statistics.
@@ -115,10 +115,10 @@ class MelTokenDataset(torch.utils.data.Dataset):
             raise CorpusError(f"{self.corpus.root / row['mel']}: {mel.shape[1]} frames but {tokens.numel()} tokens")
         rng = None if self.crop == "random" else np.random.default_rng([self.seed, zlib.crc32(ident.encode())])
         if self.crop == "none":
-            offset, x1, tok = 0, mel, tokens
+            offset, z_1, tok = 0, mel, tokens
         else:
             offset = self._start(mel.shape[1], self.max_frames, rng) if self.crop == "random" else 0
-            x1, tok = mel[:, offset:offset + self.max_frames], tokens[offset:offset + self.max_frames]
+            z_1, tok = mel[:, offset:offset + self.max_frames], tokens[offset:offset + self.max_frames]
 
         pool = self.prompt_pool(ident)
         k = int(torch.randint(0, len(pool), ()).item()) if rng is None else int(rng.integers(0, len(pool)))
@@ -126,7 +126,7 @@ class MelTokenDataset(torch.utils.data.Dataset):
         pmel = self.mel(prompt_id)
         p0 = self._start(pmel.shape[1], self.prompt_frames, rng)
         prompt = pmel[:, p0:p0 + self.prompt_frames]
-        return dict(id=ident, x1=x1, tokens=tok, speaker=self.corpus.speaker_id(row["speaker"]), prompt=prompt,
+        return dict(id=ident, z_1=z_1, tokens=tok, speaker=self.corpus.speaker_id(row["speaker"]), prompt=prompt,
                     text=str(row["text"]), prompt_id=prompt_id, offset=offset)
 
 
@@ -144,7 +144,7 @@ def _pad(tensors: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Batch :class:`MelTokenDataset` items (see the module docstring).
 
-    Returns ``ids`` list[str], ``x1`` [B, 80, T], ``tokens`` [B, T] (pad 0), ``mask`` [B, T]
+    Returns ``ids`` list[str], ``z_1`` [B, 80, T], ``tokens`` [B, T] (pad 0), ``mask`` [B, T]
     bool, ``prompt`` [B, 80, Tp], ``prompt_mask`` [B, Tp] bool, ``speaker`` [B] long,
     ``lengths`` [B] long, ``prompt_lengths`` [B] long, ``texts`` list[str], ``prompt_ids``
     list[str].
@@ -152,13 +152,13 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if not items:
         raise ValueError("collate: empty batch")
     for it in items:
-        if it["x1"].shape[-1] != it["tokens"].shape[-1]:
-            raise ValueError(f"item {it['id']!r}: x1 has {it['x1'].shape[-1]} frames, tokens {it['tokens'].shape[-1]}")
-    x1, mask = _pad([it["x1"] for it in items])
+        if it["z_1"].shape[-1] != it["tokens"].shape[-1]:
+            raise ValueError(f"item {it['id']!r}: z_1 has {it['z_1'].shape[-1]} frames, tokens {it['tokens'].shape[-1]}")
+    z_1, mask = _pad([it["z_1"] for it in items])
     tokens, _ = _pad([it["tokens"] for it in items])
     prompt, prompt_mask = _pad([it["prompt"] for it in items])
     return dict(
-        ids=[it["id"] for it in items], x1=x1, tokens=tokens, mask=mask, prompt=prompt, prompt_mask=prompt_mask,
+        ids=[it["id"] for it in items], z_1=z_1, tokens=tokens, mask=mask, prompt=prompt, prompt_mask=prompt_mask,
         speaker=torch.tensor([it["speaker"] for it in items], dtype=torch.long),
         lengths=mask.sum(1), prompt_lengths=prompt_mask.sum(1), texts=[it["text"] for it in items],
         prompt_ids=[it.get("prompt_id", "") for it in items],

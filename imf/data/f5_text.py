@@ -96,7 +96,7 @@ def infill_cond(x_1: Tensor, text: Tensor, mask: Tensor, span: Tensor) -> dict[s
 
 
 class F5Dataset(torch.utils.data.Dataset):
-    """(audio file, transcript) pairs -> ``{"id", "x1": F5 mel (n_mels, N), "text": str}``, mels cached in memory.
+    """(audio file, transcript) pairs -> ``{"id", "z_1": F5 mel (n_mels, N), "text": str}``, mels cached in memory.
 
     ``max_frames`` crops longer utterances (their start, so the transcript still matches the
     beginning; 0 keeps everything). Build it from a table with :meth:`from_manifest` or from a
@@ -139,20 +139,20 @@ class F5Dataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         ident, _, text = self.items[i]
-        return {"id": ident, "x1": self.mel(i), "text": text}
+        return {"id": ident, "z_1": self.mel(i), "text": text}
 
 
 def make_collate(text: F5Text):
-    """A collate function: items -> ``{"ids", "x1" (B, C, N) zero-padded, "mask" (B, N), "lengths" (B,),
+    """A collate function: items -> ``{"ids", "z_1" (B, C, N) zero-padded, "mask" (B, N), "lengths" (B,),
     "text" (B, Nt) F5 ids}``."""
 
     def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        lengths = torch.tensor([it["x1"].shape[-1] for it in items])
-        n, c = int(lengths.max()), items[0]["x1"].shape[0]
-        x1 = torch.zeros(len(items), c, n)
+        lengths = torch.tensor([it["z_1"].shape[-1] for it in items])
+        n, c = int(lengths.max()), items[0]["z_1"].shape[0]
+        z_1 = torch.zeros(len(items), c, n)
         for j, it in enumerate(items):
-            x1[j, :, : it["x1"].shape[-1]] = it["x1"]
-        return {"ids": [it["id"] for it in items], "x1": x1, "lengths": lengths,
+            z_1[j, :, : it["z_1"].shape[-1]] = it["z_1"]
+        return {"ids": [it["id"] for it in items], "z_1": z_1, "lengths": lengths,
                 "mask": torch.arange(n)[None] < lengths[:, None], "text": text.ids([it["text"] for it in items])}
 
     return collate

@@ -240,7 +240,7 @@ def generator_batch(data: TokenWaveDataset, batch: dict[str, list], cfg: T2WData
                     g: torch.Generator) -> dict[str, Any]:
     """Random crops of at most ``max_frames`` latent frames + prompts of a :func:`collate_waves` batch.
 
-    Returns ``x1`` (B, C, L) standardised latents, ``cond`` {tokens (B, L), mask (B, L), prompt
+    Returns ``z_1`` (B, C, L) standardised latents, ``cond`` {tokens (B, L), mask (B, L), prompt
     (B, C, Lp), prompt_mask (B, Lp)}, ``starts`` / ``lengths`` (B,) frames.
     """
     lat, tok, prompts, starts = [], [], [], []
@@ -250,10 +250,10 @@ def generator_batch(data: TokenWaveDataset, batch: dict[str, list], cfg: T2WData
         tok.append(tokens[f:f + cfg.max_frames])
         prompts.append(data.prompt(data.index[ident], cfg.prompt_frames, g)[0])
         starts.append(f)
-    x1, mask = pad_stack(lat)
+    z_1, mask = pad_stack(lat)
     tokens, _ = pad_stack(tok)
     prompt, prompt_mask = pad_stack(prompts)
-    return {"x1": x1, "cond": {"tokens": tokens, "mask": mask, "prompt": prompt, "prompt_mask": prompt_mask},
+    return {"z_1": z_1, "cond": {"tokens": tokens, "mask": mask, "prompt": prompt, "prompt_mask": prompt_mask},
             "starts": torch.tensor(starts), "lengths": mask.sum(1)}
 
 

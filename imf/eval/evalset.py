@@ -21,14 +21,14 @@ from imf.data.waves import TokenWaveDataset, pad_stack
 class EvalSet:
     """A padded batch of evaluation utterances with their fixed noise.
 
-    ids: N utterance ids; x1: (N, C, T) normalised real mel (token2mel) or standardised VAE
+    ids: N utterance ids; z_1: (N, C, T) normalised real mel (token2mel) or standardised VAE
     latent (Token2Wav); mask: (N, T); cond: batch-first conditioning; z_0: (N, C, T) noise from
     the eval generator; corpus: for (de)normalising and the real audio; texts, speakers (N,)
     speaker ids, prompt_ids: for the judges. Waveform (latent) sets also hold wavs: N real
     waveforms (T_i * stride,) zero-padded to whole latent frames, and n_samples: their real lengths.
     """
     ids: list[str]
-    x1: Tensor
+    z_1: Tensor
     mask: Tensor
     cond: dict[str, Tensor]
     z_0: Tensor
@@ -52,12 +52,12 @@ class EvalSet:
 
     def real_logmel(self) -> Tensor:
         if self.wavs:
-            raise ValueError("a waveform (latent) eval set has no mels: x1 holds VAE latents")
-        return self.corpus.denormalize(self.x1) * self.mask[:, None]
+            raise ValueError("a waveform (latent) eval set has no mels: z_1 holds VAE latents")
+        return self.corpus.denormalize(self.z_1) * self.mask[:, None]
 
     def subset(self, idx: Sequence[int]) -> "EvalSet":
         idx_t = torch.as_tensor(list(idx))
-        return EvalSet([self.ids[i] for i in idx], self.x1[idx_t], self.mask[idx_t],
+        return EvalSet([self.ids[i] for i in idx], self.z_1[idx_t], self.mask[idx_t],
                        {k: v[idx_t] for k, v in self.cond.items()}, self.z_0[idx_t], self.corpus,
                        [self.texts[i] for i in idx] if self.texts else [],
                        None if self.speakers is None else self.speakers[idx_t],
@@ -81,9 +81,9 @@ def make_eval_set(corpus, split: str = "test", n: int = 32, seed: int = 1234, ma
         raise ValueError(f"no utterance of split {split!r} fits in max_frames={max_frames}")
     order = fits[:n]
     batch = collate([ds[i] for i in order])
-    z_0 = torch.randn(batch["x1"].shape, generator=g) * batch["mask"][:, None]
+    z_0 = torch.randn(batch["z_1"].shape, generator=g) * batch["mask"][:, None]
     cond = {k: batch[k] for k in ("tokens", "mask", "prompt", "prompt_mask")}
-    return EvalSet(batch["ids"], batch["x1"], batch["mask"], cond, z_0, corpus, batch.get("texts", []),
+    return EvalSet(batch["ids"], batch["z_1"], batch["mask"], cond, z_0, corpus, batch.get("texts", []),
                    batch.get("speaker"), batch.get("prompt_ids", []))
 
 
@@ -92,7 +92,7 @@ def make_latent_eval_set(data: TokenWaveDataset, n: int, seed: int = 1234, promp
     """``n`` whole utterances of ``data`` (latents attached; at most ``max_frames`` latent frames
     if > 0) picked by a seeded shuffle; prompts deterministic per id; noise from its own generator.
 
-    x1 (N, C, T) standardised latents, cond {tokens (N, T), mask (N, T), prompt (N, C, Tp),
+    z_1 (N, C, T) standardised latents, cond {tokens (N, T), mask (N, T), prompt (N, C, Tp),
     prompt_mask (N, Tp)}, z_0 (N, C, T) zero on padded frames, wavs / n_samples the real audio.
     """
     data.require_latents()
@@ -103,11 +103,11 @@ def make_latent_eval_set(data: TokenWaveDataset, n: int, seed: int = 1234, promp
         raise ValueError(f"no utterance of split {data.split!r} fits the eval set (max_frames={max_frames})")
     items = [data.items[i] for i in order]
     prompts = [data.prompt(i, prompt_frames, None) for i in order]
-    x1, mask = pad_stack([it["latent"] for it in items])
+    z_1, mask = pad_stack([it["latent"] for it in items])
     tokens, _ = pad_stack([it["tokens"] for it in items])
     prompt, prompt_mask = pad_stack([p[0] for p in prompts])
-    z_0 = torch.randn(x1.shape, generator=g) * mask[:, None]
+    z_0 = torch.randn(z_1.shape, generator=g) * mask[:, None]
     cond = {"tokens": tokens, "mask": mask, "prompt": prompt, "prompt_mask": prompt_mask}
-    return EvalSet([it["id"] for it in items], x1, mask, cond, z_0, data.corpus, [it["text"] for it in items],
+    return EvalSet([it["id"] for it in items], z_1, mask, cond, z_0, data.corpus, [it["text"] for it in items],
                    torch.tensor([it["speaker"] for it in items]), [p[1] for p in prompts],
                    [it["wav"] for it in items], [it["n_samples"] for it in items])

@@ -167,7 +167,7 @@ def make_f5_eval_set(dataset, collate, n: int = 16, seed: int = 1234, frac: tupl
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(dataset), generator=g)[:n].tolist()
     batch = collate([dataset[i] for i in order])
-    span = span_mask(batch["lengths"], frac, batch["x1"].shape[-1], g) & batch["mask"]
-    z_0 = torch.randn(batch["x1"].shape, generator=g) * batch["mask"][:, None]
-    return EvalSet(list(batch["ids"]), batch["x1"], span, infill_cond(batch["x1"], batch["text"], batch["mask"], span),
+    span = span_mask(batch["lengths"], frac, batch["z_1"].shape[-1], g) & batch["mask"]
+    z_0 = torch.randn(batch["z_1"].shape, generator=g) * batch["mask"][:, None]
+    return EvalSet(list(batch["ids"]), batch["z_1"], span, infill_cond(batch["z_1"], batch["text"], batch["mask"], span),
                    z_0, RawMel(), [dataset.items[i][2] for i in order] if hasattr(dataset, "items") else [])

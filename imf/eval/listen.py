@@ -206,7 +206,7 @@ class Comparison:
             wavs = [es.corpus.load_wav(i).float() for i in es.ids]
         elif name == COPY:
             x_log = real
-            wavs = self._voc.wavs(es, es.x1)
+            wavs = self._voc.wavs(es, es.z_1)
         else:
             system = self.systems[name]
             x, calls, seconds = generate(system.model, es, self.grids[name][key[1]], system.method, self.batch_size)

@@ -35,31 +35,31 @@ def time_call(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> fl
     return statistics.median(times)
 
 
-def _sample_call(system: System, nfe: int, x_0: torch.Tensor, cond: dict) -> Callable[[], object]:
+def _sample_call(system: System, nfe: int, z_0: torch.Tensor, cond: dict) -> Callable[[], object]:
     grid = system.grid(nfe)
-    return lambda: sample(system.model, x_0, grid, cond, method=system.method)
+    return lambda: sample(system.model, z_0, grid, cond, method=system.method)
 
 
 @torch.no_grad()
-def speed_table(teacher, student, x_0: torch.Tensor, cond: dict, cfg_scale: float = 2.0,
+def speed_table(teacher, student, z_0: torch.Tensor, cond: dict, cfg_scale: float = 2.0,
                 teacher_nfe: int = 32, student_nfes: Sequence[int] = (1, 2, 4), repeats: int = 3,
                 extra: Sequence[System] = ()) -> pd.DataFrame:
     """Seconds per batch for the guided teacher and the student at several NFE, on one batch
-    ``x_0`` (B, C, T) with ``cond``; each time is the median of ``repeats`` after one warm-up.
+    ``z_0`` (B, C, T) with ``cond``; each time is the median of ``repeats`` after one warm-up.
 
     Returns a table with ``seconds`` and ``speedup`` (guided teacher time / row time).
     ``extra`` adds systems, each timed at ``student_nfes`` on its own grid rule.
     """
     ref = System(f"teacher + CFG {cfg_scale:g}", Guided(teacher, cfg_scale))
-    t_ref = time_call(_sample_call(ref, teacher_nfe, x_0, cond), repeats)
+    t_ref = time_call(_sample_call(ref, teacher_nfe, z_0, cond), repeats)
     rows = [{"system": ref.name, "nfe": teacher_nfe, "seconds": t_ref}]
     plain = System("teacher (no CFG)", teacher)
     rows.append({"system": plain.name, "nfe": teacher_nfe,
-                 "seconds": time_call(_sample_call(plain, teacher_nfe, x_0, cond), repeats)})
+                 "seconds": time_call(_sample_call(plain, teacher_nfe, z_0, cond), repeats)})
     for system in [System("IntMeanFlow student", student), *extra]:
         for n in student_nfes:
             rows.append({"system": system.name, "nfe": n,
-                         "seconds": time_call(_sample_call(system, n, x_0, cond), repeats)})
+                         "seconds": time_call(_sample_call(system, n, z_0, cond), repeats)})
     df = pd.DataFrame(rows)
     df["speedup"] = t_ref / df["seconds"]
     return df

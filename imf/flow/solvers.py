@@ -82,27 +82,27 @@ def _times(t: Tensor, b: int, like: Tensor) -> Tensor:
 @torch.no_grad()
 def sample(
     model: VelocityModel,
-    x_0: Tensor,
+    z_0: Tensor,
     time_grid: Tensor,
     cond: Cond,
     method: str = "euler",
     return_path: bool = False,
 ) -> tuple[Tensor, int] | tuple[Tensor, int, list[Tensor]]:
-    """Integrate ``dx/dt = model(x, t)`` from ``x_0`` (noise, t=0) along ``time_grid`` to t=1.
+    """Integrate ``dx/dt = model(x, t)`` from ``z_0`` (noise, t=0) along ``time_grid`` to t=1.
 
     ``euler``: ``x_{k+1} = x_k + (t_{k+1} - t_k) model(x_k, t=t_k, r=t_{k+1})`` — for a
     teacher this is Euler, for an average-velocity student it is its exact jump rule.
     ``midpoint``: second order, treating the model as instantaneous (``r=None``).
 
     Args:
-        x_0: (B, ...) noise.  time_grid: (K+1,) increasing 0 -> 1.
+        z_0: (B, ...) noise.  time_grid: (K+1,) increasing 0 -> 1.
     Returns:
         ``(x_1, nfe)`` with ``nfe`` the number of model calls (K for euler, 2K for midpoint),
         plus the list of intermediate states if ``return_path``.
     """
     g = validate_grid(time_grid)
-    b = x_0.shape[0]
-    x = x_0
+    b = z_0.shape[0]
+    x = z_0
     nfe = 0
     path = [x]
     for k in range(len(g) - 1):

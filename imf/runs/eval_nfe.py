@@ -95,7 +95,7 @@ def audio_vs_nfe(wb: Opened, curves: NFECurves, judges: Sequence[str] = ("wer", 
     aj = AudioJudges(wb.vocoder(vocoder_run, fallback=False), make_judges(JudgesConfig(judges=tuple(judges))),
                      wer_voices())
     rows = [{"system": "real recordings", "nfe": 0, **aj.real_audio(es)},
-            {"system": "vocoder copy-synthesis", "nfe": 0, **aj(es, es.x1)}]
+            {"system": "vocoder copy-synthesis", "nfe": 0, **aj(es, es.z_1)}]
     keys = [(curves.guided_name, n) for n in E["teacher_nfes"]] + [(STUDENT, n) for n in E["student_nfes"]]
     for key in keys:
         rows.append({"system": key[0], "nfe": key[1], **aj(es, curves.outputs[key])})

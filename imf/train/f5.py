@@ -59,11 +59,11 @@ def f5_objective(teacher: Any, imf_cfg: IMFConfig, cfg: F5DistillConfig = F5Dist
 
     def objective(student, batch, g):
         device = next(student.parameters()).device
-        span = span_mask(batch["lengths"], (cfg.frac_min, cfg.frac_max), batch["x1"].shape[-1], g)
+        span = span_mask(batch["lengths"], (cfg.frac_min, cfg.frac_max), batch["z_1"].shape[-1], g)
         batch = _to(dict(batch, span=span), device)
         span = batch["span"] & batch["mask"]
-        cond = infill_cond(batch["x1"], batch["text"], batch["mask"], span)
-        loss, logs = intmeanflow_loss(student, teacher, batch["x1"], cond, span, imf_cfg, g)
+        cond = infill_cond(batch["z_1"], batch["text"], batch["mask"], span)
+        loss, logs = intmeanflow_loss(student, teacher, batch["z_1"], cond, span, imf_cfg, g)
         return loss, {**logs, "span_frac": span.float().sum().item() / batch["mask"].float().sum().item()}
 
     return objective

@@ -72,7 +72,7 @@ def train_teacher(corpus, run_dir: str | Path, model_cfg: Token2MelConfig, train
     model = Token2Mel(model_cfg)
 
     def objective(m, batch, g):
-        return cfm_loss(m, batch["x1"], cond_of(batch), batch["mask"], cfm_cfg, g)
+        return cfm_loss(m, batch["z_1"], cond_of(batch), batch["mask"], cfm_cfg, g)
 
     trainer = Trainer(run_dir, model, objective, train_dataset(corpus, data_cfg, train_cfg.seed), collate,
                       train_cfg, extra_config={"cfm": cfm_cfg.to_dict(), "data": data_cfg.to_dict(),
@@ -107,7 +107,7 @@ def distill(corpus, teacher_ckpt: str | Path, run_dir: str | Path, train_cfg: Tr
         cond = cond_of(batch)
         # the frozen teacher's text/speaker encodings are computed once per batch, not per sub-step
         teacher_cond = teacher.encode_cond(cond) if hasattr(teacher, "encode_cond") else cond
-        return intmeanflow_loss(m, guided, batch["x1"], cond, batch["mask"], imf_cfg, g, teacher_cond=teacher_cond)
+        return intmeanflow_loss(m, guided, batch["z_1"], cond, batch["mask"], imf_cfg, g, teacher_cond=teacher_cond)
 
     trainer = Trainer(run_dir, student, objective, train_dataset(corpus, data_cfg, train_cfg.seed), collate,
                       train_cfg, params=params,
@@ -138,7 +138,7 @@ def train_meanflow(corpus, run_dir: str | Path, train_cfg: TrainConfig, mf_cfg: 
     params = freeze(model, freeze_mode)
 
     def objective(m, batch, g):
-        return meanflow_loss(m, batch["x1"], cond_of(batch), batch["mask"], mf_cfg, g)
+        return meanflow_loss(m, batch["z_1"], cond_of(batch), batch["mask"], mf_cfg, g)
 
     trainer = Trainer(run_dir, model, objective, train_dataset(corpus, data_cfg, train_cfg.seed), collate,
                       train_cfg, params=params,

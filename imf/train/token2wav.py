@@ -157,8 +157,8 @@ def train_generator(data: TokenWaveDataset, run_dir: str | Path, kind: str, mode
     def objective(m, batch, g):
         b = generator_batch(data, batch, data_cfg, g)
         if kind == "fm":
-            return cfm_loss(m, b["x1"], b["cond"], b["cond"]["mask"], cfm_cfg, g)
-        return meanflow_loss(m, b["x1"], b["cond"], b["cond"]["mask"], mf_cfg, g)
+            return cfm_loss(m, b["z_1"], b["cond"], b["cond"]["mask"], cfm_cfg, g)
+        return meanflow_loss(m, b["z_1"], b["cond"], b["cond"]["mask"], mf_cfg, g)
 
     extra = {"objective": kind, "data": data_cfg.to_dict(), "corpus": str(data.corpus.root),
              "latents": data.latent_source}
@@ -183,7 +183,7 @@ def distill_generator(data: TokenWaveDataset, teacher_ckpt: str | Path, run_dir:
 
     def objective(m, batch, g):
         b = generator_batch(data, batch, data_cfg, g)
-        return intmeanflow_loss(m, guided, b["x1"], b["cond"], b["cond"]["mask"], imf_cfg, g)
+        return intmeanflow_loss(m, guided, b["z_1"], b["cond"], b["cond"]["mask"], imf_cfg, g)
 
     trainer = Trainer(run_dir, student, objective, data, collate_waves, train_cfg, params=params,
                       extra_config={"imf": imf_cfg.to_dict(), "data": data_cfg.to_dict(), "freeze": freeze_mode,

@@ -127,7 +127,7 @@ class RefineObjective(nn.Module):
 
     def forward(self, model: Token2Wav, batch: dict[str, Any], g: torch.Generator):
         b = generator_batch(self.data, batch, self.data_cfg, g)
-        z_0 = torch.randn(b["x1"].shape, generator=g)
+        z_0 = torch.randn(b["z_1"].shape, generator=g)
         with torch.set_grad_enabled(self.joint and torch.is_grad_enabled()):
             x = model.one_step(z_0, b["cond"])
         seg = self.data_cfg.seg_frames
