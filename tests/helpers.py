@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from imf.flow.objectives import meanflow_target
 from imf.models import Token2Mel, Token2MelConfig
 
 
@@ -72,3 +73,18 @@ def collate(items):
         "prompt_mask": torch.ones(len(items), items[0]["prompt"].shape[1], dtype=torch.bool),
         "speaker": torch.tensor([it["speaker"] for it in items]),
     }
+
+
+def jvp_and_finite_differences(model, cond, channels: int, b: int = 2, n: int = 7, eps: float = 1e-6):
+    """The MeanFlow target's total derivative du/dt along (v, 1) on (z, t) (one forward-mode JVP,
+    recovered as ``(u_tgt - v) / (r - t)``) and central finite differences of the same, float64:
+    ``(dudt, fd)``, each (b, channels, n)."""
+    z = torch.randn(b, channels, n, dtype=torch.float64)
+    v = torch.randn(b, channels, n, dtype=torch.float64)
+    t = torch.tensor([0.2, 0.5], dtype=torch.float64)[:b]
+    r = torch.tensor([0.7, 0.9], dtype=torch.float64)[:b]
+    _, u_tgt = meanflow_target(model, z, t, r, v, cond)
+    dudt = (u_tgt - v) / (r - t)[:, None, None]
+    f = lambda s: model(z + s * v, t=t + s, r=r, cond=cond)
+    return dudt, (f(eps) - f(-eps)) / (2 * eps)
+

@@ -5,7 +5,7 @@ import torch
 from imf.flow import objectives
 from imf.flow.objectives import MeanFlowConfig, meanflow_loss, meanflow_target
 from imf.models import student_from_teacher
-from tests.helpers import make_cond, tiny_model
+from tests.helpers import jvp_and_finite_differences, make_cond, tiny_model
 
 
 def test_jvp_matches_finite_differences_float64():
@@ -15,15 +15,7 @@ def test_jvp_matches_finite_differences_float64():
     b, n = 2, 7
     cond = make_cond(b, n, n_mels=8)
     cond["prompt"] = cond["prompt"].double()
-    z = torch.randn(b, 8, n, dtype=torch.float64)
-    v = torch.randn(b, 8, n, dtype=torch.float64)
-    t = torch.tensor([0.2, 0.5], dtype=torch.float64)
-    r = torch.tensor([0.7, 0.9], dtype=torch.float64)
-    u, u_tgt = meanflow_target(model, z, t, r, v, cond)
-    dudt = (u_tgt - v) / (r - t)[:, None, None]
-    eps = 1e-6
-    f = lambda s: model(z + s * v, t=t + s, r=r, cond=cond)
-    fd = (f(eps) - f(-eps)) / (2 * eps)
+    dudt, fd = jvp_and_finite_differences(model, cond, 8, b, n)
     assert torch.allclose(dudt, fd, rtol=1e-5, atol=1e-7)
 
 

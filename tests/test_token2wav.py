@@ -16,8 +16,7 @@ from imf.eval.speed import rtf_table
 from imf.eval.systems import System, synthesize, waveforms
 from imf.eval.token2wav import build_systems
 from imf.flow import schedules
-from imf.flow.objectives import (CFMConfig, IMFConfig, MeanFlowConfig, cfm_loss, intmeanflow_loss, meanflow_loss,
-                                 meanflow_target)
+from imf.flow.objectives import CFMConfig, IMFConfig, MeanFlowConfig, cfm_loss, intmeanflow_loss, meanflow_loss
 from imf.flow.solvers import Guided
 from imf.models import student_from_teacher
 from imf.models.dit import DiT1D, DiTConfig
@@ -26,7 +25,7 @@ from imf.models.vae import VAEConfig, WaveVAE, pad_to_stride
 from imf.train import token2wav as T
 from imf.train.trainer import TrainConfig
 from imf.train.wave_losses import RefineObjective, T2WLossConfig, VAEObjective
-from tests.helpers import Counting
+from tests.helpers import Counting, jvp_and_finite_differences
 
 SR, STRIDE = 16000, 640
 VAE_CFG = VAEConfig(latent_dim=8, enc_dim=16, enc_layers=1, dec_dim=16, dec_low_layers=1, dec_layers=1)
@@ -189,15 +188,7 @@ def test_dit_jvp_matches_finite_differences_float64():
     cond = cond_of(b, n)
     cond["mask"][1, 7:] = False
     cond["prompt"] = cond["prompt"].double()
-    z = torch.randn(b, 8, n, dtype=torch.float64)
-    v = torch.randn(b, 8, n, dtype=torch.float64)
-    t = torch.tensor([0.2, 0.5], dtype=torch.float64)
-    r = torch.tensor([0.7, 0.9], dtype=torch.float64)
-    _, u_tgt = meanflow_target(m, z, t, r, v, cond)
-    dudt = (u_tgt - v) / (r - t)[:, None, None]
-    eps = 1e-6
-    f = lambda s: m(z + s * v, t=t + s, r=r, cond=cond)
-    fd = (f(eps) - f(-eps)) / (2 * eps)
+    dudt, fd = jvp_and_finite_differences(m, cond, 8, b, n)
     assert fd.abs().max() > 1e-3  # a non-trivial derivative
     assert torch.allclose(dudt, fd, rtol=1e-5, atol=1e-7)
 
