@@ -20,7 +20,7 @@ from imf.core.checkpoints import load_model  # noqa: E402
 from imf.data.f5_text import (F5Dataset, F5Text, estimate_frames, f5_mel, infill_cond, make_collate,  # noqa: E402
                               prompt_text_with_pause, span_mask)
 from imf.eval.f5 import F5GriffinLim, speak_f5  # noqa: E402
-from imf.flow.objectives import IMFConfig, intmeanflow_loss  # noqa: E402
+from imf.flow.objectives import IMFConfig  # noqa: E402
 from imf.flow.schedules import epss_f5, uniform  # noqa: E402
 from imf.flow.solvers import Guided, sample  # noqa: E402
 from imf.models.backbones import F5Backbone, F5Config, f5_model_config, make_student  # noqa: E402

@@ -7,7 +7,6 @@ Time convention: see :mod:`imf.flow.paths` (noise t=0 -> data t=1).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable, Mapping
 
 import torch

@@ -11,7 +11,6 @@ Published MeanFlow code runs time the other way (data at 0); convert with ``t ->
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from imf.core.config import Config, require
 from imf.models.checks import check_inputs
-from imf.models.layers import ConvNeXtBlock, PromptConditioned
+from imf.models.layers import PromptConditioned
 
 
 @dataclasses.dataclass(frozen=True)
