@@ -37,7 +37,7 @@ reproduce: env
 	$(BIN)/python -m imf.runs.pipeline --profile $(PROFILE)
 
 lab: env
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR)  # notebooks/ and the executed copies in results/runs/
 
 bench: env
 	$(BIN)/python -m imf.runs.bench --profile $(PROFILE)

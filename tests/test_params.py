@@ -165,3 +165,22 @@ def test_pipeline_sweeps_leftovers_of_killed_writes_before_running(tmp_path, mon
     monkeypatch.setattr(pipeline, "build_readme", lambda: None)
     assert pipeline.main(["--profile", "tiny", "--only", "00_corpus"]) == 0
     assert ran == [("00_corpus", [False, False])] and kept.exists()
+
+
+def test_executed_copies_are_signed_so_they_open_trusted(tmp_path, monkeypatch):
+    """papermill's copies open untrusted (frozen progress bars, widgets as text); the pipeline signs them
+    with the user's notary. An unsigned or edited copy is not trusted: the check can fail."""
+    import nbformat
+    from nbformat.sign import NotebookNotary
+
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter"))
+    path = tmp_path / "x.ipynb"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)", outputs=[
+        nbformat.v4.new_output("display_data", data={"text/html": "<b>widget</b>"})])])
+    nbformat.write(nb, str(path))
+    assert not NotebookNotary().check_signature(nbformat.read(str(path), as_version=4))
+    pipeline.trust(path)
+    assert NotebookNotary().check_signature(nbformat.read(str(path), as_version=4))
+    nb.cells[0].outputs[0].data["text/html"] = "<b>tampered</b>"
+    nbformat.write(nb, str(path))
+    assert not NotebookNotary().check_signature(nbformat.read(str(path), as_version=4))

@@ -72,7 +72,21 @@ def run_notebook(name: str, out_dir: str | os.PathLike, parameters: dict[str, An
             raise
     if failed.exists():
         failed.unlink()
+    trust(out)
     return out
+
+
+def trust(path: str | os.PathLike) -> None:
+    """Sign an executed notebook with this user's Jupyter notary, as JupyterLab's "Trust" does.
+
+    papermill's copies are otherwise untrusted when opened: their widget views and progress bars
+    show as frozen text until the reader trusts them by hand. The signature is kept in the
+    user's Jupyter data folder (``$JUPYTER_DATA_DIR``), so it holds for whoever ran the pipeline.
+    """
+    import nbformat
+    from nbformat.sign import NotebookNotary
+
+    NotebookNotary().sign(nbformat.read(str(path), as_version=4))
 
 
 def available() -> list[str]:
