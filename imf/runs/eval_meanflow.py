@@ -24,6 +24,7 @@ from imf.eval.sweep import nfe_sweep
 from imf.eval.systems import System, guided
 from imf.flow.objectives import MeanFlowConfig
 from imf.models import Token2MelConfig
+from imf.runs.distill import stitch_histories
 from imf.runs.open import Opened
 from imf.runs.profiles import runs_dir
 from imf.train.token2mel import train_meanflow
@@ -75,12 +76,12 @@ def stage_history(ckpt: str | Path) -> StageHistory:
     """The history of the student checkpoint ``ckpt``, stitched after its first stage's when it is a
     second-stage student (its config's ``init``)."""
     state = load_checkpoint(ckpt)
-    history = pd.DataFrame(state["history"])
-    stage1, stage1_steps = state["config"].get("init"), 0
+    stage1, stage1_steps, rows = state["config"].get("init"), 0, state["history"]
     if stage1:
-        h1 = pd.DataFrame(load_checkpoint(stage1)["history"])
-        stage1_steps = int(h1.step.max())
-        history = pd.concat([h1, history.assign(step=history.step + stage1_steps)], ignore_index=True)
+        h1 = load_checkpoint(stage1)["history"]
+        stage1_steps = max(h["step"] for h in h1)
+        rows = stitch_histories(h1, rows, stage1_steps)
+    history = pd.DataFrame(rows)
     return StageHistory(history, stage1 or None, stage1_steps, int(history.step.max()))
 
 

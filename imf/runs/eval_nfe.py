@@ -26,7 +26,7 @@ from imf.eval.sweep import nfe_sweep
 from imf.eval.systems import System, guided
 from imf.flow import schedules
 from imf.runs.open import Opened
-from imf.runs.sections_eval import Timings, has_run
+from imf.runs.sections_eval import Timings
 from imf.runs.voices import wer_voices
 from imf.viz.plots import plot_metric_vs_nfe, plot_samples
 
@@ -88,8 +88,9 @@ def audio_vs_nfe(wb: Opened, curves: NFECurves, judges: Sequence[str] = ("wer", 
 
     An empty table (and a printed reason) without ``judges`` or without a trained vocoder.
     """
-    if not judges or not has_run(wb, vocoder_run):
-        print(f"no audio judges: JUDGES={list(judges)!r}, vocoder run {vocoder_run!r} trained: {has_run(wb, vocoder_run)}")
+    trained = wb.vocoder_checkpoint(vocoder_run) is not None
+    if not judges or not trained:
+        print(f"no audio judges: JUDGES={list(judges)!r}, vocoder run {vocoder_run!r} trained: {trained}")
         return pd.DataFrame()
     E, es = wb.P["eval"], wb.es
     aj = AudioJudges(wb.vocoder(vocoder_run, fallback=False), make_judges(JudgesConfig(judges=tuple(judges))),

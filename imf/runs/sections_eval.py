@@ -26,7 +26,7 @@ from imf.core.runtime import atomic_write_json, atomic_write_text
 from imf.eval.speed import default_rtf_systems, memory_table, rtf_table, speed_table
 from imf.flow.o3s import HISTORY_COLUMNS, O3SResult
 from imf.flow.schedules import save_grid
-from imf.runs.open import MissingRun, Opened, checkpoint
+from imf.runs.open import Opened
 from imf.runs.voices import wer_voices
 from imf.runs.report import table_md, write_section
 
@@ -57,15 +57,6 @@ def write_o3s_result(res: O3SResult, folder: str | Path) -> Path:
     return folder
 
 
-def has_run(wb: Opened, run: str) -> bool:
-    """Whether ``run`` of the opened profile has a checkpoint."""
-    try:
-        checkpoint(wb.profile, run)
-    except MissingRun:
-        return False
-    return True
-
-
 # ---------------------------------------------------------------------------------------------
 # timing (every call into imf.eval.speed of notebooks 03 and 05)
 # ---------------------------------------------------------------------------------------------
@@ -88,7 +79,7 @@ def speed_and_rtf(wb: Opened, cfg_scale: float, teacher_nfe: int, repeats: int =
     speed = speed_table(wb.teacher, wb.student, es.z_0[:B], {k: v[:B] for k, v in es.cond.items()},
                         cfg_scale=cfg_scale, teacher_nfe=teacher_nfe, repeats=repeats)
     es_b = es.subset(range(min(len(es), B)))
-    trained = has_run(wb, vocoder_run)
+    trained = wb.vocoder_checkpoint(vocoder_run) is not None
     vocoder = wb.vocoder(vocoder_run, fallback=True)
     rtf = rtf_table(default_rtf_systems(wb.teacher, wb.student, cfg_scale), es_b, vocoder, repeats)
     return Timings(speed, rtf, "trained vocoder" if trained else "Griffin-Lim fallback", B, repeats)
