@@ -256,3 +256,29 @@ def test_07_token2wav(tree):
     assert (tree / "results/07_token2wav/token2wav.png").exists()
     assert (tree / "results/runs/07_token2wav.ipynb").read_text().count("<audio") == 6
     assert "07 — one-step Token2Wav" in (tree / "results/README.md").read_text()
+
+
+def test_09_listening_test(tree):
+    """Prepared by papermill (no rater): stimuli cached, no ratings yet; reopened as it is; then two raters'
+    answers (through the package, as the widget gives them) are analysed by the next run."""
+    from imf.eval.listening_test import ListeningTest
+
+    params = {"N_UTTS": 2, "CONDITIONS": ["teacher@4", "student@1", "copy-synthesis"], "REFERENCE": "teacher@4",
+              "TEST": "nb", "N_BOOT": 200}
+    run_notebook("09_listening_test", tree / "results" / "runs", {"PROFILE": "tiny", **params})
+    folder = tree / "results/listening/nb"
+    test = ListeningTest.open(folder)
+    assert sorted(test.conditions.values()) == ["copy-synthesis", "student@1", "teacher@4"] and len(test.utts) == 2
+    assert len(test.audio) == 4 * 2 and all((folder / "audio" / f).stat().st_size > 44 for f in test.audio.values())
+    executed = (tree / "results/runs/09_listening_test.ipynb").read_text()
+    assert "no ratings yet" in executed and "needs a live kernel" in executed
+    stamp = {f: (folder / "audio" / f).stat().st_mtime_ns for f in test.audio.values()}
+    for rater in ("ann", "ben"):
+        for t in test.trials(rater):
+            test.answer(rater, t, 1 if t.kind == "smos" else 0)
+    out = run_notebook("09_listening_test", tree / "results" / "runs", {"PROFILE": "tiny", **params})
+    assert {f: (folder / "audio" / f).stat().st_mtime_ns for f in test.audio.values()} == stamp  # not regenerated
+    cmos, smos = (pd.read_csv(folder / f) for f in ("cmos.csv", "smos.csv"))
+    assert sorted(cmos.condition) == ["copy-synthesis", "student@1"] and (cmos["mean"] == 0).all()
+    assert len(smos) == 3 and (smos["mean"] == 1).all() and (smos.n == 4).all() and (folder / "analysis.png").exists()
+    assert "CMOS PAIRS" in out.read_text() and "image/png" in out.read_text()

@@ -33,6 +33,7 @@ NOTEBOOKS = [
     "05_meanflow_vs_imf",
     "06_listen",
     "07_token2wav",
+    "09_listening_test",  # prepares the stimuli and analyses the ratings so far (the test itself is taken live)
 ]
 
 
