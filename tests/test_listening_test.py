@@ -290,3 +290,21 @@ def test_the_analysis_finds_nothing_where_there_is_nothing():
 def test_the_analysis_of_no_ratings_is_empty(tmp_path):
     a = analyse(RatingStore(tmp_path / "none.csv").read())
     assert all(len(df) == 0 for df in a.values()) and "significant" in a[CMOS].columns
+
+
+def test_the_notebook_parameters_are_checked_before_any_work():
+    from imf.core.config import ConfigError
+    from imf.runs.listening_test import ListeningTestConfig, parse_condition
+
+    assert parse_condition("student@2:sway") == ("student", 2, "sway")
+    assert parse_condition("teacher@32") == ("teacher", 32, "uniform") and parse_condition("ground truth")[1] == 0
+    for bad in ("student", "student@0", "vocoder@1", "student@2:nope"):
+        with pytest.raises((ConfigError, ValueError)):
+            parse_condition(bad)
+    ok = ListeningTestConfig.from_params({"PROFILE": "tiny", "CONDITIONS": ["teacher@4", "student@1"],
+                                          "REFERENCE": "teacher@4", "RATER": "ann"})
+    assert ok.spec()["conditions"] == ["teacher@4", "student@1"] and "rater" not in ok.spec()
+    for bad, name in (({"REFERENCE": "student@9"}, "reference"), ({"CONDITIONS": ["teacher@4"]}, "conditions"),
+                      ({"TEST": "../x"}, "test"), ({"KINDS": ["mos"]}, "kinds"), ({"RATER": "a\nb"}, "rater")):
+        with pytest.raises(ConfigError, match=name):
+            ListeningTestConfig.from_params({"PROFILE": "tiny", **bad})

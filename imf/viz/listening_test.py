@@ -151,7 +151,8 @@ class ListeningTestUI:
         except (OSError, ValueError) as e:
             self.status.value = f"<span style='color:#b00'>not saved: {html.escape(str(e))}</span>"
             return
-        self.status.value = f"<small>saved trial {self.position + 1} ({t.kind.upper()} {value:+d})</small>"
+        self.status.value = (f"<small>saved trial {self.position + 1} ({t.kind.upper()} "
+                             f"{f'{value:+d}' if t.kind == CMOS else value})</small>")
         self.position = next_trial(self.trials, self.test.store.read(), self.rater)
         self.show()
 
