@@ -83,10 +83,11 @@ def test_ratings_are_appended_and_read_back(tmp_path):
     assert len(store.read()) == 0 and list(store.read().columns) == COLUMNS
     r = row(0, rater='odd, "rater"')  # commas and quotes survive the CSV round trip
     store.append(r)
-    store.append(row(1))
+    store.append(rating_row("t", "r", Trial(SMOS, "u1", "c1", "c1"), 5))  # no time measured: NaN seconds
     df = store.read()
-    assert len(df) == 2 and df.rater.tolist() == ['odd, "rater"', "r"] and df.trial.tolist() == ["cmos:c1:u0", "cmos:c1:u1"]
-    assert df.score.tolist() == [1, 1] and (tmp_path / "ratings.csv").read_text().count("\n") == 3
+    assert len(df) == 2 and df.rater.tolist() == ['odd, "rater"', "r"] and df.trial.tolist() == ["cmos:c1:u0", "smos:c1:u1"]
+    assert df.score.tolist() == [1, 5] and df.b.tolist() == ["c1", ""] and (tmp_path / "ratings.csv").read_text().count("\n") == 3
+    assert df.seconds.dtype == float and np.isnan(df.seconds.iloc[1]) and df.answer.dtype == np.int64
     with pytest.raises(ValueError, match="needs"):
         store.append({"rater": "x"})
 

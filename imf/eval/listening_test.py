@@ -201,7 +201,8 @@ class RatingStore:
         if not self.path.exists():
             return pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS})
         df = pd.read_csv(self.path, dtype={c: str for c in ("test", "rater", "trial", "kind", "utt", "a", "b",
-                                                            "condition", "time")}, keep_default_na=False)
+                                                            "condition", "time")},
+                         keep_default_na=False, na_values={"seconds": ["nan", ""]})  # "" stays "" elsewhere
         if list(df.columns) != COLUMNS:
             raise ValueError(f"{self.path}: columns {list(df.columns)}, expected {COLUMNS}")
         return df
