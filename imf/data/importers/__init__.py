@@ -72,14 +72,15 @@ def import_corpus(source: str | os.PathLike, cfg: ImportConfig | None = None, ro
                   progress: bool = True) -> Path:
     """Import ``source`` (see the module docstring) into ``<root or data_dir()>/<name>``; returns that folder.
 
-    ``name``: ``cfg.name`` or ``f"{layout}-{source folder name}"``. A finished import is recognised by its
+    ``name``: ``cfg.name`` or the source folder's name, prefixed ``"<layout>-"`` unless it starts with the layout. A finished import is recognised by its
     config and :func:`source_stamp` (files added deep inside a LibriTTS folder are not: delete the imported
     ``corpus.json`` to rescan; every utterance already imported is reused). Every error (a bad row, a missing
     audio or text file, a missing or misaligned TextGrid) is a :class:`CorpusError` naming the file.
     """
     cfg = cfg or ImportConfig()
     layout, path = resolve_source(source, cfg.layout)
-    name = cfg.name or f"{layout}-{(path.parent if path.is_file() else path).name}"
+    folder = (path.parent if path.is_file() else path).name
+    name = cfg.name or (folder if folder.lower().startswith(layout) else f"{layout}-{folder}")
     out = Path(root or data_dir()) / name
     # what corpus.json records and a re-run compares (JSON types; the worker count changes no file)
     resolved = json.loads(json.dumps(dict(cfg.to_dict(), layout=layout, name=name, source=str(path), workers=0,

@@ -58,7 +58,7 @@ ALIGNMENTS = ("auto", "textgrid", "none")
 @dataclasses.dataclass(frozen=True)
 class ImportConfig(Config):
     layout: str = "auto"  # "auto" (detected) | "ljspeech" | "libritts" | "manifest"; or prefix CORPUS_DIR: "libritts:/data/x"
-    name: str = ""  # folder under the data dir; "" -> f"{layout}-{source folder name}"
+    name: str = ""  # folder under the data dir; "": the source folder's name (prefixed "<layout>-" unless it starts so)
     sample_rate: int = 16000  # Hz: audio is resampled to this rate (the mel front end's)
     min_seconds: float = 0.5  # shorter utterances are dropped (listed in corpus.json)
     max_seconds: float = 20.0  # longer utterances are dropped
