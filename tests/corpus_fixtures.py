@@ -9,10 +9,12 @@ vowels, silence as an empty label).
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import soundfile as sf
 
 from imf.data.build import VOICE_BY_NAME
@@ -84,10 +86,6 @@ def make_ljspeech(root: Path, utts: int = 5, rate: int = 22050, textgrid_dir: Pa
 
 def make_manifest(root: Path, speakers=SPEAKERS[:3], utts: int = 3, rate: int = 16000, suffix: str = ".csv") -> Path:
     """``root/audio/<speaker>_<j>.wav`` and ``root/manifest<suffix>`` (CSV or JSONL: audio, text, speaker)."""
-    import json
-
-    import pandas as pd
-
     (root / "audio").mkdir(parents=True, exist_ok=True)
     rows = []
     for s, name in enumerate(speakers):

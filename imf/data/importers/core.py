@@ -24,6 +24,7 @@ audio, mels and text (vocoder, text2mel); asking it for phone tokens is a :class
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import dataclasses
 import hashlib
@@ -134,7 +135,7 @@ def _finished(root: Path, job: _Job) -> dict[str, Any] | None:
         row = meta["row"]
         if sf.info(str(wav_path)).frames != row["n_samples"]:
             return None
-        if np.load(mel_path, mmap_mode="r").shape != (80, row["n_frames"]):
+        if np.load(mel_path, mmap_mode="r").shape != (MelConfig().n_mels, row["n_frames"]):
             return None
         return row
     except (OSError, ValueError, KeyError, RuntimeError, sf.LibsndfileError):
@@ -278,8 +279,7 @@ def write_corpus(utts: Sequence[Utterance], out: Path, cfg: ImportConfig, layout
                  resolved: dict[str, Any], layout_unseen: Sequence[str] = (), progress: bool = True) -> Path:
     """Import ``utts`` into the corpus folder ``out`` (see the module docstring); returns ``out``."""
     t0 = time.time()
-    ids = [u.id for u in utts]
-    dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+    dup = sorted(i for i, n in collections.Counter(u.id for u in utts).items() if n > 1)
     if dup:
         raise CorpusError(f"{source}: duplicate utterance id(s) {dup[:5]}")
     bad = [u for u in utts if not u.id or "/" in u.id or u.id.startswith(".")]
