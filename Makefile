@@ -33,8 +33,9 @@ test-fast: env
 	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 # Build the corpus and run every notebook with papermill into results/ (profile $(PROFILE)).
+# CORPUS_DIR=<LJSpeech | LibriTTS | manifest.csv>: import that corpus instead of building the embedded one.
 reproduce: env
-	$(BIN)/python -m imf.runs.pipeline --profile $(PROFILE)
+	$(BIN)/python -m imf.runs.pipeline --profile $(PROFILE) $(if $(CORPUS_DIR),--corpus-dir "$(CORPUS_DIR)")
 
 lab: env
 	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR)  # notebooks/ and the executed copies in results/runs/

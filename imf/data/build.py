@@ -340,7 +340,7 @@ def build_corpus(cfg: CorpusConfig | None = None, root: str | os.PathLike | None
     with atomic_path(out / "manifest.csv") as tmp:
         manifest.to_csv(tmp, index=False, lineterminator="\n")
 
-    mean, std = _mel_stats(out, manifest[manifest.split == "train"])
+    mean, std = mel_stats(out, manifest[manifest.split == "train"])
     mel_cfg = MelConfig()
     info = dict(
         config=cfg.resolved(), builder_version=BUILDER_VERSION, sample_rate=SAMPLE_RATE, mel=mel_cfg.to_dict(),
@@ -355,7 +355,7 @@ def build_corpus(cfg: CorpusConfig | None = None, root: str | os.PathLike | None
     return out
 
 
-def _mel_stats(root: Path, rows: pd.DataFrame) -> tuple[list[float], list[float]]:
+def mel_stats(root: Path, rows: pd.DataFrame) -> tuple[list[float], list[float]]:
     """Per-bin mean and std of the raw log-mel over ``rows`` (float64 sums over all frames)."""
     if len(rows) == 0:
         raise CorpusError(f"{root}: the train split is empty: cannot compute mel statistics")

@@ -82,6 +82,7 @@ class Corpus:
         self.mel_mean = torch.tensor(info["mel_mean"], dtype=torch.float32)
         self.mel_std = torch.tensor(info["mel_std"], dtype=torch.float32)
         self._row = {ident: i for i, ident in enumerate(manifest["id"])}
+        self.aligned = bool(info.get("aligned", True))  # False: imported without alignments (no phone tokens)
         self._tokens: dict[str, Tensor] = {}
 
     def __repr__(self) -> str:
@@ -190,8 +191,15 @@ class Corpus:
         return torch.from_numpy(np.ascontiguousarray(wav[:, 0]))
 
     def phone_ids(self, ident: str) -> tuple[Tensor, Tensor]:
-        """(phone ids LongTensor [P], durations in frames LongTensor [P]) of ``ident``."""
+        """(phone ids LongTensor [P], durations in frames LongTensor [P]) of ``ident``.
+
+        A corpus imported without alignments (``corpus.json`` ``aligned: false``) has none: :class:`CorpusError`.
+        """
         row = self.row(ident)
+        if not self.aligned:
+            raise CorpusError(f"{self.root / 'corpus.json'}: imported without alignments, so utterance {ident!r} has no "
+                              "phone tokens (token2mel needs them): import the corpus again with MFA TextGrids "
+                              "(imf.data.importers.ImportConfig textgrid_dir / alignments='textgrid')")
         try:
             ids = [self.phone_id[p] for p in row["phones"].split()]
         except KeyError as e:
@@ -215,17 +223,22 @@ class Corpus:
         return self._tokens[ident]
 
 
-def validate_manifest(manifest: pd.DataFrame, path: Path, hop_length: int = 256) -> None:
+def validate_manifest(manifest: pd.DataFrame, path: Path, hop_length: int = 256, aligned: bool = True) -> None:
     """Raise :class:`CorpusError` naming the line of ``path`` and the utterance of the first bad row.
 
     Per row: no empty field among the required columns, integer ``n_samples`` / ``n_frames``
     (> 0), numeric ``pitch`` / ``rate``, as many integer durations (>= 1) as phones, summing to
-    ``n_frames``, and ``n_frames = 1 + n_samples // hop_length``.
+    ``n_frames``, and ``n_frames = 1 + n_samples // hop_length``. ``aligned=False`` (a corpus imported
+    without alignments): ``phones`` and ``durations`` must be empty and are not checked.
     """
     cols = {c: manifest[c].tolist() for c in _REQUIRED_COLUMNS}
     for i in range(len(manifest)):
         row = {c: cols[c][i] for c in _REQUIRED_COLUMNS}
         where = f"{path} line {i + 2} (utterance {row['id']!r})"
+        if not aligned:
+            if not _missing(row["phones"]) or not _missing(row["durations"]):
+                raise CorpusError(f"{where}: phones/durations given, but corpus.json says the corpus has no alignments")
+            row = {c: v for c, v in row.items() if c not in ("phones", "durations")}
         empty = [c for c, v in row.items() if _missing(v)]
         if empty:
             raise CorpusError(f"{where}: empty field(s) {empty} (a truncated manifest?)")
@@ -241,6 +254,8 @@ def validate_manifest(manifest: pd.DataFrame, path: Path, hop_length: int = 256)
                 ok = False
             if not ok:
                 raise CorpusError(f"{where}: {c} {row[c]!r} is not a number")
+        if not aligned:
+            continue
         phones, durations = str(row["phones"]).split(), str(row["durations"]).split()
         if len(phones) != len(durations):
             raise CorpusError(f"{where}: {len(phones)} phones but {len(durations)} durations")
@@ -334,7 +349,7 @@ def load_corpus(path: str | os.PathLike) -> Corpus:
     if not manifest_path.exists():
         raise CorpusError(f"{manifest_path}: missing")
     try:
-        manifest = pd.read_csv(manifest_path, dtype={"id": str, "phones": str, "durations": str, "text": str},
+        manifest = pd.read_csv(manifest_path, dtype={"id": str, "speaker": str, "phones": str, "durations": str, "text": str},
                                keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError) as e:
         raise CorpusError(f"{manifest_path}: malformed CSV: {e}") from None
@@ -345,7 +360,8 @@ def load_corpus(path: str | os.PathLike) -> Corpus:
     if isinstance(n_utts, int) and len(manifest) != n_utts:
         raise CorpusError(f"{manifest_path}: {len(manifest)} rows, {info_path} records {n_utts} utterances "
                           "(a truncated or edited manifest? rebuild with imf.data.build_corpus)")
-    validate_manifest(manifest, manifest_path, hop_length=info["mel"].get("hop_length", 256))
+    validate_manifest(manifest, manifest_path, hop_length=info["mel"].get("hop_length", 256),
+                      aligned=info.get("aligned", True))
     names = {s.get("name") for s in info["speakers"]}
     for col, known, what in (("split", set(SPLITS), "split"), ("speaker", names, f"speaker (not in {info_path})")):
         bad = ~manifest[col].isin(known)

@@ -21,6 +21,7 @@ from torch import nn
 from imf.core.checkpoints import load_checkpoint, load_model
 from imf.core.runtime import repo_root, setup_threads
 from imf.data import Corpus, CorpusConfig, build_corpus, load_corpus
+from imf.data.importers import ImportConfig, import_corpus, is_built_corpus
 from imf.eval.evalset import EvalSet, make_eval_set
 from imf.models.vocoder import load_vocoder
 from imf.runs.profiles import profile, runs_dir, student_run
@@ -50,10 +51,20 @@ def corpus_of(ckpt: str | Path) -> Corpus:
     return load_corpus(load_checkpoint(ckpt)["config"]["corpus"])
 
 
-def open_corpus(cfg: CorpusConfig, corpus_dir: str | Path = "", root: str | Path = "") -> Corpus:
-    """The corpus a training notebook uses: ``corpus_dir`` if given (a built corpus, e.g. a real one),
-    else the embedded corpus of ``cfg`` built (or reused) under ``root`` (``""``: ``$IMF_DATA`` or ``<repo>/data``)."""
-    return load_corpus(corpus_dir or build_corpus(cfg, root=root or None))
+def open_corpus(cfg: CorpusConfig, corpus_dir: str | Path = "", root: str | Path = "",
+                importer: ImportConfig | None = None) -> Corpus:
+    """The corpus a training notebook uses, found the same way whether embedded or imported.
+
+    ``corpus_dir`` ``""``: the embedded corpus of ``cfg`` built (or reused) under ``root`` (``""``: ``$IMF_DATA``
+    or ``<repo>/data``). A built or imported corpus folder (it has ``corpus.json``): opened as it is. Else a real
+    corpus (LJSpeech, LibriTTS, a CSV/JSONL manifest; ``"<layout>:<path>"`` names the layout): imported with
+    ``importer`` (the profile's ``corpus_import`` section) under ``root``, or reused when already imported.
+    """
+    if not corpus_dir:
+        return load_corpus(build_corpus(cfg, root=root or None))
+    if is_built_corpus(corpus_dir):
+        return load_corpus(corpus_dir)
+    return load_corpus(import_corpus(corpus_dir, importer or ImportConfig(), root=root or None))
 
 
 def relative(path: str | Path) -> str:

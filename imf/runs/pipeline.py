@@ -1,7 +1,8 @@
 """Run the pipeline's notebooks with papermill, in order, into ``results/runs/``.
 
 ``python -m imf.runs.pipeline --profile small`` is what ``make reproduce`` calls. Each notebook
-gets ``PROFILE`` injected into its ``parameters`` cell; its executed copy goes to
+gets ``PROFILE`` injected into its ``parameters`` cell (and ``CORPUS_DIR`` with ``--corpus-dir``, into the
+notebooks that declare it: a real corpus imported by 00_corpus instead of the embedded one); its executed copy goes to
 ``results/runs/<name>.ipynb`` and its artefacts to ``results/<name>/``. A failing notebook
 stops the pipeline with its name; executed copies of earlier notebooks are kept.
 
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from imf.core.runtime import atomic_path, repo_root, sweep_temp_files
-from imf.runs.params import check
+from imf.data.importers import LAYOUTS
+from imf.runs.params import check, declared
 from imf.runs.report import build_readme, results_dir
 
 NOTEBOOKS = [
@@ -120,6 +122,16 @@ def selected(only: list[str] | None, start: str | None) -> list[str]:
     return names
 
 
+def with_corpus_dir(name: str, params: dict[str, Any], corpus_dir: str) -> dict[str, Any]:
+    """``params`` plus ``CORPUS_DIR`` (made absolute: notebooks run in notebooks/) if given and ``name`` declares it."""
+    if not corpus_dir or "CORPUS_DIR" not in declared(notebook_path(name)):
+        return params
+    layout, sep, path = corpus_dir.partition(":")
+    if not (sep and layout in LAYOUTS):
+        layout, path = "", corpus_dir
+    return {**params, "CORPUS_DIR": (f"{layout}:" if layout else "") + str(Path(path).expanduser().resolve())}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="small", choices=["tiny", "small", "paper"])
@@ -127,12 +139,15 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"run only these notebooks (of: {', '.join(NOTEBOOKS)})")
     p.add_argument("--from", dest="start", type=notebook_name, metavar="NOTEBOOK",
                    help="start from this notebook (in pipeline order)")
+    p.add_argument("--corpus-dir", default="", metavar="DIR",
+                   help="a real corpus to import instead of the embedded one (LJSpeech, LibriTTS, a .csv/.jsonl "
+                        "manifest; '<layout>:DIR' names the layout), passed as CORPUS_DIR to the notebooks that declare it")
     args = p.parse_args(argv)
     params = {"PROFILE": args.profile}
     try:  # every notebook and its parameters before any work
         names = selected(args.only, args.start)
         for name in names:
-            check(notebook_path(name), params)
+            check(notebook_path(name), with_corpus_dir(name, params, args.corpus_dir))
     except (FileNotFoundError, ValueError) as e:
         print(f"[imf.runs.pipeline] {e}", file=sys.stderr)
         return 1
@@ -144,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         print(f"[imf.runs.pipeline] {name} (profile {args.profile}) ...", flush=True)
         try:
-            run_notebook(name, out_dir, params)
+            run_notebook(name, out_dir, with_corpus_dir(name, params, args.corpus_dir))
         except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
             print(f"[imf.runs.pipeline] {name} FAILED after {time.time() - t0:.0f}s: {e}", file=sys.stderr)
             print(f"[imf.runs.pipeline] partial copy: {out_dir / (name + '.failed.ipynb')}", file=sys.stderr)

@@ -21,6 +21,7 @@ from imf.runs.sections_config import ProfileConfig, sub_section
 
 _SMALL: dict[str, dict[str, Any]] = {
     "corpus": {"profile": "small"},
+    "corpus_import": {},  # CORPUS_DIR=<LJSpeech | LibriTTS | manifest>: imf.data.importers.ImportConfig
     "data": {"max_frames": 192, "prompt_frames": 96},
     "teacher_model": {"dim": 192, "n_layers": 6, "text_layers": 2, "prompt_layers": 2},
     "teacher_train": {"steps": 1500, "batch_size": 16, "lr": 1e-3, "warmup": 100, "ema_decay": 0.998,
@@ -70,6 +71,7 @@ _SMALL: dict[str, dict[str, Any]] = {
 
 _TINY: dict[str, dict[str, Any]] = {
     "corpus": {"profile": "tiny"},
+    "corpus_import": {},
     "data": {"max_frames": 64, "prompt_frames": 32},
     "teacher_model": {"dim": 32, "n_layers": 2, "text_layers": 1, "prompt_layers": 1},
     "teacher_train": {"steps": 12, "batch_size": 4, "lr": 2e-3, "warmup": 2, "ema_decay": 0.9,

@@ -26,6 +26,20 @@ def corpus_results(corpus, speakers: pd.DataFrame, build_seconds: float, profile
                "corpus": relative(corpus.root)}
     atomic_write_json(section_dir("00_corpus") / "metrics.json", metrics)
     counts = ", ".join(f"{k} {v}" for k, v in metrics["split_counts"].items())
+    if corpus.info.get("importer"):  # a real corpus (imf.data.importers)
+        write_section("00_corpus", f"""## 00 — imported corpus (`notebooks/00_corpus.ipynb`)
+
+`{corpus.info['importer']}` layout from `{corpus.info['source']}`: {metrics['n_utts']} utterances
+({metrics['hours'] * 60:.1f} min, mean {metrics['mean_seconds']:.2f} s) from {metrics['n_speakers']} speakers
+(held out whole as `unseen`: {', '.join(corpus.unseen_speakers) or 'none'}); splits: {counts}; {metrics['dropped']}
+dropped by the duration filter. Alignments: {'MFA TextGrids' if corpus.aligned else 'none (text only)'}; phone
+inventory {metrics['n_phones']} symbols. Ready in {metrics['build_seconds']:.1f} s.
+
+{table_md(speakers)}
+
+![log-mel examples](00_corpus/mels.png)
+""")
+        return metrics
     write_section("00_corpus", f"""## 00 — embedded corpus (`notebooks/00_corpus.ipynb`)
 
 {metrics['n_utts']} utterances ({metrics['hours'] * 60:.1f} min, mean {metrics['mean_seconds']:.2f} s) from

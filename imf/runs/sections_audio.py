@@ -14,10 +14,12 @@ from typing import Any, Mapping
 import pandas as pd
 
 from imf.core.runtime import atomic_write_json, setup_threads
-from imf.data import CorpusConfig, build_corpus, load_corpus
+from imf.data import CorpusConfig
+from imf.data.importers import ImportConfig
 from imf.eval.ceilings import RealRecordings, copy_synthesis_ids
 from imf.eval.token2wav import STAGES, T2WEvalConfig, T2WResult
 from imf.models.vocoder import VocoderConfig
+from imf.runs.open import open_corpus
 from imf.runs.profiles import profile, runs_dir
 from imf.runs.report import section_dir, table_md, write_section
 from imf.train.token2wav import STAGE_RUNS, T2WStagesConfig, checkpoints
@@ -26,7 +28,7 @@ from imf.train.wave_losses import WaveLossConfig
 
 
 def _corpus(P: dict[str, Any], corpus_dir: str):
-    return load_corpus(corpus_dir or build_corpus(CorpusConfig.from_dict(P["corpus"])))
+    return open_corpus(CorpusConfig.from_dict(P["corpus"]), corpus_dir, importer=ImportConfig.from_dict(P["corpus_import"]))
 
 
 def _train_cfg(d: dict[str, Any], seed: int, steps: int) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import dataclasses
 
 from imf.core.config import Config, require
 from imf.data import CorpusConfig, DataConfig
+from imf.data.importers import ImportConfig
 from imf.flow.objectives import CFMConfig, IMFConfig
 from imf.models.token2mel import Token2MelConfig
 from imf.models.vocoder import VocoderConfig
@@ -103,6 +104,7 @@ class Token2WavSection(T2WStagesConfig):
 class ProfileConfig(Config):
     """Every section of a profile and its config class (the schema :func:`imf.runs.profiles.profile` checks)."""
     corpus: CorpusConfig = _field(default_factory=CorpusConfig)  # the embedded corpus (00_corpus)
+    corpus_import: ImportConfig = _field(default_factory=ImportConfig)  # a real corpus given as CORPUS_DIR (00_corpus)
     data: DataConfig = _field(default_factory=DataConfig)  # token2mel training crops
     teacher_model: Token2MelConfig = _field(default_factory=Token2MelConfig)  # the teacher network (n_tokens: corpus)
     teacher_train: TrainConfig = _field(default_factory=TrainConfig)  # 01_teacher

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from imf.core.checkpoints import load_model
 from imf.core.config import Config, require
 from imf.data import CorpusConfig, DataConfig
+from imf.data.importers import ImportConfig
 from imf.eval.evalset import EvalSet, make_eval_set
 from imf.eval.sweep import nfe_sweep
 from imf.eval.systems import System, guided
@@ -33,8 +34,9 @@ class TeacherRun(Config):
     """Everything 01_teacher trains and evaluates with: the profile's sections with the notebook's overrides."""
     profile: str = "small"  # the profile the sections come from
     run_name: str = "teacher"  # run folder under runs/<profile>/
-    corpus_dir: str = ""  # "": the profile's embedded corpus; else a built corpus folder
+    corpus_dir: str = ""  # "": the profile's embedded corpus; else a built corpus folder or a real corpus to import
     corpus: CorpusConfig = _field(default_factory=CorpusConfig)  # the embedded corpus (when corpus_dir is "")
+    corpus_import: ImportConfig = _field(default_factory=ImportConfig)  # how corpus_dir is imported (a real corpus)
     model: Token2MelConfig = _field(default_factory=Token2MelConfig)  # the network (n_tokens, n_mels: the corpus's)
     train: TrainConfig = _field(default_factory=TrainConfig)  # optimisation (its seed is the run's one seed)
     cfm: CFMConfig = _field(default_factory=CFMConfig)  # the flow-matching objective
@@ -58,7 +60,8 @@ def teacher_config(params: Mapping[str, Any]) -> TeacherRun:
     steps = {"steps": params["STEPS"]} if params["STEPS"] else {}
     return TeacherRun(
         profile=params["PROFILE"], run_name=params["RUN_NAME"], corpus_dir=params["CORPUS_DIR"],
-        corpus=CorpusConfig.from_dict(P["corpus"]), model=Token2MelConfig.from_dict(P["teacher_model"]),
+        corpus=CorpusConfig.from_dict(P["corpus"]), corpus_import=ImportConfig.from_dict(P["corpus_import"]),
+        model=Token2MelConfig.from_dict(P["teacher_model"]),
         train=TrainConfig.from_dict(P["teacher_train"], seed=params["SEED"], **steps),
         cfm=CFMConfig.from_dict(P["cfm"]), data=DataConfig.from_dict(P["data"]), eval=E,
         cfg_scale=float(params["CFG_SCALE"] or E.cfg_scale))

@@ -41,12 +41,13 @@ def plot_corpus_examples(corpus, ids: list[str], path: str | Path) -> Path:
         ax.set_title(f"{row.speaker} ({row.engine} {row.voice}, pitch x{row.pitch:.2f}, rate x{row.rate:.2f}): "
                      f"{row.text}", fontsize=9)
         ax.set_ylabel("mel bin")
-    phones, durations = corpus.phone_ids(ids[0])
-    bounds = np.cumsum(durations.numpy())
-    for b in bounds[:-1]:
-        axes[0, 0].axvline(b - 0.5, color="cyan", lw=0.6)
-    for p, b, d in zip(phones.tolist(), bounds, durations.tolist()):
-        axes[0, 0].text(b - d / 2 - 0.5, 74, corpus.phones[p], color="white", ha="center", fontsize=7)
+    if getattr(corpus, "aligned", True):  # a corpus imported without alignments has no phones to show
+        phones, durations = corpus.phone_ids(ids[0])
+        bounds = np.cumsum(durations.numpy())
+        for b in bounds[:-1]:
+            axes[0, 0].axvline(b - 0.5, color="cyan", lw=0.6)
+        for p, b, d in zip(phones.tolist(), bounds, durations.tolist()):
+            axes[0, 0].text(b - d / 2 - 0.5, 74, corpus.phones[p], color="white", ha="center", fontsize=7)
     mc = corpus.mel_config
     axes[-1, 0].set_xlabel(f"frame ({mc.hop_length / mc.sample_rate * 1000:.0f} ms)")
     fig.tight_layout()
