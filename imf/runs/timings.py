@@ -117,7 +117,8 @@ def eta_line(previous: Mapping[str, float], left: Sequence[str]) -> str:
     if est is not None:
         return f"left ~{fmt_seconds(est)} (previous run's times)"
     unknown = [n for n in left if n not in previous]
-    return f"left unknown (no recorded time for {', '.join(unknown)})"
+    names = ", ".join(unknown) if len(unknown) <= 3 else f"{len(unknown)} notebooks"
+    return f"left unknown (no recorded time for {names})"
 
 
 def timings_tables(timings: pd.DataFrame, order: Sequence[str] = ()) -> dict[str, pd.DataFrame]:
