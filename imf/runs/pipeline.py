@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import resource
 import sys
 import time
 from datetime import datetime, timezone
@@ -129,6 +130,12 @@ def selected(only: list[str] | None, start: str | None) -> list[str]:
     return names
 
 
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children: papermill's kernels and what they ran."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="small", choices=sorted(PROFILES))
@@ -153,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = previous_seconds(read_timings(timings), args.profile)  # the previous run's, read before any is replaced
     t_start = time.time()
     for i, name in enumerate(names):
-        t0 = time.time()
+        t0, cpu0 = time.time(), children_cpu()
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"[imf.runs.pipeline] {name} (profile {args.profile}; {i + 1}/{len(names)}; elapsed "
               f"{fmt_seconds(t0 - t_start)}; {eta_line(previous, names[i:])}) ...", flush=True)
@@ -163,12 +170,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[imf.runs.pipeline] {name} FAILED after {time.time() - t0:.0f}s: {e}", file=sys.stderr)
             print(f"[imf.runs.pipeline] partial copy: {out_dir / (name + '.failed.ipynb')}", file=sys.stderr)
             return 1
-        times = notebook_times(executed, time.time() - t0)
+        times = {**notebook_times(executed, time.time() - t0), "cpu_s": children_cpu() - cpu0}
         record(timings, args.profile, name, times, load_avg=load,
                finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         last = f", previous run {fmt_seconds(previous[name])}" if name in previous else ""
         print(f"[imf.runs.pipeline] {name} done in {fmt_seconds(times['seconds'])} (kernel start {times['startup_s']:.0f}s, "
-              f"imports {times['imports_s']:.0f}s, work {times['work_s']:.0f}s{last}) -> {executed}", flush=True)
+              f"imports {times['imports_s']:.0f}s, work {times['work_s']:.0f}s; {times['cpu_s']:.0f} CPU-s{last}) -> {executed}", flush=True)
     print(f"[imf.runs.pipeline] {len(names)} notebook(s) in {fmt_seconds(time.time() - t_start)}", flush=True)
     build_readme()
     print(f"[imf.runs.pipeline] results: {results_dir() / 'README.md'}")

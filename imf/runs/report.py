@@ -65,8 +65,9 @@ TIMINGS_HEADER = """## Wall time per notebook
 
 Recorded by `python -m imf.runs.pipeline` (`make reproduce`) in `timings.csv`, the last successful run of each
 notebook under each profile: `seconds` from kernel start to the last cell = `startup_s` (kernel start and
-teardown) + `imports_s` (the first cell: imports) + `work_s` (every other cell); `load_avg`: the machine's
-1-minute load average when the notebook started (a busy machine makes every number larger).
+teardown) + `imports_s` (the first cell: imports) + `work_s` (every other cell); `cpu_s`: CPU seconds of the
+kernel and its subprocesses (it barely grows on a busy machine, the wall times do); `load_avg`: the machine's
+1-minute load average when the notebook started.
 """
 
 

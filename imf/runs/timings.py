@@ -8,6 +8,8 @@ finishes, so an interrupted pipeline keeps the times of the notebooks it complet
 - ``startup_s``: kernel start and teardown (``seconds`` minus the cells' own durations),
 - ``imports_s``: the first code cell (the notebook's imports of ``imf`` and its dependencies),
 - ``work_s``: every other cell,
+- ``cpu_s``: CPU seconds (user + system) of the kernel and the processes it waited for; unlike the wall
+  times it barely grows on a busy machine (the tiny pipeline: ~430 CPU-seconds in all),
 - ``finished``: UTC time the notebook finished, ``load_avg``: the 1-minute load average when it
   started, ``cpus``: the machine's cores (a busy or smaller machine makes every number larger).
 
@@ -27,7 +29,8 @@ import pandas as pd
 
 from imf.core.runtime import atomic_write_text
 
-COLUMNS = ["profile", "notebook", "seconds", "startup_s", "imports_s", "work_s", "finished", "load_avg", "cpus"]
+COLUMNS = ["profile", "notebook", "seconds", "startup_s", "imports_s", "work_s", "cpu_s", "finished", "load_avg",
+           "cpus"]
 
 
 FILE = "timings.csv"  # in the results folder (imf.runs.report.results_dir)
@@ -68,7 +71,8 @@ def record(path: str | os.PathLike, profile: str, notebook: str, times: Mapping[
            load_avg: float = math.nan, cpus: int | None = None) -> pd.DataFrame:
     """Replace (or add) the row of ``(profile, notebook)`` and rewrite the file atomically; return the table.
 
-    ``times`` has ``seconds`` and optionally ``startup_s``, ``imports_s``, ``work_s`` (:func:`notebook_times`).
+    ``times`` has ``seconds`` and optionally ``startup_s``, ``imports_s``, ``work_s`` (:func:`notebook_times`)
+    and ``cpu_s``.
     Rows of other profiles and notebooks are kept as they are.
     """
     path = Path(path)
@@ -77,7 +81,7 @@ def record(path: str | os.PathLike, profile: str, notebook: str, times: Mapping[
     df = read_timings(path)
     df = df[~((df["profile"] == profile) & (df["notebook"] == notebook))]
     row = {"profile": profile, "notebook": notebook, **{k: round(float(times.get(k, math.nan)), 2)
-                                                        for k in ("seconds", "startup_s", "imports_s", "work_s")},
+                                                        for k in ("seconds", "startup_s", "imports_s", "work_s", "cpu_s")},
            "finished": finished, "load_avg": round(float(load_avg), 2), "cpus": cpus or os.cpu_count()}
     df = pd.concat([df, pd.DataFrame([row])], ignore_index=True) if len(df) else pd.DataFrame([row])
     df = df.reindex(columns=COLUMNS + [c for c in df.columns if c not in COLUMNS])
@@ -125,12 +129,13 @@ def timings_tables(timings: pd.DataFrame, order: Sequence[str] = ()) -> dict[str
     """The README's wall-time tables: ``{profile: table}``, notebooks in ``order`` (others after, by
     name), a readable ``wall`` column and a ``total`` row. Empty when nothing was recorded."""
     rank = {n: i for i, n in enumerate(order)}
-    cols = ["notebook", "seconds", "startup_s", "imports_s", "work_s", "finished", "load_avg"]
+    cols = ["notebook", "seconds", "startup_s", "imports_s", "work_s", "cpu_s", "finished", "load_avg"]
     out = {}
     for prof, g in timings.groupby("profile", sort=True):
         g = g.assign(_r=[rank.get(n, len(rank)) for n in g["notebook"]]).sort_values(["_r", "notebook"])
         t = g[[c for c in cols if c in g]].reset_index(drop=True)
-        total = {"notebook": "total", **{c: t[c].sum() for c in cols[1:5] if c in t}, "finished": "", "load_avg": ""}
+        sums = {c: t[c].sum(min_count=1) for c in cols[1:6] if c in t}  # NaN when nothing of c was recorded
+        total = {"notebook": "total", **sums, "finished": "", "load_avg": ""}
         t = pd.concat([t, pd.DataFrame([total])], ignore_index=True)
         t.insert(1, "wall", [fmt_seconds(s) for s in t["seconds"]])
         out[str(prof)] = t
