@@ -42,7 +42,7 @@ def test_a_parameters_cell_of_anything_but_literal_assignments_is_an_error():
     ({"ABLATION": 0}, r"parameter ABLATION must be True or False, got int 0"),
     ({"CFG_SCALE": "2"}, r"parameter CFG_SCALE must be a number, got str"),
     ({"RUN_NAME": 7}, r"parameter RUN_NAME must be a string, got int 7 .*-r RUN_NAME VALUE"),
-    ({"PROFILE": "small2"}, r"parameter PROFILE is 'small2'; choose one of \['paper', 'small', 'tiny'\]"),
+    ({"PROFILE": "small2"}, r"parameter PROFILE is 'small2'; choose one of \['paper', 'small', 'small-long', 'tiny'\]"),
 ])
 def test_check_rejects_unknown_names_and_wrong_types_naming_the_parameter(given, message):
     with pytest.raises(ParameterError, match=message):

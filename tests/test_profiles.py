@@ -99,3 +99,23 @@ def test_section_configs_check_their_ranges_and_keep_their_defaults():
     assert EvalConfig().teacher_nfes == (1, 2, 4, 8, 16, 32) and Stage2Config(steps=0).steps == 0
     with pytest.raises(ConfigError, match="p_full"):
         Stage2Config(p_full=1.5)
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_small_long_keeps_the_long_recipe_and_small_is_slimmed_only_where_it_buys_no_finding():
+    """small-long is the recipe of the committed results (5400 distillation steps, 3 x 3000 MeanFlow steps);
+    small differs from it in exactly the slimmed keys, so nothing else drifts between the two."""
+    small, long = _flat(PROFILES["small"]), _flat(PROFILES["small-long"])
+    assert small.keys() == long.keys()
+    assert {k for k in small if small[k] != long[k]} == {"vocoder.train.steps", "vocoder.per_voice",
+                                                          "ablation.teacher_nfes"}
+    assert (long["vocoder.train.steps"], long["vocoder.per_voice"], long["ablation.teacher_nfes"]) == (1500, 10, [2, 4, 8, 16, 32])
+    assert (long["student_train.steps"], long["student_stage2.steps"], long["meanflow_train.steps"]) == (3000, 2400, 3000)
+    assert small["vocoder.train.steps"] < long["vocoder.train.steps"]
+    assert PROFILES["paper"]["vocoder"]["train"]["steps"] == 1500  # paper starts from the long recipe

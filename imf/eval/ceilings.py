@@ -15,6 +15,7 @@ from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from imf.eval.judges import PESQ, STOI, JudgeItem, JudgesConfig, evaluate, make_judge, make_judges, summarise
 
@@ -40,7 +41,7 @@ def real_recordings(corpus, per_voice: int, judges: Sequence[str]) -> RealRecord
     held = pd.concat([corpus.split("test"), corpus.split("unseen")])
     pick = held.groupby("speaker", sort=False).head(per_voice)
     ids = pick["id"].tolist()
-    judge_objs = make_judges(JudgesConfig(judges=tuple(judges), progress=False)) if judges else []
+    judge_objs = make_judges(JudgesConfig(judges=tuple(judges))) if judges else []  # a bar per judge
     items = [JudgeItem(wav=corpus.load_wav(i).numpy(), text=t, id=i) for i, t in zip(ids, pick["text"])]
     scores = evaluate([j for j in judge_objs if j.name != "sim"], items) if judge_objs else pd.DataFrame(index=ids)
     scores["speaker"] = pick.set_index("id").loc[scores.index, "speaker"].values
@@ -62,7 +63,7 @@ def real_speaker_similarity(corpus, pick: pd.DataFrame, same_per_speaker: int = 
     """SIM (resemblyzer cosine) of real recordings: every pair among a speaker's first
     ``same_per_speaker`` utterances ("same") and the first utterances of every two speakers
     ("different"). Returns mean / std / count per kind."""
-    sim = make_judge("sim", progress=False)
+    sim = make_judge("sim")
     by_spk = {s: g["id"].tolist() for s, g in pick.groupby("speaker", sort=False)}
     pairs = []
     for s, utts in by_spk.items():
@@ -84,7 +85,8 @@ def copy_synthesis(vocoder: nn.Module, corpus, ids: Iterable[str]) -> list[tuple
     the pair is sample-aligned.
     """
     out = []
-    for uid in ids:
+    ids = list(ids)
+    for uid in tqdm(ids, desc="copy synthesis", unit="utt", leave=False, disable=len(ids) < 8):
         mel = corpus.load_mel(uid)
         wav = corpus.load_wav(uid).float().reshape(-1)
         wav_hat = vocoder.vocode(mel).float().reshape(-1)
@@ -119,9 +121,9 @@ def copy_synthesis_table(corpus, vocoders: Mapping[str, nn.Module], real: RealRe
     ``"mos"`` is among ``judges``), then a "real recordings" row (the reference itself, MOS
     only: PESQ/STOI of the reference against itself are not measured)."""
     ids = copy_synthesis_ids(real)
-    cs_judges = [make_judge("pesq", progress=False), make_judge("stoi", progress=False)]
+    cs_judges = [make_judge("pesq"), make_judge("stoi")]
     if "mos" in judges:
-        cs_judges += make_judges(JudgesConfig(judges=("mos",), progress=False))
+        cs_judges += make_judges(JudgesConfig(judges=("mos",)))
     rows = [{"system": name, **_means(evaluate_copy_synthesis(voc, corpus, ids, judges=cs_judges).drop(columns=["seconds"]))}
             for name, voc in vocoders.items()]
     real_mos = float(real.scores["mos"].loc[ids].mean()) if "mos" in real.scores else math.nan

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from imf.eval.evalset import EvalSet
 from imf.eval.systems import System
@@ -43,23 +44,21 @@ def _sample_call(system: System, nfe: int, z_0: torch.Tensor, cond: dict) -> Cal
 @torch.no_grad()
 def speed_table(teacher, student, z_0: torch.Tensor, cond: dict, cfg_scale: float = 2.0,
                 teacher_nfe: int = 32, student_nfes: Sequence[int] = (1, 2, 4), repeats: int = 3,
-                extra: Sequence[System] = ()) -> pd.DataFrame:
+                extra: Sequence[System] = (), progress: bool = True) -> pd.DataFrame:
     """Seconds per batch for the guided teacher and the student at several NFE, on one batch
     ``z_0`` (B, C, T) with ``cond``; each time is the median of ``repeats`` after one warm-up.
 
     Returns a table with ``seconds`` and ``speedup`` (guided teacher time / row time).
-    ``extra`` adds systems, each timed at ``student_nfes`` on its own grid rule.
+    ``extra`` adds systems, each timed at ``student_nfes`` on its own grid rule. ``progress``: a bar
+    over the rows (updated between timings, never inside one).
     """
     ref = System(f"teacher + CFG {cfg_scale:g}", Guided(teacher, cfg_scale))
-    t_ref = time_call(_sample_call(ref, teacher_nfe, z_0, cond), repeats)
-    rows = [{"system": ref.name, "nfe": teacher_nfe, "seconds": t_ref}]
-    plain = System("teacher (no CFG)", teacher)
-    rows.append({"system": plain.name, "nfe": teacher_nfe,
-                 "seconds": time_call(_sample_call(plain, teacher_nfe, z_0, cond), repeats)})
-    for system in [System("IntMeanFlow student", student), *extra]:
-        for n in student_nfes:
-            rows.append({"system": system.name, "nfe": n,
-                         "seconds": time_call(_sample_call(system, n, z_0, cond), repeats)})
+    points = [(ref, teacher_nfe), (System("teacher (no CFG)", teacher), teacher_nfe)]
+    points += [(system, n) for system in [System("IntMeanFlow student", student), *extra] for n in student_nfes]
+    rows = []
+    for system, n in tqdm(points, desc="speed", unit="row", disable=not progress):
+        rows.append({"system": system.name, "nfe": n, "seconds": time_call(_sample_call(system, n, z_0, cond), repeats)})
+    t_ref = rows[0]["seconds"]
     df = pd.DataFrame(rows)
     df["speedup"] = t_ref / df["seconds"]
     return df
@@ -73,7 +72,7 @@ def _vocode_each(vocoder, x: torch.Tensor, mask: torch.Tensor) -> None:
 
 @torch.no_grad()
 def rtf_table(points: Sequence[tuple[System, int]], es: EvalSet, vocoder=None, repeats: int = 3,
-              reference: int | str = 0) -> pd.DataFrame:
+              reference: int | str = 0, progress: bool = True) -> pd.DataFrame:
     """Real-time factor (compute seconds / seconds of audio) of each ``(system, nfe)`` point on
     the whole eval set ``es`` as one batch, side by side in one process.
 
@@ -87,7 +86,7 @@ def rtf_table(points: Sequence[tuple[System, int]], es: EvalSet, vocoder=None, r
 
     Timing is interleaved: each of ``repeats`` rounds times every point once (after one
     warm-up round) and a point's time is its fastest round, so a burst of load from another
-    process does not land on one row only.
+    process does not land on one row only. ``progress``: a bar over the rounds (updated between them).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -105,7 +104,7 @@ def rtf_table(points: Sequence[tuple[System, int]], es: EvalSet, vocoder=None, r
                           else (lambda x=x: _vocode_each(vocoder, x, es.mask)))
         calls.append((flow, decode))
     times = [([], []) for _ in calls]
-    for _ in range(repeats + 1):  # round 0 is the warm-up
+    for _ in tqdm(range(repeats + 1), desc="RTF rounds", unit="round", disable=not progress):  # round 0: warm-up
         for (flow, decode), (t_flow, t_decode) in zip(calls, times):
             if flow is not None:
                 t_flow.append(time_call(flow, repeats=1, warmup=0))

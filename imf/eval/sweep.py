@@ -26,11 +26,13 @@ INTRINSIC = ("dist_ref", "fs_ratio", "gv_ratio")  # columns of imf.eval.metrics.
 
 @torch.no_grad()
 def generate(model: Callable[..., Tensor], es: EvalSet, time_grid: Tensor, method: str = "euler",
-             batch_size: int = 32) -> tuple[Tensor, int, float]:
+             batch_size: int = 32, progress: bool = False) -> tuple[Tensor, int, float]:
     """Sample every utterance of ``es`` from its fixed noise. Returns (x (N, C, T) normalised,
-    model calls per utterance batch, seconds)."""
+    model calls per utterance batch, seconds). ``progress``: a transient bar over the batches
+    (shown only when there are several; it sits under an outer bar such as :func:`nfe_sweep`'s)."""
     outs, nfe, t0 = [], 0, time.perf_counter()
-    for s in range(0, len(es), batch_size):
+    starts = range(0, len(es), batch_size)
+    for s in tqdm(starts, desc="batches", unit="batch", leave=False, disable=not progress or len(starts) < 2):
         sl = slice(s, s + batch_size)
         cond = {k: v[sl] for k, v in es.cond.items()}
         x, nfe = sample(model, es.z_0[sl], time_grid, cond, method=method)
@@ -49,14 +51,18 @@ def nfe_sweep(es: EvalSet, points: Sequence[tuple[System, int]], reference: Tens
     point) and, if ``keep``, the generated normalised mels keyed by (system name, nfe).
     """
     real = es.real_logmel()
+    bar = tqdm(total=len(points) + isinstance(reference, tuple), desc="evaluate", unit="point", disable=not progress)
     if isinstance(reference, tuple):
         system, nfe = reference
-        reference, _, _ = generate(system.model, es, system.grid(nfe), system.method, batch_size)
+        bar.set_postfix_str(f"reference: {system.name}, {nfe} NFE")
+        reference, _, _ = generate(system.model, es, system.grid(nfe), system.method, batch_size, progress)
+        bar.update(1)
     ref = None if reference is None else es.corpus.denormalize(reference) * es.mask[:, None]
     rows, kept = [], {}
-    for system, nfe in tqdm(points, desc="evaluate", disable=not progress):
+    for system, nfe in points:
+        bar.set_postfix_str(f"{system.name}, {nfe} NFE")
         grid = system.grid(nfe)
-        x, calls, secs = generate(system.model, es, grid, system.method, batch_size)
+        x, calls, secs = generate(system.model, es, grid, system.method, batch_size, progress)
         gen = es.corpus.denormalize(x) * es.mask[:, None]
         row = {"system": system.name, "schedule": system.schedule, "nfe": calls, "seconds": secs,
                **intrinsic_metrics(gen, real, es.mask, ref), "noise_corr": noise_correlation(x, es.z_0, es.mask)}
@@ -66,6 +72,8 @@ def nfe_sweep(es: EvalSet, points: Sequence[tuple[System, int]], reference: Tens
         rows.append(row)
         if keep:
             kept[(system.name, nfe)] = x
+        bar.update(1)
+    bar.close()
     return pd.DataFrame(rows), kept
 
 

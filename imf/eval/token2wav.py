@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from imf.core.checkpoints import load_model
 from imf.core.config import Config, require
@@ -94,7 +95,7 @@ def score_systems(wavs: Mapping[str, Sequence[Tensor]], es: EvalSet, judges: Seq
     """
     aj = AudioJudges(None, judges, wer_speakers)
     rows, tables = [], {}
-    for name, ws in wavs.items():
+    for name, ws in tqdm(wavs.items(), desc="judge systems", unit="system", total=len(wavs)):
         tables[name] = aj.table(es, ws)
         rows.append({"system": name, **{k: v for k, v in aj.summary(tables[name]).items() if k != "n_items"}})
     return pd.DataFrame(rows), tables
@@ -135,7 +136,7 @@ def evaluate_token2wav(corpus, ckpts: Mapping[str, str | Path], cfg: T2WEvalConf
     es = make_latent_eval_set(test, cfg.n_utts, cfg.seed, prompt_frames)
     points = build_systems(ckpts, fm_cfg_scale=cfg.fm_cfg, fm_nfe=cfg.fm_nfe)
     wavs = waveforms(points, es)
-    judge_objs = make_judges(JudgesConfig(judges=tuple(judges), progress=False)) if judges else []
+    judge_objs = make_judges(JudgesConfig(judges=tuple(judges))) if judges else []  # nested bars per judge
     if judge_objs:
         scores, per_utt = score_systems(wavs, es, judge_objs, wer_voices)
     else:

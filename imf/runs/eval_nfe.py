@@ -18,6 +18,7 @@ from typing import Sequence
 
 import pandas as pd
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from imf.eval.audio import AudioJudges
 from imf.eval.judges import JudgesConfig, make_judges
@@ -98,7 +99,7 @@ def audio_vs_nfe(wb: Opened, curves: NFECurves, judges: Sequence[str] = ("wer", 
     rows = [{"system": "real recordings", "nfe": 0, **aj.real_audio(es)},
             {"system": "vocoder copy-synthesis", "nfe": 0, **aj(es, es.z_1)}]
     keys = [(curves.guided_name, n) for n in E["teacher_nfes"]] + [(STUDENT, n) for n in E["student_nfes"]]
-    for key in keys:
+    for key in tqdm(keys, desc="audio judges", unit="point"):  # the judges' own bars nest under it
         rows.append({"system": key[0], "nfe": key[1], **aj(es, curves.outputs[key])})
     audio = pd.DataFrame(rows)
     shown = [c for c in ("wer", "sim", "mos") if c in audio]

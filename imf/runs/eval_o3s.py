@@ -128,7 +128,7 @@ def convexity(study: O3SStudy, student_nfe: int, teacher_nfe: int, n_points: int
     paths = []
     for who, n in (("student", student_nfe), ("teacher", teacher_nfe)):
         g = schedules.uniform(n)
-        fig = plot_scans(scan_all(study.objective(who), g, n_points), time_grid=g,
+        fig = plot_scans(scan_all(study.objective(who), g, n_points, progress=True), time_grid=g,
                          title=f"{who}, {n} NFE (uniform grid, others fixed)", ylabel=study.metric)
         paths.append(save_fig(fig, study.wb.out / f"convexity_{who}_nfe{n}.png"))
     return paths

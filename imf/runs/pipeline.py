@@ -9,21 +9,32 @@ stops the pipeline with its name; executed copies of earlier notebooks are kept.
 Before anything runs, every selected notebook must exist and accept the given parameters
 (:func:`imf.runs.params.check`: declared names, the default's type); ``--only``/``--from`` take
 the names of :data:`NOTEBOOKS` only (argparse error, exit code 2, with a close match).
+
+Timings: before each notebook the pipeline prints the elapsed time and what is left, estimated from
+the previous run's wall times of the same profile (``results/timings.csv``; "unknown" for a notebook
+never timed); after it, the notebook's wall time, which replaces its row in ``results/timings.csv``
+(atomically, at once: an interrupted pipeline keeps the times of the notebooks it finished). The
+README ends with these times (:mod:`imf.runs.timings`).
 """
 from __future__ import annotations
 
 import argparse
 import difflib
 import os
+import resource
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from imf.core.runtime import atomic_path, repo_root, sweep_temp_files
 from imf.data.importers import LAYOUTS
 from imf.runs.params import check, declared
+from imf.runs.profiles import PROFILES
 from imf.runs.report import build_readme, results_dir
+from imf.runs.timings import FILE as TIMINGS_FILE
+from imf.runs.timings import eta_line, notebook_times, fmt_seconds, previous_seconds, read_timings, record
 
 NOTEBOOKS = [
     "00_corpus",
@@ -132,9 +143,15 @@ def with_corpus_dir(name: str, params: dict[str, Any], corpus_dir: str) -> dict[
     return {**params, "CORPUS_DIR": (f"{layout}:" if layout else "") + str(Path(path).expanduser().resolve())}
 
 
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children: papermill's kernels and what they ran."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--profile", default="small", choices=["tiny", "small", "paper"])
+    p.add_argument("--profile", default="small", choices=sorted(PROFILES))
     p.add_argument("--only", nargs="*", type=notebook_name, metavar="NOTEBOOK",
                    help=f"run only these notebooks (of: {', '.join(NOTEBOOKS)})")
     p.add_argument("--from", dest="start", type=notebook_name, metavar="NOTEBOOK",
@@ -155,16 +172,27 @@ def main(argv: list[str] | None = None) -> int:
     swept = sweep_temp_files(results_dir())  # leftovers of writes killed in an earlier run
     if swept:
         print(f"[imf.runs.pipeline] removed {len(swept)} leftover temporary file(s) of killed writes", flush=True)
-    for name in names:
-        t0 = time.time()
-        print(f"[imf.runs.pipeline] {name} (profile {args.profile}) ...", flush=True)
+    timings = results_dir() / TIMINGS_FILE
+    previous = previous_seconds(read_timings(timings), args.profile)  # the previous run's, read before any is replaced
+    t_start = time.time()
+    for i, name in enumerate(names):
+        t0, cpu0 = time.time(), children_cpu()
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"[imf.runs.pipeline] {name} (profile {args.profile}; {i + 1}/{len(names)}; elapsed "
+              f"{fmt_seconds(t0 - t_start)}; {eta_line(previous, names[i:])}) ...", flush=True)
         try:
-            run_notebook(name, out_dir, with_corpus_dir(name, params, args.corpus_dir))
+            executed = run_notebook(name, out_dir, with_corpus_dir(name, params, args.corpus_dir))
         except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
             print(f"[imf.runs.pipeline] {name} FAILED after {time.time() - t0:.0f}s: {e}", file=sys.stderr)
             print(f"[imf.runs.pipeline] partial copy: {out_dir / (name + '.failed.ipynb')}", file=sys.stderr)
             return 1
-        print(f"[imf.runs.pipeline] {name} done in {time.time() - t0:.0f}s -> {out_dir / (name + '.ipynb')}", flush=True)
+        times = {**notebook_times(executed, time.time() - t0), "cpu_s": children_cpu() - cpu0}
+        record(timings, args.profile, name, times, load_avg=load,
+               finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        last = f", previous run {fmt_seconds(previous[name])}" if name in previous else ""
+        print(f"[imf.runs.pipeline] {name} done in {fmt_seconds(times['seconds'])} (kernel start {times['startup_s']:.0f}s, "
+              f"imports {times['imports_s']:.0f}s, work {times['work_s']:.0f}s; {times['cpu_s']:.0f} CPU-s{last}) -> {executed}", flush=True)
+    print(f"[imf.runs.pipeline] {len(names)} notebook(s) in {fmt_seconds(time.time() - t_start)}", flush=True)
     build_readme()
     print(f"[imf.runs.pipeline] results: {results_dir() / 'README.md'}")
     return 0

@@ -2,7 +2,9 @@
 
 ``write_section("01_teacher", md)`` writes ``results/sections/01_teacher.md`` atomically;
 ``build_readme()`` rewrites ``results/README.md`` from all sections in name order, so the
-README always shows what the last ``make reproduce`` (or notebook run) produced.
+README always shows what the last ``make reproduce`` (or notebook run) produced, and ends with
+the wall time of every notebook the pipeline recorded in ``results/timings.csv``
+(:mod:`imf.runs.timings`).
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import numpy as np
 import pandas as pd
 
 from imf.core.runtime import atomic_write_text, repo_root
+from imf.runs.timings import FILE as TIMINGS_FILE
+from imf.runs.timings import read_timings, timings_tables
 
 HEADER = """# Reproduced results
 
@@ -57,11 +61,34 @@ def write_section(name: str, markdown: str) -> Path:
     return path
 
 
+TIMINGS_HEADER = """## Wall time per notebook
+
+Recorded by `python -m imf.runs.pipeline` (`make reproduce`) in `timings.csv`, the last successful run of each
+notebook under each profile: `seconds` from kernel start to the last cell = `startup_s` (kernel start and
+teardown) + `imports_s` (the first cell: imports) + `work_s` (every other cell); `cpu_s`: CPU seconds of the
+kernel and its subprocesses (it barely grows on a busy machine, the wall times do); `load_avg`: the machine's
+1-minute load average when the notebook started.
+"""
+
+
+def timings_section(root: Path) -> str:
+    """The README's wall-time section from ``root/timings.csv``, notebooks in name order (the pipeline's
+    order); an empty string if nothing was recorded."""
+    tables = timings_tables(read_timings(root / TIMINGS_FILE))
+    if not tables:
+        return ""
+    return TIMINGS_HEADER + "".join(f"\nProfile `{p}`:\n\n{table_md(t, floatfmt='.1f')}\n" for p, t in tables.items())
+
+
 def build_readme() -> Path:
+    """Rewrite ``results/README.md``: the header, every section in name order, then the wall times."""
     root = results_dir()
     parts = [HEADER]
     for p in sorted((root / "sections").glob("*.md")):
         parts.append(p.read_text())
+    timings = timings_section(root)
+    if timings:
+        parts.append(timings)
     out = root / "README.md"
     atomic_write_text(out, "\n".join(parts))
     return out
