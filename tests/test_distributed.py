@@ -16,6 +16,7 @@ import torch.distributed as dist
 from imf.flow.objectives import (CFMConfig, IMFConfig, MeanFlowConfig, cfm_loss, intmeanflow_loss, meanflow_loss)
 from imf.flow.solvers import Guided
 from imf.models.student import student_from_teacher
+from imf.runs import launch
 from imf.train import __main__ as train_cli
 from imf.train.trainer import TrainConfig, Trainer
 from tests.dist_worker import eval_outputs
@@ -84,12 +85,13 @@ def test_two_processes_train_the_teacher_of_one_and_resume_after_a_kill(runs):
     assert_same_weights(root / "teacher_1", root / "teacher_2")
 
 
-def test_two_processes_distil_the_student_of_one(runs):
-    root = runs["root"]
-    teacher = str(root / "teacher_1/checkpoints/last.pt")
-    args = ["--corpus", runs["corpus"], "--config", runs["cfg"], "--teacher", teacher, "--no-progress"]
-    train_cli.run("distill", runs["corpus"], root / "student_1", runs["cfg"], teacher=teacher, progress=False)
-    torchrun("imf.train", "distill", "--run-dir", str(root / "student_2"), *args)
+def test_two_processes_distil_the_student_of_one(runs, monkeypatch):
+    """Through the notebooks' launcher: in the kernel (1 process) and as a torchrun subprocess (2)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    root, teacher = runs["root"], runs["root"] / "teacher_1/checkpoints/last.pt"
+    hist_1, _ = launch.train("distill", 1, runs["corpus"], root / "student_1", CONFIG, teacher=teacher, progress=False)
+    hist_2, summary = launch.train("distill", 2, runs["corpus"], root / "student_2", CONFIG, teacher=teacher)
+    assert summary["steps"] == 6 and [h["step"] for h in hist_1] == [h["step"] for h in hist_2] == [2, 4, 6]
     assert_same_weights(root / "student_1", root / "student_2")
 
 
