@@ -39,7 +39,7 @@ from torch import Tensor
 
 from imf.core.checkpoints import load_model
 from imf.core.config import Config
-from imf.core.distributed import resolve_device
+from imf.core.distributed import barrier, is_main, resolve_device
 from imf.core.lock import RunLock
 from imf.core.runtime import seed_everything
 from imf.data.tokenizers import PhoneTokenizer
@@ -126,8 +126,10 @@ def train_vae(corpus, run_dir: str | Path, model_cfg: VAEConfig = VAEConfig(), t
     if not (torch.equal(trainer.ema.latent_mean, mean) and torch.equal(trainer.ema.latent_std, std.clamp(min=1e-4))):
         for m in (trainer.model, trainer.ema):
             m.set_latent_stats(mean, std)
-        with RunLock(run_dir):  # the run is ours again while the statistics are written into its checkpoint
-            trainer.save()
+        if is_main():  # rank 0 writes; the run is ours again while the statistics go into its checkpoint
+            with RunLock(run_dir):
+                trainer.save()
+        barrier()
     return trainer, summary
 
 
