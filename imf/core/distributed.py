@@ -60,6 +60,15 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def threads_per_process() -> int | None:
+    """Under torchrun on CPU: the cores divided among this node's processes (None: not launched,
+    keep the caller's default), so N processes do not each take every core."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if not launched() or local <= 1 or torch.cuda.is_available() or "IMF_THREADS" in os.environ:
+        return None
+    return max(1, (os.cpu_count() or 1) // local)
+
+
 def is_main() -> bool:
     """Rank 0: the process that logs, writes checkpoints and metrics, and holds the run lock."""
     return rank() == 0

@@ -215,7 +215,7 @@ class Trainer:
 
         Raises :class:`imf.core.lock.RunLocked` if another process trains in ``run_dir``.
         """
-        setup_threads(self.cfg.threads or None)
+        setup_threads(self.cfg.threads or distributed.threads_per_process())
         distributed.init()
         lock, err = (RunLock(self.run_dir) if distributed.is_main() else None), None
         if lock is not None:
