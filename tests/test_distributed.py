@@ -73,6 +73,7 @@ def runs(tmp_path_factory):
     return {"root": root, "corpus": str(corpus), "cfg": str(cfg)}
 
 
+@pytest.mark.slow  # a torchrun launch: ~10 s of CPU per test, in `make test`, not `make test-fast`
 def test_two_processes_train_the_teacher_of_one_and_resume_after_a_kill(runs):
     root, args = runs["root"], ["--corpus", runs["corpus"], "--config", runs["cfg"], "--no-progress"]
     killed = torchrun("tests.dist_worker", "train", "--kill-at-step", "3", "teacher", "--run-dir",
@@ -85,6 +86,7 @@ def test_two_processes_train_the_teacher_of_one_and_resume_after_a_kill(runs):
     assert_same_weights(root / "teacher_1", root / "teacher_2")
 
 
+@pytest.mark.slow  # a torchrun launch: ~10 s of CPU per test, in `make test`, not `make test-fast`
 def test_two_processes_distil_the_student_of_one(runs, monkeypatch):
     """Through the notebooks' launcher: in the kernel (1 process) and as a torchrun subprocess (2)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -95,6 +97,7 @@ def test_two_processes_distil_the_student_of_one(runs, monkeypatch):
     assert_same_weights(root / "student_1", root / "student_2")
 
 
+@pytest.mark.slow  # a torchrun launch: ~10 s of CPU per test, in `make test`, not `make test-fast`
 def test_sharded_evaluation_equals_unsharded(tmp_path):
     torchrun("tests.dist_worker", "eval", str(tmp_path / "x.pt"))
     sharded, whole = torch.load(tmp_path / "x.pt"), eval_outputs()
