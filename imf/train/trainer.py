@@ -58,7 +58,7 @@ class TrainingDiverged(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(Config):
     steps: int = 1500  # optimizer steps in total (a resumed run trains up to this)
-    batch_size: int = 16  # utterances per batch
+    batch_size: int = 16  # utterances per optimizer step, over all processes and micro-batches (the global batch)
     lr: float = 1e-3  # AdamW peak learning rate
     weight_decay: float = 0.01  # AdamW weight decay
     warmup: int = 100  # linear warm-up steps, then cosine decay to 10 %
