@@ -272,7 +272,8 @@ def meanflow_target(model: Callable[..., Tensor], z_t: Tensor, t: Tensor, r: Ten
 
 
 def meanflow_loss(model: Callable[..., Tensor], z_1: Tensor, cond: Cond, mask: Tensor | None, cfg: MeanFlowConfig,
-                  generator: torch.Generator | None = None, rows: slice | None = None) -> tuple[Tensor, dict[str, float]]:
+                  generator: torch.Generator | None = None,
+                  rows: slice | None = None) -> tuple[Tensor, dict[str, float]]:
     """MeanFlow objective with the paper's adaptive weighting, per sample ``b``:
 
         L_b = ||u_b - u_tgt_b||^2   (summed over the sample's valid elements),
