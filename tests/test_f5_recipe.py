@@ -220,3 +220,18 @@ def test_command_line_recipe_from_a_safetensors_checkpoint(tmp_path):
     assert state["config"]["imf"]["cfg_scale"] == 3.0 and state["config"]["f5_cfg_strength"] == 2.0
     assert load_model(tmp_path / "run" / "checkpoints" / "last.pt").config.depth == 2
     assert main(args[:-2] + ["--set", "conv_layers=1", "--steps", "3"])["resumed_from"] == 2
+
+
+def test_f5_objective_shards_add_up_to_the_whole_batch(tmp_path):
+    """Data parallel / accumulation: shards of the batch (spans drawn for the whole batch) sum to its loss and logs."""
+    teacher = tiny_teacher()
+    data = F5Dataset.from_manifest(_write_clips(tmp_path), teacher.config)
+    batch = make_collate(F5Text(VOCAB))([data[i] for i in range(len(data))])
+    student = make_student(teacher)
+    objective = f5_objective(Guided(teacher, 3.0), IMFConfig(teacher_nfe=4, cfg_scale=3.0), F5DistillConfig())
+    whole, logs = objective(student, batch, torch.Generator().manual_seed(2))
+    b = batch["z_1"].shape[0]
+    parts = [objective(student, batch, torch.Generator().manual_seed(2), rows=slice(s, s + 2)) for s in range(0, b, 2)]
+    assert sum(p[0].item() for p in parts) == pytest.approx(whole.item(), rel=1e-5)
+    for k in ("loss", "span_frac", "teacher_rows", "mean_substeps"):
+        assert sum(p[1][k] for p in parts) == pytest.approx(logs[k], rel=1e-5), k

@@ -4,6 +4,11 @@ An :class:`EvalSet` is built once (deterministic from its seed); :func:`generate
 velocity model over any ``time_grid`` on it; :func:`nfe_sweep` evaluates many
 (system, schedule, NFE) points into one table, with the intrinsic metrics and the distance
 to a reference output on identical noise. Audio judges plug in through ``judges``.
+
+Under ``torchrun`` (:mod:`imf.core.distributed`) :func:`generate` — and so :func:`nfe_sweep`,
+:func:`grid_metric` and O3S on top of it — shards the utterances: each process samples its
+contiguous block of the set from the set's own fixed noise and the blocks are gathered, so every
+process returns all N outputs, equal (up to float rounding) to a one-process run.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from imf.core import distributed
 from imf.flow.solvers import sample
 from imf.eval.evalset import EvalSet
 from imf.eval.metrics import (intrinsic_metrics, intrinsic_per_utterance, noise_correlation, objective_column,
@@ -26,18 +32,26 @@ INTRINSIC = ("dist_ref", "fs_ratio", "gv_ratio")  # columns of imf.eval.metrics.
 
 @torch.no_grad()
 def generate(model: Callable[..., Tensor], es: EvalSet, time_grid: Tensor, method: str = "euler",
-             batch_size: int = 32, progress: bool = False) -> tuple[Tensor, int, float]:
+             batch_size: int = 32, progress: bool = False, shard: bool = True) -> tuple[Tensor, int, float]:
     """Sample every utterance of ``es`` from its fixed noise. Returns (x (N, C, T) normalised,
     model calls per utterance batch, seconds). ``progress``: a transient bar over the batches
-    (shown only when there are several; it sits under an outer bar such as :func:`nfe_sweep`'s)."""
+    (shown only when there are several; it sits under an outer bar such as :func:`nfe_sweep`'s).
+
+    ``shard``: under torchrun, this process samples only its block of utterances
+    (:func:`imf.core.distributed.shard_range`) and gathers the others' (module docstring)."""
+    own = distributed.shard_range(len(es)) if shard else range(len(es))
     outs, nfe, t0 = [], 0, time.perf_counter()
-    starts = range(0, len(es), batch_size)
+    starts = range(own.start, own.stop, batch_size)
     for s in tqdm(starts, desc="batches", unit="batch", leave=False, disable=not progress or len(starts) < 2):
-        sl = slice(s, s + batch_size)
+        sl = slice(s, min(s + batch_size, own.stop))
         cond = {k: v[sl] for k, v in es.cond.items()}
         x, nfe = sample(model, es.z_0[sl], time_grid, cond, method=method)
         outs.append(x * es.mask[sl, None])
-    return torch.cat(outs), nfe, time.perf_counter() - t0
+    x = torch.cat(outs) if outs else es.z_0[:0]
+    if shard and distributed.active():
+        x = distributed.gather_rows(x)
+        nfe = max(distributed.all_gather_objects(nfe))  # a process with no utterances made no calls
+    return x, nfe, time.perf_counter() - t0
 
 
 def nfe_sweep(es: EvalSet, points: Sequence[tuple[System, int]], reference: Tensor | tuple[System, int] | None = None,

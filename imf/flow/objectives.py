@@ -3,6 +3,14 @@
 No concrete model is imported: a model is any callable ``model(x, *, t, r=None, cond)``.
 Tensors: ``z`` (B, C, T); ``mask`` (B, T) bool (valid frames); times (B,).
 Time convention: see :mod:`imf.flow.paths` (noise t=0 -> data t=1).
+
+Sharding (data-parallel training, gradient accumulation): every loss takes ``rows``, a slice of
+the batch. All random draws (times, noise, condition drops) are still made for the WHOLE batch
+from ``generator`` — so a row's draws never depend on how the batch is split — and the model is
+called on ``rows`` only. The loss is this shard's share of the whole-batch loss (its terms
+divided by the whole batch's normaliser), so the shares of a partition of the batch sum to the
+whole-batch loss and their gradients to its gradient; every log value is additive in the same
+way. ``rows=None`` is the whole batch (the one-process path, unchanged).
 """
 from __future__ import annotations
 
@@ -18,13 +26,34 @@ from imf.flow.paths import bcast_time, jump, sample_path
 Cond = Mapping[str, Tensor]
 
 
-def masked_mse(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
-    """Mean squared error over valid frames. pred/target (B, C, T), mask (B, T) -> scalar."""
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor | None, denom: Tensor | None = None) -> Tensor:
+    """Mean squared error over valid frames. pred/target (B, C, T), mask (B, T) -> scalar.
+
+    ``denom``: divide the summed error by this instead (a shard's share of a larger batch's
+    mean, see :func:`mse_denominator`)."""
     err = (pred - target) ** 2
+    if denom is not None:
+        return (err if mask is None else err * mask[:, None].to(err.dtype)).sum() / denom
     if mask is None:
         return err.mean()
     m = mask[:, None].to(err.dtype)
     return (err * m).sum() / (m.sum() * err.shape[1]).clamp(min=1.0)
+
+
+def mse_denominator(z: Tensor, mask: Tensor | None) -> Tensor:
+    """The element count :func:`masked_mse` divides by for the whole batch ``z`` (B, C, T), mask (B, T)."""
+    if mask is None:
+        return torch.tensor(float(z.numel()), dtype=z.dtype, device=z.device)
+    return (mask.to(z.dtype).sum() * z.shape[1]).clamp(min=1.0)
+
+
+def take_rows(cond: Cond, rows: slice) -> dict[str, Tensor]:
+    """Rows ``rows`` of every batch-first tensor of ``cond`` (other values as they are)."""
+    return {k: v[rows] if torch.is_tensor(v) and v.dim() > 0 else v for k, v in cond.items()}
+
+
+def _rows(x: Tensor | None, rows: slice) -> Tensor | None:
+    return None if x is None else x[rows]
 
 
 def per_sample_sq_error(pred: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
@@ -80,16 +109,23 @@ class CFMConfig(Config):
 
 
 def cfm_loss(model: Callable[..., Tensor], z_1: Tensor, cond: Cond, mask: Tensor | None, cfg: CFMConfig,
-             generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
-    """``|| v_theta(z_t, t) - (z_1 - z_0) ||^2`` with ``z_0 ~ N(0, I)``; z_1 (B, C, T)."""
+             generator: torch.Generator | None = None, rows: slice | None = None) -> tuple[Tensor, dict[str, float]]:
+    """``|| v_theta(z_t, t) - (z_1 - z_0) ||^2`` with ``z_0 ~ N(0, I)``; z_1 (B, C, T).
+
+    ``rows``: compute only this shard's share (see the module docstring)."""
     b = z_1.shape[0]
     z_0 = torch.randn(z_1.shape, generator=generator).to(z_1)
     t = sample_t(b, cfg.time_sampler, generator, cfg.time_mu, cfg.time_sigma).to(z_1)
     z_t, v = sample_path(z_0, z_1, t)
     cond = dict(cond, drop=drop_mask(b, cfg.p_drop, generator).to(z_1.device))
+    denom = None
+    if rows is not None:
+        denom = mse_denominator(z_1, mask)
+        z_t, t, v, cond, mask = z_t[rows], t[rows], v[rows], take_rows(cond, rows), _rows(mask, rows)
     pred = model(z_t, t=t, cond=cond)
-    loss = masked_mse(pred, v, mask)
+    loss = masked_mse(pred, v, mask, denom)
     return loss, {"loss": loss.item()}
+
 
 
 # ---------------------------------------------------------------------------------------
@@ -166,23 +202,30 @@ def rollout_average_velocity(teacher: Callable[..., Tensor], z_t: Tensor, t: Ten
 
 def intmeanflow_loss(student: Callable[..., Tensor], teacher: Callable[..., Tensor], z_1: Tensor, cond: Cond,
                      mask: Tensor | None, cfg: IMFConfig, generator: torch.Generator | None = None,
-                     teacher_cond: Cond | None = None) -> tuple[Tensor, dict[str, float]]:
+                     teacher_cond: Cond | None = None, rows: slice | None = None) -> tuple[Tensor, dict[str, float]]:
     """IntMeanFlow distillation: ``|| u_theta(z_t, t, r) - mean_k v_teacher^cfg ||^2``.
 
     ``teacher`` must already include guidance (e.g. ``Guided(teacher, w)``) and be frozen;
     the student is called WITHOUT guidance (conditional rows only). ``teacher_cond``: the
-    teacher's view of ``cond`` (e.g. with cached encodings); default ``cond``.
+    teacher's view of ``cond`` (e.g. with cached encodings); default ``cond``. ``rows``: compute
+    only this shard's share (module docstring); the teacher rolls out these rows only, and
+    ``teacher_cond`` (if given) holds these rows only.
     """
     b = z_1.shape[0]
     t, r = sample_intervals(b, cfg, generator)
     t, r = t.to(z_1), r.to(z_1)
     z_0 = torch.randn(z_1.shape, generator=generator).to(z_1)
     z_t, _ = sample_path(z_0, z_1, t)
+    denom = None
+    if rows is not None:
+        denom = mse_denominator(z_1, mask)
+        z_t, t, r, cond, mask = z_t[rows], t[rows], r[rows], take_rows(cond, rows), _rows(mask, rows)
     n = substep_counts(t, r, cfg).to(z_1.device)
-    target, rows = rollout_average_velocity(teacher, z_t, t, r, cond if teacher_cond is None else teacher_cond, n)
+    target, n_rows = rollout_average_velocity(teacher, z_t, t, r, cond if teacher_cond is None else teacher_cond, n)
     pred = student(z_t, t=t, r=r, cond=cond)
-    loss = masked_mse(pred, target, mask)
-    return loss, {"loss": loss.item(), "teacher_rows": float(rows), "mean_substeps": n.float().mean().item()}
+    loss = masked_mse(pred, target, mask, denom)
+    return loss, {"loss": loss.item(), "teacher_rows": float(n_rows),
+                  "mean_substeps": (n.float().mean() if rows is None else n.float().sum() / b).item()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -229,7 +272,8 @@ def meanflow_target(model: Callable[..., Tensor], z_t: Tensor, t: Tensor, r: Ten
 
 
 def meanflow_loss(model: Callable[..., Tensor], z_1: Tensor, cond: Cond, mask: Tensor | None, cfg: MeanFlowConfig,
-                  generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+                  generator: torch.Generator | None = None,
+                  rows: slice | None = None) -> tuple[Tensor, dict[str, float]]:
     """MeanFlow objective with the paper's adaptive weighting, per sample ``b``:
 
         L_b = ||u_b - u_tgt_b||^2   (summed over the sample's valid elements),
@@ -238,6 +282,7 @@ def meanflow_loss(model: Callable[..., Tensor], z_1: Tensor, cond: Cond, mask: T
     The norm is a sum, as in the MeanFlow paper (Geng et al. 2025, eq. for the adaptive loss)
     and its official code, not a per-element mean: with a mean, ``c`` would act as ``c`` times
     the element count. ``logs["mse"]`` is the per-element mean squared error, for monitoring.
+    ``rows``: compute only this shard's share (see the module docstring).
     """
     b = z_1.shape[0]
     a = sample_t(b, cfg.time_sampler, generator, cfg.time_mu, cfg.time_sigma)
@@ -248,6 +293,9 @@ def meanflow_loss(model: Callable[..., Tensor], z_1: Tensor, cond: Cond, mask: T
     z_0 = torch.randn(z_1.shape, generator=generator).to(z_1)
     z_t, v = sample_path(z_0, z_1, t)
     drop = drop_mask(b, cfg.p_drop, generator).to(z_1.device)
+    if rows is not None:
+        z_t, t, r, v, drop = z_t[rows], t[rows], r[rows], v[rows], drop[rows]
+        cond, mask = take_rows(cond, rows), _rows(mask, rows)
     if cfg.cfg_scale != 1.0:
         # guidance folded into the target: v~ = w v + (1 - w) u(z_t, t, t | null), for kept rows
         with torch.no_grad():
@@ -256,5 +304,8 @@ def meanflow_loss(model: Callable[..., Tensor], z_1: Tensor, cond: Cond, mask: T
     u, u_tgt = meanflow_target(model, z_t, t, r, v, dict(cond, drop=drop))
     sq = per_sample_sq_error(u, u_tgt, mask)
     weight = 1.0 / (sq.detach() + cfg.adaptive_c) ** cfg.adaptive_p
-    loss = (weight * sq).mean()
-    return loss, {"loss": loss.item(), "mse": per_sample_mse(u.detach(), u_tgt, mask).mean().item()}
+    if rows is None:
+        loss = (weight * sq).mean()
+        return loss, {"loss": loss.item(), "mse": per_sample_mse(u.detach(), u_tgt, mask).mean().item()}
+    loss = (weight * sq).sum() / b
+    return loss, {"loss": loss.item(), "mse": (per_sample_mse(u.detach(), u_tgt, mask).sum() / b).item()}

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from imf.core.config import Config, require
+from imf.core.distributed import is_main, resolve_device
 from imf.core.runtime import seed_everything
 from imf.data.f5_text import F5Dataset, F5Text, infill_cond, make_collate, span_mask
 from imf.flow.objectives import IMFConfig, intmeanflow_loss
@@ -55,16 +56,18 @@ def f5_objective(teacher: Any, imf_cfg: IMFConfig, cfg: F5DistillConfig = F5Dist
 
     ``teacher``: the guided frozen teacher (e.g. ``Guided(f5_teacher, 3.0)``). ``batch``:
     :func:`imf.data.f5_text.make_collate`'s. Spans are drawn from the trainer's generator.
+    Takes the trainer's ``rows`` (data parallel: ``torchrun ... -m imf.train.f5 ...``).
     """
 
-    def objective(student, batch, g):
+    def objective(student, batch, g, rows=None):  # rows: this process's shard (spans drawn for the whole batch)
         device = next(student.parameters()).device
         span = span_mask(batch["lengths"], (cfg.frac_min, cfg.frac_max), batch["z_1"].shape[-1], g)
         batch = _to(dict(batch, span=span), device)
         span = batch["span"] & batch["mask"]
         cond = infill_cond(batch["z_1"], batch["text"], batch["mask"], span)
-        loss, logs = intmeanflow_loss(student, teacher, batch["z_1"], cond, span, imf_cfg, g)
-        return loss, {**logs, "span_frac": span.float().sum().item() / batch["mask"].float().sum().item()}
+        loss, logs = intmeanflow_loss(student, teacher, batch["z_1"], cond, span, imf_cfg, g, rows=rows)
+        own = span if rows is None else span[rows]
+        return loss, {**logs, "span_frac": own.float().sum().item() / batch["mask"].float().sum().item()}
 
     return objective
 
@@ -101,6 +104,7 @@ def distill_f5_files(checkpoint: str | Path, vocab: str | Path, manifest: str | 
     """The whole recipe from paths: an F5-TTS checkpoint (``.pt`` or ``.safetensors``) of model config
     ``model`` with its ``vocab.txt``, and a CSV/TSV ``manifest`` (columns ``audio_path``, ``text``).
     ``overrides``: F5Config fields that differ from the named config (a custom-sized DiT)."""
+    device = resolve_device(device) if device in ("cuda", "auto") else device  # cuda:LOCAL_RANK under torchrun
     teacher = F5Backbone.from_f5(checkpoint, model, vocab, ema=ema, **(overrides or {})).to(device)
     data = F5Dataset.from_manifest(manifest, teacher.config, max_frames=cfg.max_frames)
     collate = make_collate(F5Text(vocab, teacher.config.tokenizer))
@@ -120,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--model", default="F5TTS_v1_Base", help="F5-TTS model config name (F5TTS_v1_Base, F5TTS_Small, ...)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--steps", type=int, default=t.steps)
-    ap.add_argument("--batch-size", type=int, default=t.batch_size)
+    ap.add_argument("--batch-size", type=int, default=t.batch_size, help="the GLOBAL batch (over torchrun processes)")
+    ap.add_argument("--grad-accum", type=int, default=t.grad_accum, help="micro-batches per step and process")
     ap.add_argument("--lr", type=float, default=2e-5, help="AdamW peak lr (2e-5: fine-tuning a big pretrained DiT)")
     ap.add_argument("--warmup", type=int, default=t.warmup)
     ap.add_argument("--ema-decay", type=float, default=t.ema_decay)
@@ -144,12 +149,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         except json.JSONDecodeError:
             overrides[key] = value
     train_cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, ema_decay=a.ema_decay,
-                            ckpt_every=a.ckpt_every, seed=a.seed)
+                            ckpt_every=a.ckpt_every, seed=a.seed, grad_accum=a.grad_accum)
     imf_cfg = F5_IMF.replace(teacher_nfe=a.teacher_nfe, cfg_scale=a.cfg_w)
     _, summary = distill_f5_files(a.checkpoint, a.vocab, a.manifest, a.run_dir, train_cfg, a.model, imf_cfg,
                                   F5DistillConfig(max_frames=a.max_frames, freeze=a.freeze), device=a.device,
                                   overrides=overrides)
-    print(summary)
+    if is_main():
+        print(summary)
     return summary
 
 

@@ -1,6 +1,9 @@
 """Entry points that tie a corpus, a model and an objective to the trainer.
 
 Notebooks and scripts call these; they hold no maths of their own (see :mod:`imf.flow.objectives`).
+Each objective takes the trainer's ``rows`` (its shard of the global batch), so every recipe runs
+data-parallel under ``torchrun`` (``python -m imf.train``) and with gradient accumulation; the
+frozen teacher of :func:`distill` rolls out on every process, for that process's rows.
 """
 from __future__ import annotations
 
@@ -11,10 +14,12 @@ from typing import Any
 from torch import Tensor, nn
 
 from imf.core.checkpoints import load_checkpoint, model_from_state
+from imf.core.distributed import resolve_device
 from imf.core.runtime import seed_everything
 from imf.data import Corpus, MelTokenDataset, collate
 from imf.data.config import DataConfig
-from imf.flow.objectives import CFMConfig, IMFConfig, MeanFlowConfig, cfm_loss, intmeanflow_loss, meanflow_loss
+from imf.flow.objectives import (CFMConfig, IMFConfig, MeanFlowConfig, cfm_loss, intmeanflow_loss, meanflow_loss,
+                                 take_rows)
 from imf.flow.solvers import Guided
 from imf.models import Token2Mel, Token2MelConfig, freeze, student_from_teacher
 from imf.models.student import init_time_mix
@@ -71,8 +76,8 @@ def train_teacher(corpus, run_dir: str | Path, model_cfg: Token2MelConfig, train
     seed_everything(train_cfg.seed)
     model = Token2Mel(model_cfg)
 
-    def objective(m, batch, g):
-        return cfm_loss(m, batch["z_1"], cond_of(batch), batch["mask"], cfm_cfg, g)
+    def objective(m, batch, g, rows=None):
+        return cfm_loss(m, batch["z_1"], cond_of(batch), batch["mask"], cfm_cfg, g, rows=rows)
 
     trainer = Trainer(run_dir, model, objective, train_dataset(corpus, data_cfg, train_cfg.seed), collate,
                       train_cfg, extra_config={"cfm": cfm_cfg.to_dict(), "data": data_cfg.to_dict(),
@@ -91,7 +96,7 @@ def distill(corpus, teacher_ckpt: str | Path, run_dir: str | Path, train_cfg: Tr
     with another interval mix (``imf_cfg.p_full``) after a first distillation run.
     """
     seed_everything(train_cfg.seed)  # crops and prompt choices draw from the global generators
-    teacher = load_for_corpus(teacher_ckpt, corpus, "teacher")  # EMA weights, frozen, eval mode
+    teacher = load_for_corpus(teacher_ckpt, corpus, "teacher").to(resolve_device(train_cfg.device))  # EMA, frozen
     if init is None:
         student = student_from_teacher(teacher)
     else:
@@ -103,11 +108,13 @@ def distill(corpus, teacher_ckpt: str | Path, run_dir: str | Path, train_cfg: Tr
     params = freeze(student, freeze_mode)
     guided = Guided(teacher, imf_cfg.cfg_scale)
 
-    def objective(m, batch, g):
+    def objective(m, batch, g, rows=None):
         cond = cond_of(batch)
+        own = cond if rows is None else take_rows(cond, rows)
         # the frozen teacher's text/speaker encodings are computed once per batch, not per sub-step
-        teacher_cond = teacher.encode_cond(cond) if hasattr(teacher, "encode_cond") else cond
-        return intmeanflow_loss(m, guided, batch["z_1"], cond, batch["mask"], imf_cfg, g, teacher_cond=teacher_cond)
+        teacher_cond = teacher.encode_cond(own) if hasattr(teacher, "encode_cond") else own
+        return intmeanflow_loss(m, guided, batch["z_1"], cond, batch["mask"], imf_cfg, g, teacher_cond=teacher_cond,
+                                rows=rows)
 
     trainer = Trainer(run_dir, student, objective, train_dataset(corpus, data_cfg, train_cfg.seed), collate,
                       train_cfg, params=params,
@@ -137,8 +144,8 @@ def train_meanflow(corpus, run_dir: str | Path, train_cfg: TrainConfig, mf_cfg: 
         model = student_from_teacher(load_for_corpus(init, corpus, "init")).train()
     params = freeze(model, freeze_mode)
 
-    def objective(m, batch, g):
-        return meanflow_loss(m, batch["z_1"], cond_of(batch), batch["mask"], mf_cfg, g)
+    def objective(m, batch, g, rows=None):
+        return meanflow_loss(m, batch["z_1"], cond_of(batch), batch["mask"], mf_cfg, g, rows=rows)
 
     trainer = Trainer(run_dir, model, objective, train_dataset(corpus, data_cfg, train_cfg.seed), collate,
                       train_cfg, params=params,

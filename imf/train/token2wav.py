@@ -39,6 +39,7 @@ from torch import Tensor
 
 from imf.core.checkpoints import load_model
 from imf.core.config import Config
+from imf.core.distributed import barrier, is_main, resolve_device
 from imf.core.lock import RunLock
 from imf.core.runtime import seed_everything
 from imf.data.tokenizers import PhoneTokenizer
@@ -125,8 +126,10 @@ def train_vae(corpus, run_dir: str | Path, model_cfg: VAEConfig = VAEConfig(), t
     if not (torch.equal(trainer.ema.latent_mean, mean) and torch.equal(trainer.ema.latent_std, std.clamp(min=1e-4))):
         for m in (trainer.model, trainer.ema):
             m.set_latent_stats(mean, std)
-        with RunLock(run_dir):  # the run is ours again while the statistics are written into its checkpoint
-            trainer.save()
+        if is_main():  # rank 0 writes; the run is ours again while the statistics go into its checkpoint
+            with RunLock(run_dir):
+                trainer.save()
+        barrier()
     return trainer, summary
 
 
@@ -154,11 +157,11 @@ def train_generator(data: TokenWaveDataset, run_dir: str | Path, kind: str, mode
     if kind == "meanflow":
         init_time_mix(model.time_mix)
 
-    def objective(m, batch, g):
+    def objective(m, batch, g, rows=None):  # crops of the whole batch, then this shard's rows (data parallel)
         b = generator_batch(data, batch, data_cfg, g)
         if kind == "fm":
-            return cfm_loss(m, b["z_1"], b["cond"], b["cond"]["mask"], cfm_cfg, g)
-        return meanflow_loss(m, b["z_1"], b["cond"], b["cond"]["mask"], mf_cfg, g)
+            return cfm_loss(m, b["z_1"], b["cond"], b["cond"]["mask"], cfm_cfg, g, rows=rows)
+        return meanflow_loss(m, b["z_1"], b["cond"], b["cond"]["mask"], mf_cfg, g, rows=rows)
 
     extra = {"objective": kind, "data": data_cfg.to_dict(), "corpus": str(data.corpus.root),
              "latents": data.latent_source}
@@ -176,14 +179,14 @@ def distill_generator(data: TokenWaveDataset, teacher_ckpt: str | Path, run_dir:
     guided teacher rollouts of :func:`imf.flow.objectives.intmeanflow_loss`)."""
     data.require_latents()
     seed_everything(train_cfg.seed)
-    teacher = load_model(teacher_ckpt)
+    teacher = load_model(teacher_ckpt).to(resolve_device(train_cfg.device))
     student = student_from_teacher(teacher).train()
     params = freeze(student, freeze_mode)
     guided = Guided(teacher, imf_cfg.cfg_scale)
 
-    def objective(m, batch, g):
+    def objective(m, batch, g, rows=None):
         b = generator_batch(data, batch, data_cfg, g)
-        return intmeanflow_loss(m, guided, b["z_1"], b["cond"], b["cond"]["mask"], imf_cfg, g)
+        return intmeanflow_loss(m, guided, b["z_1"], b["cond"], b["cond"]["mask"], imf_cfg, g, rows=rows)
 
     trainer = Trainer(run_dir, student, objective, data, collate_waves, train_cfg, params=params,
                       extra_config={"imf": imf_cfg.to_dict(), "data": data_cfg.to_dict(), "freeze": freeze_mode,

@@ -12,11 +12,25 @@ on the same folder is refused, naming the owner. On start it removes what interr
 writes left behind (:func:`imf.core.runtime.sweep_temp_files`). A full disk during a
 checkpoint raises :class:`imf.core.runtime.DiskFullError` naming the file; the previous
 checkpoint is kept.
+
+Data parallel (``torchrun --nproc_per_node N``, see :mod:`imf.core.distributed`) and gradient
+accumulation: ``batch_size`` is the GLOBAL batch, ``batch_size = micro-batch x grad_accum x
+processes``. Every process builds the same global batch (same data order, crops and noise: a
+row's random draws do not depend on the number of processes) and computes the loss of its
+own rows with the objective's ``rows=`` argument (:mod:`imf.flow.objectives`: each shard's
+share of the global-batch loss); gradients are summed over micro-batches and processes, so 1
+and N processes (and any ``grad_accum``) train the same weights up to float rounding, and a run
+may resume with another number of processes. The one-process, ``grad_accum = 1`` path calls the
+objective exactly as before (no ``rows``), so its draws and numbers are unchanged. Rank 0 holds
+the lock and writes logs, checkpoints and metrics; every rank resumes from the same checkpoint.
+An objective that takes no ``rows`` runs in one process without accumulation only.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import inspect
 import math
 import random
 import time
@@ -29,6 +43,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from imf.core import distributed
 from imf.core.checkpoints import load_checkpoint, load_weights
 from imf.core.config import Config, require
 from imf.core.lock import RunLock
@@ -43,7 +58,7 @@ class TrainingDiverged(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(Config):
     steps: int = 1500  # optimizer steps in total (a resumed run trains up to this)
-    batch_size: int = 16  # utterances per batch
+    batch_size: int = 16  # utterances per optimizer step, over all processes and micro-batches (the global batch)
     lr: float = 1e-3  # AdamW peak learning rate
     weight_decay: float = 0.01  # AdamW weight decay
     warmup: int = 100  # linear warm-up steps, then cosine decay to 10 %
@@ -54,6 +69,9 @@ class TrainConfig(Config):
     seed: int = 0  # one seed per run: data order, noise, dropout
     threads: int = 0  # torch threads (0: all cores)
     on_nonfinite: str = "stop"  # "stop": raise, keep the last good checkpoint; "skip": skip the step and count it
+    grad_accum: int = 1  # micro-batches per step and process: batch_size = micro x grad_accum x processes
+    device: str = "cpu"  # "cpu" | "cuda" (cuda:LOCAL_RANK under torchrun) | "auto" (cuda when available)
+    bf16: bool = False  # bf16 autocast of the objective on CUDA (ignored on CPU)
 
     def validate(self) -> None:
         require(self.steps >= 1, "steps", "must be >= 1")
@@ -62,6 +80,11 @@ class TrainConfig(Config):
         require(0.0 <= self.ema_decay < 1.0, "ema_decay", "must lie in [0, 1)")
         require(self.ckpt_every >= 1 and self.log_every >= 1, "ckpt_every", "must be >= 1")
         require(self.on_nonfinite in ("stop", "skip"), "on_nonfinite", "must be 'stop' or 'skip'")
+        require(self.grad_accum >= 1, "grad_accum", "must be >= 1")
+        require(self.device in ("cpu", "cuda", "auto"), "device", "must be 'cpu', 'cuda' or 'auto'")
+
+
+RESUME_MAY_CHANGE = ("steps", "grad_accum", "device")  # TrainConfig fields a resumed run may change
 
 
 class _EpochPerm:
@@ -123,6 +146,9 @@ class Trainer:
         self.extra_config = extra_config or {}
         self.params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
         self.progress, self.desc = progress, desc
+        self.device = distributed.resolve_device(cfg.device)
+        if self.device.type != "cpu":
+            model.to(self.device)  # in place: the Parameter objects of ``params`` stay the same
         self.ema = copy.deepcopy(model).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
         self.step = 0
@@ -157,7 +183,10 @@ class Trainer:
                                                           "rng"))
         old, new = dict(state["config"]), self._config_record()
         old_train, new_train = dict(old.pop("train")), dict(new.pop("train"))
-        old_train.pop("steps"), new_train.pop("steps")  # a resumed run may train longer
+        for k, v in TrainConfig().to_dict().items():
+            old_train.setdefault(k, v)  # fields added since the checkpoint was written: their defaults
+        for k in RESUME_MAY_CHANGE:  # a resumed run may train longer, on other devices or process counts
+            old_train.pop(k), new_train.pop(k)
         if old != new or old_train != new_train:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             diff += sorted(f"train.{k}" for k in set(old_train) | set(new_train) if old_train.get(k) != new_train.get(k))
@@ -186,30 +215,54 @@ class Trainer:
 
         Raises :class:`imf.core.lock.RunLocked` if another process trains in ``run_dir``.
         """
-        setup_threads(self.cfg.threads or None)
-        with RunLock(self.run_dir):
-            sweep_temp_files(self.run_dir)
+        setup_threads(self.cfg.threads or distributed.threads_per_process())
+        distributed.init()
+        lock, err = (RunLock(self.run_dir) if distributed.is_main() else None), None
+        if lock is not None:
+            try:
+                lock.acquire()
+                sweep_temp_files(self.run_dir)
+            except BaseException as e:  # noqa: BLE001 - re-raised below, after the other ranks are told
+                err = e
+                lock.release()
+        if not distributed.agree(err is None):  # else the other ranks would wait for rank 0 forever
+            if err is not None:
+                raise err
+            raise RuntimeError(f"{self.run_dir}: rank 0 could not take the run (see its error)")
+        try:
             return self._fit()
+        finally:
+            if lock is not None:
+                lock.release()
 
     def _fit(self) -> dict[str, Any]:
         resumed_from = self.step if self.try_resume() else None
-        atomic_write_json(self.run_dir / "config.json",
-                          {**self._config_record(), "seed": self.cfg.seed, "git": git_revision()})
+        main = distributed.is_main()
+        if main:
+            atomic_write_json(self.run_dir / "config.json",
+                              {**self._config_record(), "seed": self.cfg.seed, "git": git_revision()})
+        micro = self._micro_batch()
         perm = _EpochPerm(len(self.dataset), self.cfg.seed)
         self.model.train()
-        bar = tqdm(total=self.cfg.steps, initial=self.step, desc=self.desc, disable=not self.progress,
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc=self.desc, disable=not (self.progress and main),
                    dynamic_ncols=True)
         t_start, steps_run, acc = time.time(), 0, {}
         while self.step < self.cfg.steps:
             t0 = time.time()
-            batch = self.collate([self.dataset[i] for i in perm(self.step, self.cfg.batch_size)])
+            batch = self._to_device(self.collate([self.dataset[i] for i in perm(self.step, self.cfg.batch_size)]))
             for g in self.opt.param_groups:
                 g["lr"] = lr_at(self.step, self.cfg)
-            loss, logs = self.objective(self.model, batch, self.generator)
-            self.opt.zero_grad(set_to_none=True)
-            nonfinite = not torch.isfinite(loss)
+            if micro is None:  # one process, no accumulation: the objective sees the whole batch
+                with self._autocast():
+                    loss, logs = self.objective(self.model, batch, self.generator)
+                self.opt.zero_grad(set_to_none=True)
+                nonfinite = not torch.isfinite(loss)
+                if not nonfinite:
+                    loss.backward()
+            else:
+                loss, logs = self._sharded_backward(batch, micro)
+                nonfinite = not torch.isfinite(loss)
             if not nonfinite:
-                loss.backward()
                 gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
                 nonfinite = not torch.isfinite(gnorm)
             if nonfinite:
@@ -233,7 +286,7 @@ class Trainer:
                 self.history.append(row)
                 acc = {}
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
-            if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps:
+            if main and (self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps):
                 self.save()
             bar.update(1)
         bar.close()
@@ -243,8 +296,59 @@ class Trainer:
                    "final_loss": self.history[-1]["loss"] if self.history else None}
         if steps_run:
             summary["sec_per_step"] = summary["seconds_this_session"] / steps_run
-        atomic_write_json(self.run_dir / "metrics.json", summary)
+        if main:
+            atomic_write_json(self.run_dir / "metrics.json", summary)
+        distributed.barrier()  # the last checkpoint is on disk before any rank returns
         return summary
+
+    # -- data parallel and accumulation ---------------------------------------------------
+    def _micro_batch(self) -> int | None:
+        """Rows per micro-batch and process; None for the plain one-process path."""
+        world, accum = distributed.world_size(), self.cfg.grad_accum
+        if world == 1 and accum == 1:
+            return None
+        if self.cfg.batch_size % (world * accum):
+            raise ValueError(f"TrainConfig.batch_size = {self.cfg.batch_size} (the global batch) is not divisible by "
+                             f"grad_accum ({accum}) x processes ({world}); choose a multiple of {world * accum}")
+        if "rows" not in inspect.signature(self.objective).parameters:
+            raise TypeError(f"{self.desc}: objective {getattr(self.objective, '__name__', self.objective)!r} takes no "
+                            f"'rows' argument, so it cannot run sharded (processes = {world}, grad_accum = {accum})")
+        return self.cfg.batch_size // (world * accum)
+
+    def _sharded_backward(self, batch: dict[str, Any], micro: int) -> tuple[Tensor, dict[str, float]]:
+        """Gradients of this process's micro-batches, summed over processes; (global loss, summed logs).
+
+        Each micro-batch restarts the generator from the step's state, so the objective makes the
+        whole batch's draws every time and keeps its own rows: after the loop the generator is
+        where one whole-batch call leaves it."""
+        self.opt.zero_grad(set_to_none=True)
+        start, sums, keys, bad = self.generator.get_state(), None, None, 0.0
+        for a in range(self.cfg.grad_accum):
+            self.generator.set_state(start)
+            with self._autocast():
+                loss, logs = self.objective(self.model, batch, self.generator,
+                                            rows=distributed.shard_rows(self.cfg.batch_size, micro, a))
+            if torch.isfinite(loss):
+                loss.backward()
+            else:
+                bad += 1.0
+            keys = keys or sorted(logs)
+            row = torch.tensor([float(loss.detach())] + [float(logs[k]) for k in keys], dtype=torch.float64)
+            sums = row if sums is None else sums + row
+        sums = distributed.all_reduce_sum(torch.cat([sums, torch.tensor([bad], dtype=torch.float64)]))
+        distributed.all_reduce_grads(self.params)
+        loss = torch.tensor(float("nan") if sums[-1] > 0 else float(sums[0]))
+        return loss, {k: float(v) for k, v in zip(keys, sums[1:-1].tolist())}
+
+    def _autocast(self):
+        if self.cfg.bf16 and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.device.type == "cpu":
+            return batch
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     def _diverged_msg(self, what: str) -> str:
         kept = f"the last good checkpoint {self.ckpt_path} is kept" if self.ckpt_path.exists() else "no checkpoint yet"

@@ -11,6 +11,13 @@ audio; the cost is some buzz/phasiness a discriminator would remove)::
 Objectives are ``objective(model, batch, generator) -> (loss, logs)`` for
 :class:`~imf.train.trainer.Trainer`, on :func:`imf.data.waves.collate_waves` batches; every
 crop and noise draw comes from the trainer's generator.
+
+Data parallel / gradient accumulation (``rows=``, see :mod:`imf.flow.objectives`): the crops and
+noise are drawn for the whole batch, the model runs on ``rows`` only, and the loss and logs are
+the shard's mean times its fraction of the batch. Every term is a mean over samples of equal
+size, so the shares add up to the whole-batch loss — except auraloss's spectral-convergence
+term, one ratio of norms over the whole batch, which the shares only approximate: these
+stages are not bit-for-bit invariant to the number of processes (the flow stages are).
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from imf.core.config import Config, require
+from imf.flow.objectives import take_rows
 from imf.models.features import LogMel, MelConfig
 from imf.data.waves import (T2WDataConfig, TokenWaveDataset, generator_batch, mel_segments, segment_starts,
                             wav_segments)
@@ -78,6 +86,14 @@ def _logs(out: dict[str, Tensor]) -> dict[str, float]:
     return {k: float(v.detach()) for k, v in out.items()}
 
 
+def _share(out: dict[str, Tensor], rows: slice | None, b: int) -> tuple[Tensor, dict[str, float]]:
+    """(loss, logs) of a shard ``rows`` of a batch of ``b``: its means times its fraction of the batch."""
+    if rows is not None:
+        n = len(range(b)[rows])
+        out = {k: v * (n / b) for k, v in out.items()}
+    return out["loss"], _logs(out)
+
+
 class VocoderObjective(nn.Module):
     """One random ``seg_frames`` segment per utterance (:func:`~imf.data.waves.mel_segments`) -> vocode -> wave loss."""
 
@@ -86,10 +102,12 @@ class VocoderObjective(nn.Module):
         self.seg_frames, self.hop = seg_frames, mel_config.hop_length
         self.wave_loss = WaveLoss(cfg, mel_config)
 
-    def forward(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator):
+    def forward(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator, rows: slice | None = None):
         mel, wav = mel_segments(batch, self.seg_frames, self.hop, generator)
-        out = self.wave_loss(model(mel), wav)
-        return out["loss"], _logs(out)
+        b = mel.shape[0]
+        if rows is not None:
+            mel, wav = mel[rows], wav[rows]
+        return _share(self.wave_loss(model(mel), wav), rows, b)
 
 
 class VAEObjective(nn.Module):
@@ -99,17 +117,18 @@ class VAEObjective(nn.Module):
         super().__init__()
         self.wave_loss, self.kl_weight, self.seg = WaveLoss(loss_cfg, mel_config), loss_cfg.kl_weight, seg_frames
 
-    def forward(self, model: WaveVAE, batch: dict[str, Any], g: torch.Generator):
+    def forward(self, model: WaveVAE, batch: dict[str, Any], g: torch.Generator, rows: slice | None = None):
         stride = model.config.stride
         lengths = torch.tensor([w.numel() // stride for w in batch["wav"]])
         wav = wav_segments(batch["wav"], segment_starts(lengths, self.seg, g), [0] * len(lengths), self.seg, stride)
-        mu, logvar = model.encode(wav)
-        eps = torch.randn(mu.shape, generator=g)
-        wav_hat = model.decode(mu + torch.exp(0.5 * logvar) * eps)
-        out = self.wave_loss(wav_hat, wav)
+        b = wav.shape[0]
+        mu, logvar = model.encode(wav if rows is None else wav[rows])
+        eps = torch.randn((b, *mu.shape[1:]), generator=g)  # the whole batch's noise (= mu.shape without rows)
+        wav_hat = model.decode(mu + torch.exp(0.5 * logvar) * (eps if rows is None else eps[rows]))
+        out = self.wave_loss(wav_hat, wav if rows is None else wav[rows])
         out["kl"] = kl_divergence(mu, logvar)
         out["loss"] = out["loss"] + self.kl_weight * out["kl"]
-        return out["loss"], _logs(out)
+        return _share(out, rows, b)
 
 
 class RefineObjective(nn.Module):
@@ -125,14 +144,15 @@ class RefineObjective(nn.Module):
         self.data, self.data_cfg, self.joint = data, data_cfg, joint
         self.wave_loss = WaveLoss(loss_cfg, data.corpus.mel_config)
 
-    def forward(self, model: Token2Wav, batch: dict[str, Any], g: torch.Generator):
+    def forward(self, model: Token2Wav, batch: dict[str, Any], g: torch.Generator, rows: slice | None = None):
         b = generator_batch(self.data, batch, self.data_cfg, g)
         z_0 = torch.randn(b["z_1"].shape, generator=g)
+        n = z_0.shape[0]
+        own = slice(0, n) if rows is None else rows
         with torch.set_grad_enabled(self.joint and torch.is_grad_enabled()):
-            x = model.one_step(z_0, b["cond"])
+            x = model.one_step(z_0[own], take_rows(b["cond"], own))
         seg = self.data_cfg.seg_frames
         starts = segment_starts(b["lengths"], seg, g)
-        x_seg = torch.stack([x[i, :, f:f + seg] for i, f in enumerate(starts)])
+        x_seg = torch.stack([x[i, :, f:f + seg] for i, f in enumerate(starts[own])])
         wav = wav_segments(batch["wav"], starts, b["starts"].tolist(), seg, model.vae.config.stride)
-        out = self.wave_loss(model.decode(x_seg), wav)
-        return out["loss"], _logs(out)
+        return _share(self.wave_loss(model.decode(x_seg), wav[own]), rows, n)
