@@ -13,19 +13,15 @@ from nbformat.sign import NotebookNotary
 from imf.core.checkpoints import load_checkpoint, load_model
 from imf.core.runtime import repo_root
 from imf.runs.pipeline import available, run_notebook
+from tests.helpers import pipeline_env
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    with pytest.MonkeyPatch.context() as mp:
-        for var, sub in (("IMF_RESULTS", "results"), ("IMF_DATA", "data"), ("IMF_RUNS", "runs")):
-            mp.setenv(var, str(root / sub))
-        mp.setenv("IMF_THREADS", "2")
-        mp.setenv("JUPYTER_DATA_DIR", str(root / "jupyter"))  # the notary's signatures, away from the user's
-        yield root
+def tree(pipeline_root):
+    with pipeline_env(pipeline_root):  # shared with tests/test_notebooks_browser.py (runs after this file)
+        yield pipeline_root
 
 
 def run(tree, name, **params):
