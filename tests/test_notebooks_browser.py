@@ -185,6 +185,12 @@ def audio_state(page, root: str) -> list[dict]:
     }))""", root)
 
 
+def assert_one_row(page, panel: str, n: int = 4) -> None:
+    """The panel's ``n`` columns sit side by side (same top), not wrapped."""
+    tops = page.eval_on_selector_all(panel + " .imf-listen-column", "els => els.map(e => e.getBoundingClientRect().top)")
+    assert len(tops) == n and max(tops) - min(tops) < 1, f"columns wrap: tops {tops}"
+
+
 PLAYABLE = """root => { const a = [...document.querySelectorAll(root + ' audio')];
     return a.length > 0 && a.every(x => x.readyState === 4 && x.duration > 0); }"""
 
@@ -206,6 +212,7 @@ def test_06_listen_in_the_browser(tree, lab, browser):
     assert saved and all(saved), "the saved panel's controls should be disabled (no kernel behind them)"
     assert "need a running kernel" in page.inner_text(".imf-listen-panel .imf-kernel-note")
     page.eval_on_selector(".imf-listen-panel", "e => e.scrollIntoView()")
+    assert_one_row(page, ".imf-listen-panel")
     screenshot(page, "06_saved")
 
     # run it with a live kernel: the panel shows, says what it is generating, and fills with playable audio
@@ -222,8 +229,7 @@ def test_06_listen_in_the_browser(tree, lab, browser):
     assert live and not any(live) and page.inner_text(panel + " .imf-kernel-note") == ""
     # four columns side by side at 1600 px with the file browser open
     page.eval_on_selector(panel, "e => e.scrollIntoView()")
-    boxes = page.eval_on_selector_all(panel + " .imf-listen-column", "els => els.map(e => e.getBoundingClientRect().top)")
-    assert len(boxes) == 4 and max(boxes) - min(boxes) < 1, f"columns wrap: tops {boxes}"
+    assert_one_row(page, panel)
     assert page.evaluate("() => !document.querySelector('#filebrowser').classList.contains('lm-mod-hidden')")
     screenshot(page, "06_live")
 

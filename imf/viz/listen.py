@@ -181,9 +181,12 @@ class ListeningPanel:
         self.note = kernel_note()
         legend = W.HTML("<small>Every system starts from the same noise z<sub>0</sub>; spectrograms share the "
                         "utterance's real colour scale. Scores: per utterance (↑ higher is better, ↓ lower). "
-                        "A point is generated the first time it is shown, then cached.</small>")
+                        "A point is generated the first time it is shown, then cached.</small>"
+                        # a saved view marks disconnected widgets with a ::before icon: in a grid it would take a cell
+                        "<style>.imf-listen-grid.jupyter-widgets-disconnected::before{display:none}</style>")
         self.grid = W.GridBox(list(self.columns.values()), layout=W.Layout(
             grid_template_columns=f"repeat(auto-fit, minmax({min_column}px, 1fr))", grid_gap="8px", width="100%"))
+        self.grid.add_class("imf-listen-grid")
         self.widget = W.VBox([self.utterance, self.caption, self.note, self.grid, legend])
         self.widget.add_class("imf-listen-panel")
         self.refresh(compute=False)
