@@ -20,11 +20,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/nbstripout --install --attributes .gitattributes 2>/dev/null || true
 	touch $(STAMP)
 
-# flite is the second speech engine of the embedded corpus (espeak-ng comes from PyPI).
+# flite is the second speech engine of the embedded corpus (espeak-ng comes from PyPI); chromium is the
+# browser of tests/test_notebooks_browser.py (Debian's, driven by Playwright; never `playwright install`).
 sysdeps:
 	@command -v flite >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq flite >/dev/null; \
 	  else echo "flite is missing: run 'sudo apt-get install flite' (Debian/Ubuntu), then retry." >&2; exit 1; fi; }
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing (the browser test needs /usr/bin/chromium): run 'sudo apt-get install chromium' (Debian/Ubuntu), then retry." >&2; exit 1; fi; }
 
 test: env
 	$(BIN)/python -m pytest -q -ra

@@ -1,6 +1,9 @@
-"""Small fakes shared by tests: a counting model, a random token/mel dataset."""
+"""Small fakes shared by tests: a counting model, a random token/mel dataset; the notebook runs' environment."""
 from __future__ import annotations
 
+import contextlib
+
+import pytest
 import torch
 
 from imf.flow.objectives import meanflow_target
@@ -88,3 +91,16 @@ def jvp_and_finite_differences(model, cond, channels: int, b: int = 2, n: int = 
     f = lambda s: model(z + s * v, t=t + s, r=r, cond=cond)
     return dudt, (f(eps) - f(-eps)) / (2 * eps)
 
+
+
+@contextlib.contextmanager
+def pipeline_env(root):
+    """The environment of notebook runs in the tree ``root``: IMF_RESULTS/DATA/RUNS under it, two
+    threads, and the notary's signatures in ``root/jupyter`` (away from the user's). Kernels and
+    servers started inside inherit it."""
+    with pytest.MonkeyPatch.context() as mp:
+        for var, sub in (("IMF_RESULTS", "results"), ("IMF_DATA", "data"), ("IMF_RUNS", "runs")):
+            mp.setenv(var, str(root / sub))
+        mp.setenv("IMF_THREADS", "2")
+        mp.setenv("JUPYTER_DATA_DIR", str(root / "jupyter"))
+        yield root

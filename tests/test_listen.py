@@ -7,6 +7,7 @@ import io
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
 import torch
@@ -204,17 +205,91 @@ def test_panel_builds_and_reacts_without_browser(es, models):
     assert (t_count.calls, s_count.calls) == calls and rms.n_scored == scored  # nothing recomputed
 
 
-def test_lazy_renders_once_per_nfe(es, models):
+def test_lazy_panel_computes_each_utterance_once_on_demand(es, models):
+    """A lazy panel computes nothing until shown; then each (utterance, system, NFE) point once, the
+    utterance alone (a batch of one: the model's call count is the NFE), never twice."""
     student = Counting(models[1])
     comp = render_comparison(es, [System("student", student, grids=nfe_grids([1, 2]))], SineVocoder(), eager=False)
     panel = ListeningPanel(comp)
-    assert student.calls == 1 and not comp.is_rendered("student", 2)
+    assert student.calls == 0 and panel.pending() == [TRUTH, COPY, "student"]
+    assert panel.players["student"].value == b"" and "waiting" in panel.status["student"].value
+    assert "imf-busy" in panel.columns["student"]._dom_classes
+    panel.fill()
+    assert student.calls == 1 and panel.pending() == [] and panel.status["student"].value == ""
+    assert "imf-busy" not in panel.columns["student"]._dom_classes
+    assert not comp.is_rendered("student", 1)  # one utterance only, not the whole set
+    assert comp.is_ready("student", 1, 0) and not comp.is_ready("student", 1, 1)
+    assert_is_pcm16_of(panel.players["student"].value, comp.wav("student", 1, 0))
+    seen = []  # the busy state is visible while the point is computed: status line and disabled controls
+    student.register_forward_hook(lambda *a: seen.append(
+        (panel.status["student"].value, panel.nfe["student"].disabled, panel.utterance.disabled)))
     panel.nfe["student"].value = 2
-    assert student.calls == 1 + 2 and comp.is_rendered("student", 2)
+    assert student.calls == 1 + 2 and seen == [("<span class='imf-status'>⏳ generating…</span>", True, True)] * 2
+    assert not panel.nfe["student"].disabled and not panel.utterance.disabled
     panel.nfe["student"].value = 1
     panel.nfe["student"].value = 2
-    panel.utterance.value = 2
     assert student.calls == 3
+    panel.utterance.value = 2
+    assert student.calls == 3 + 2 and comp.is_ready("student", 2, 2)
+    panel.utterance.value = 0
+    assert student.calls == 5
+
+
+def test_take_equals_the_whole_set_render_and_tables_keep_point_order(es, models):
+    """A one-utterance take is the utterance of the batched render (same noise, same model, up to
+    float rounding); once the whole point is rendered the take reads it exactly. Tables list the
+    rendered points in points() order whatever order they were asked for."""
+    teacher, student = models
+    systems = [System("teacher", teacher, grids=nfe_grids([1, 2])), System("student", student, grids=nfe_grids([1]))]
+    comp = render_comparison(es, systems, SineVocoder(), [RMS()], eager=False)
+    takes = {i: comp.take("teacher", 2, i) for i in range(len(es))}
+    for name, nfe in [("student", 1), (COPY, 0), ("teacher", 2), (TRUTH, 0), ("teacher", 1)]:
+        comp.render(name, nfe)
+    whole = comp.render("teacher", 2)
+    for i, t in takes.items():
+        assert t.mels[0].shape == whole.mels[i].shape and t.scores.index.tolist() == [es.ids[i]]
+        torch.testing.assert_close(t.mels[0], whole.mels[i], rtol=1e-4, atol=1e-4)
+        assert torch.equal(comp.wav("teacher", 2, i), whole.wavs[i])  # read from the render now
+        assert comp.scores("teacher", 2, i) == whole.scores.iloc[i].to_dict()
+    assert list(zip(comp.mean_scores().system, comp.mean_scores().nfe)) == comp.points()
+    table = comp.table()
+    assert list(dict.fromkeys(zip(table.system, table.nfe))) == comp.points()
+    # what is recorded does not depend on what a panel looked at first: equal to the eager comparison's, exactly
+    eager = render_comparison(es, systems, SineVocoder(), [RMS()], progress=False)
+    pd.testing.assert_frame_equal(table, eager.table(), check_exact=True)
+    pd.testing.assert_frame_equal(comp.mean_scores(), eager.mean_scores(), check_exact=True)
+
+
+def test_saved_panel_says_it_needs_a_kernel(es, models):
+    """The panel's controls and status line carry the house CSS classes; in a saved notebook's widget
+    state (as nbclient stores it) mark_offline disables the controls and puts the offline note in."""
+    import nbformat
+    from ipywidgets import Widget
+
+    from imf.viz.widgets import KERNEL_NOTE, NEEDS_KERNEL, OFFLINE_NOTE, WIDGET_STATE, mark_offline, saved_state
+
+    comp = render_comparison(es, [System("s", models[1], grids=nfe_grids([1, 2]))], SineVocoder(), progress=False)
+    panel = ListeningPanel(comp)
+    assert NEEDS_KERNEL in panel.utterance._dom_classes and NEEDS_KERNEL in panel.nfe["s"]._dom_classes
+    assert KERNEL_NOTE in panel.note._dom_classes and panel.note.value == ""
+    bundle = panel._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle and "running kernel" in bundle["text/html"]
+    def tree(w):  # the panel's widgets, each with its layout/style models
+        yield w
+        for k in ("children", "layout", "style"):
+            v = getattr(w, k, None)
+            for c in (v if isinstance(v, tuple) else [v] if isinstance(v, Widget) else []):
+                yield from tree(c)
+
+    state = Widget.get_manager_state(widgets=list(tree(panel.widget)))["state"]
+    nb = nbformat.v4.new_notebook(metadata={"widgets": {WIDGET_STATE: {"state": state, "version_major": 2,
+                                                                       "version_minor": 0}}})
+    assert mark_offline(nb) == 3  # two dropdowns and the note
+    saved = saved_state(nb)
+    assert saved[panel.utterance.model_id]["state"]["disabled"] is True
+    assert saved[panel.nfe["s"].model_id]["state"]["disabled"] is True
+    assert saved[panel.note.model_id]["state"]["value"] == OFFLINE_NOTE
+    assert not panel.utterance.disabled  # the live widgets are not
 
 
 def test_static_comparison_html(es, models, tmp_path):

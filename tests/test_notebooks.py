@@ -13,19 +13,18 @@ from nbformat.sign import NotebookNotary
 from imf.core.checkpoints import load_checkpoint, load_model
 from imf.core.runtime import repo_root
 from imf.runs.pipeline import available, run_notebook
+from imf.viz.widgets import NEEDS_KERNEL, saved_state
+from tests.helpers import pipeline_env
+
+VIEW = "application/vnd.jupyter.widget-view+json"
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    with pytest.MonkeyPatch.context() as mp:
-        for var, sub in (("IMF_RESULTS", "results"), ("IMF_DATA", "data"), ("IMF_RUNS", "runs")):
-            mp.setenv(var, str(root / sub))
-        mp.setenv("IMF_THREADS", "2")
-        mp.setenv("JUPYTER_DATA_DIR", str(root / "jupyter"))  # the notary's signatures, away from the user's
-        yield root
+def tree(pipeline_root):
+    with pipeline_env(pipeline_root):  # shared with tests/test_notebooks_browser.py (runs after this file)
+        yield pipeline_root
 
 
 def run(tree, name, **params):
@@ -33,8 +32,24 @@ def run(tree, name, **params):
         pytest.skip(f"notebooks/{name}.ipynb does not exist yet")
     out = run_notebook(name, tree / "results" / "runs", {"PROFILE": "tiny", **params})
     # the executed copy opens trusted (widgets and progress bars render) and is not altered by signing
-    assert NotebookNotary().check_signature(nbformat.read(str(out), as_version=4))
+    nb = nbformat.read(str(out), as_version=4)
+    assert NotebookNotary().check_signature(nb)
+    check_widget_state(nb)
     return metrics_of(tree, name)
+
+
+def check_widget_state(nb):
+    """Every widget an output shows is in the copy's saved widget state (static views render without a
+    kernel), every progress bar ended full, every control that needs a kernel is disabled there."""
+    state = saved_state(nb)
+    shown = [o["data"][VIEW]["model_id"] for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+             if VIEW in o.get("data", {})]
+    assert all(m in state for m in shown), "a widget output has no saved state"
+    for m in state.values():
+        if m["model_name"] in ("FloatProgressModel", "IntProgressModel"):
+            assert m["state"]["value"] == m["state"]["max"], f"a progress bar ended at {m['state']['value']}/{m['state']['max']}"
+        if NEEDS_KERNEL in (m["state"].get("_dom_classes") or []):
+            assert m["state"]["disabled"] is True
 
 
 def metrics_of(tree, name):

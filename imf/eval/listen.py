@@ -7,6 +7,14 @@ judges, and keeps per (system, NFE, utterance) the log-mel, the waveform and the
 real recording is always a row (``"ground truth"``); the real mel through the vocoder
 (``"copy-synthesis"``) is one by default, so vocoder artefacts can be told from the model's.
 
+Two units of work, both cached: a whole (system, NFE) point over the eval set
+(:meth:`Comparison.render`, what the recorded tables use, batched as every other evaluation) and
+one (system, NFE, utterance) point (:meth:`Comparison.take`, what the live panel asks for: the
+utterance alone, so the first audio comes after one utterance's sampling, not the whole set's).
+A take reads the whole point's render when that exists, so the panel and the tables agree once
+both were computed; before that a take is the utterance sampled in a batch of one (equal to
+the batched one up to float rounding).
+
 The views of a :class:`Comparison` (the ipywidgets panel, static HTML players, spectrogram
 figures) live in :mod:`imf.viz.listen`.
 
@@ -132,6 +140,7 @@ class Comparison:
         if unknown:
             raise ValueError(f"default_nfe names unknown systems {sorted(unknown)}; systems: {list(self.systems)}")
         self._cache: dict[tuple[str, int], Render] = {}
+        self._takes: dict[tuple[str, int, int], Render] = {}  # one utterance (N = 1), keyed (name, nfe, position)
 
     # -- what there is --------------------------------------------------------------------------
     @property
@@ -189,16 +198,39 @@ class Comparison:
         return name, nfe
 
     def is_rendered(self, name: str, nfe: int | None = None) -> bool:
+        """Whether the whole (name, nfe) point over the eval set is computed."""
         return self.resolve(name, nfe) in self._cache
+
+    def is_ready(self, name: str, nfe: int | None, utt: int | str) -> bool:
+        """Whether one utterance of (name, nfe) can be shown without computing anything."""
+        key = self.resolve(name, nfe)
+        return key in self._cache or (*key, self.index(utt)) in self._takes
 
     @torch.no_grad()
     def render(self, name: str, nfe: int | None = None) -> Render:
-        """The :class:`Render` of ``name`` at ``nfe`` (default: the system's default NFE),
-        sampled on the fixed noise on first use and cached."""
+        """The :class:`Render` of ``name`` at ``nfe`` (default: the system's default NFE) on
+        every utterance, sampled on the fixed noise on first use and cached."""
         key = self.resolve(name, nfe)
+        if key not in self._cache:
+            self._cache[key] = self._render(self.es, *key)
+        return self._cache[key]
+
+    @torch.no_grad()
+    def take(self, name: str, nfe: int | None, utt: int | str) -> Render:
+        """One utterance of (name, nfe): a :class:`Render` with N = 1 (its mel, wav and score
+        row). Read from the whole point's render if that is computed; otherwise the utterance
+        alone is sampled (a batch of one, on its own noise ``es.z_0[i]``), vocoded, judged and
+        cached."""
+        key, i = self.resolve(name, nfe), self.index(utt)
         if key in self._cache:
-            return self._cache[key]
-        es = self.es
+            r = self._cache[key]
+            return Render(r.system, r.nfe, r.mels[i: i + 1], r.wavs[i: i + 1], r.scores.iloc[i: i + 1], r.seconds, r.calls)
+        if (*key, i) not in self._takes:
+            self._takes[(*key, i)] = self._render(self.es.subset([i]), *key)
+        return self._takes[(*key, i)]
+
+    def _render(self, es: EvalSet, name: str, nfe: int) -> Render:
+        """Sample (or load), vocode and score (name, nfe) on ``es`` (the eval set or a subset of it)."""
         real = es.real_logmel()  # (N, C, T), zero beyond each utterance
         seconds, calls = 0.0, 0
         if name == TRUTH:
@@ -209,23 +241,22 @@ class Comparison:
             wavs = self._voc.wavs(es, es.z_1)
         else:
             system = self.systems[name]
-            x, calls, seconds = generate(system.model, es, self.grids[name][key[1]], system.method, self.batch_size)
+            x, calls, seconds = generate(system.model, es, self.grids[name][nfe], system.method, self.batch_size)
             x_log = es.corpus.denormalize(x) * es.mask[:, None]
             wavs = self._voc.wavs(es, x)
-        mels = [x_log[i, :, : self.n_frames(i)].clone() for i in range(len(es))]
-        scores = self._intrinsic(mels, real)
+        mels = [x_log[i, :, : int(es.mask[i].sum())].clone() for i in range(len(es))]
+        scores = self._intrinsic(es, mels, real)
         if self.judges is not None:
             scores = self.judges.table(es, wavs).join(scores)
-        r = Render(name, key[1], mels, [w.detach().float().cpu() for w in wavs], scores, seconds, calls)
-        self._cache[key] = r
-        return r
+        return Render(name, nfe, mels, [w.detach().float().cpu() for w in wavs], scores, seconds, calls)
 
-    def _intrinsic(self, mels: list[Tensor], real: Tensor) -> pd.DataFrame:
+    @staticmethod
+    def _intrinsic(es: EvalSet, mels: list[Tensor], real: Tensor) -> pd.DataFrame:
         rows = []
         for i, m in enumerate(mels):
             n = m.shape[-1]
             rows.append(intrinsic_metrics(m[None], real[i: i + 1, :, :n]))
-        return pd.DataFrame(rows, index=pd.Index(self.es.ids, name="id"))
+        return pd.DataFrame(rows, index=pd.Index(es.ids, name="id"))
 
     def render_all(self, progress: bool = True) -> "Comparison":
         """Render every (system, NFE) point (each once)."""
@@ -237,16 +268,16 @@ class Comparison:
 
     # -- per utterance ------------------------------------------------------------------------------
     def mel(self, name: str, nfe: int | None, utt: int | str) -> Tensor:
-        """Raw log-mel (C, T_i) of one utterance."""
-        return self.render(name, nfe).mels[self.index(utt)]
+        """Raw log-mel (C, T_i) of one utterance (computes only that utterance if needed: :meth:`take`)."""
+        return self.take(name, nfe, utt).mels[0]
 
     def wav(self, name: str, nfe: int | None, utt: int | str) -> Tensor:
-        """Waveform (S_i,) float32 of one utterance."""
-        return self.render(name, nfe).wavs[self.index(utt)]
+        """Waveform (S_i,) float32 of one utterance (:meth:`take`)."""
+        return self.take(name, nfe, utt).wavs[0]
 
     def scores(self, name: str, nfe: int | None, utt: int | str) -> dict[str, Any]:
-        """The score row of one utterance: ``{column: value}``."""
-        return self.render(name, nfe).scores.iloc[self.index(utt)].to_dict()
+        """The score row of one utterance: ``{column: value}`` (:meth:`take`)."""
+        return self.take(name, nfe, utt).scores.iloc[0].to_dict()
 
     def colour_range(self, utt: int | str) -> tuple[float, float]:
         """(vmin, vmax) of the utterance's real log-mel, at most ``DYNAMIC_RANGE`` deep: one
@@ -257,10 +288,15 @@ class Comparison:
         return max(float(real.min()), vmax - DYNAMIC_RANGE), vmax
 
     # -- tables -------------------------------------------------------------------------------------
+    def _rendered(self) -> list[tuple[tuple[str, int], Render]]:
+        """The whole-set renders in :meth:`points` order (not the order they were asked for)."""
+        return [(p, self._cache[p]) for p in self.points() if p in self._cache]
+
     def table(self) -> pd.DataFrame:
-        """Per-utterance scores of every rendered point: columns system, nfe, id, then scores."""
+        """Per-utterance scores of every rendered (whole-set) point, in :meth:`points` order:
+        columns system, nfe, id, then scores."""
         parts = []
-        for (name, nfe), r in self._cache.items():
+        for (name, nfe), r in self._rendered():
             df = r.scores.reset_index()
             df.insert(0, "nfe", nfe)
             df.insert(0, "system", name)
@@ -268,10 +304,10 @@ class Comparison:
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["system", "nfe", "id"])
 
     def mean_scores(self) -> pd.DataFrame:
-        """One row per rendered (system, NFE): :func:`imf.eval.judges.summarise` of its
-        per-utterance scores (corpus-level WER; means otherwise, extra columns left out)."""
+        """One row per rendered (system, NFE), in :meth:`points` order: :func:`imf.eval.judges.summarise`
+        of its per-utterance scores (corpus-level WER; means otherwise, extra columns left out)."""
         rows = []
-        for (name, nfe), r in self._cache.items():
+        for (name, nfe), r in self._rendered():
             s = summarise(r.scores.select_dtypes("number"))
             s.pop("n_items", None)
             rows.append({"system": name, "nfe": nfe, **s})
@@ -296,7 +332,8 @@ def render_comparison(es: EvalSet, systems: Sequence[System], vocoder: Any, judg
             None: each system's own, the keys of its ``grids``.
         copy_synthesis: add the ``"copy-synthesis"`` row (real mel through the vocoder).
         default_nfe: ``{name: nfe}`` each system shows first (default: its smallest).
-        eager: render every (system, NFE) now; otherwise on first use.
+        eager: render every (system, NFE) now; otherwise on first use (a live panel computes
+            each utterance it shows; :meth:`Comparison.render_all` before recording tables).
     """
     comp = Comparison(es, systems, vocoder, judges, nfes=nfes, copy_synthesis=copy_synthesis,
                       default_nfe=default_nfe, batch_size=batch_size)

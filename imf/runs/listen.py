@@ -112,15 +112,16 @@ def open_listen(cfg: ListenConfig) -> ListenSetup:
 
 
 def compare(setup: ListenSetup) -> Comparison:
-    """Render the guided teacher (largest NFE shown first) and the student (smallest first) at
-    every NFE choice, on uniform grids and the eval set's fixed noise."""
+    """The guided teacher (largest NFE shown first) and the student (smallest first) at every
+    NFE choice, on uniform grids and the eval set's fixed noise. Lazy: nothing is sampled until
+    a view asks (the panel one utterance at a time; :func:`report` every point)."""
     w, nfes = setup.cfg_scale, list(setup.cfg.nfe_choices)
     teacher = System(f"teacher + CFG {w:g}", guided(setup.teacher, w))
     student = System("IntMeanFlow student", setup.student)
     return render_comparison(setup.es, [teacher, student], setup.vocoder, setup.judges, nfes=nfes,
                              copy_synthesis=setup.cfg.copy_synthesis,
                              default_nfe={teacher.name: max(nfes), student.name: min(nfes)},
-                             batch_size=setup.eval["batch_size"])
+                             batch_size=setup.eval["batch_size"], eager=False)
 
 
 def static_players(setup: ListenSetup, comp: Comparison):
@@ -132,9 +133,10 @@ def static_players(setup: ListenSetup, comp: Comparison):
 
 
 def report(setup: ListenSetup, comp: Comparison) -> dict[str, Any]:
-    """Write the per-utterance and mean scores, ``metrics.json`` and the README section;
-    return the metrics."""
+    """Render every (system, NFE) point not rendered yet (on the whole eval set), write the
+    per-utterance and mean scores, ``metrics.json`` and the README section; return the metrics."""
     es, out, judges = setup.es, setup.out, list(setup.cfg.judges)
+    comp.render_all()
     means: pd.DataFrame = comp.mean_scores()
     comp.table().to_csv(out / "scores.csv", index=False)
     means.to_csv(out / "mean_scores.csv", index=False)

@@ -35,6 +35,7 @@ from imf.runs.profiles import PROFILES
 from imf.runs.report import build_readme, results_dir
 from imf.runs.timings import FILE as TIMINGS_FILE
 from imf.runs.timings import eta_line, notebook_times, fmt_seconds, previous_seconds, read_timings, record
+from imf.viz.widgets import mark_offline
 
 NOTEBOOKS = [
     "00_corpus",
@@ -84,10 +85,23 @@ def run_notebook(name: str, out_dir: str | os.PathLike, parameters: dict[str, An
             if tmp.exists():
                 os.replace(tmp, failed)
             raise
+        offline_view(tmp)
     if failed.exists():
         failed.unlink()
     trust(out)
     return out
+
+
+def offline_view(path: str | os.PathLike) -> None:
+    """Make an executed copy's saved widgets say that they need a kernel (:func:`imf.viz.widgets.mark_offline`:
+    their controls disabled, their status lines a note). The widget state itself is nbclient's
+    (``store_widget_state``, on by default in papermill): the last state of every widget, so progress
+    bars show where they ended."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    if mark_offline(nb):
+        nbformat.write(nb, str(path))
 
 
 def trust(path: str | os.PathLike) -> None:

@@ -2,8 +2,10 @@
 
 * :class:`ListeningPanel` (ipywidgets): an utterance dropdown and, per system that takes an
   NFE, an NFE dropdown; each column shows an audio player, the spectrogram (one colour scale
-  for all columns of an utterance) and that utterance's scores. Renders are cached per
-  (system, NFE) by the comparison, so toggling never recomputes what was seen once.
+  for all columns of an utterance) and that utterance's scores. It shows at once and computes
+  each (utterance, system, NFE) point the first time it is shown (busy column, disabled
+  controls meanwhile); the comparison caches it, so toggling never recomputes what was seen
+  once. The columns wrap in a CSS grid.
 * :func:`static_comparison`: plain HTML (``<audio>`` players with base64 WAV, 16 kHz PCM16,
   never loudness-normalised) plus a spectrogram figure, for a few utterances: what a reader
   of an executed notebook copy sees and hears without a kernel.
@@ -24,6 +26,7 @@ from torch import Tensor
 from imf.eval.metrics import higher_is_better
 from imf.eval.listen import TRUTH, Comparison
 from imf.viz.plots import save_fig
+from imf.viz.widgets import BUSY, kernel_note, needs_kernel
 
 __all__ = ["wav_bytes", "audio_tag", "scores_html", "plot_comparison", "ListeningPanel", "static_comparison"]
 
@@ -120,11 +123,21 @@ class ListeningPanel:
     Widgets (public, so code and tests can drive them): ``utterance`` (Dropdown, value = the
     utterance's position), ``nfe[name]`` (Dropdown per system with NFE choices), and per row
     name ``players[name]`` (``ipywidgets.Audio``, WAV bytes), ``images[name]``
-    (``ipywidgets.Image``, spectrogram PNG) and ``scores[name]`` (``ipywidgets.HTML``).
-    ``widget`` is the whole panel; displaying the panel displays it.
+    (``ipywidgets.Image``, spectrogram PNG), ``scores[name]`` (``ipywidgets.HTML``) and
+    ``status[name]`` (``ipywidgets.HTML``: "generating…" while that column is computed).
+    ``widget`` is the whole panel; ``note`` its status line (:func:`imf.viz.widgets.kernel_note`:
+    in a saved copy it says the controls need a kernel, and those are disabled).
+
+    Lazy: a column shows what the comparison has cached at once; an (utterance, system, NFE)
+    point it lacks is computed the first time it is shown (:meth:`Comparison.take`), with the
+    column marked busy and the controls disabled meanwhile. Displaying the panel shows it
+    first and then fills the missing columns one by one (:meth:`fill`); code without a
+    display calls :meth:`fill` itself. The columns sit in a grid that wraps to the width
+    (``repeat(auto-fit, minmax(min_column px, 1fr))``: four columns from about 1100 px of
+    output, e.g. a 1600 px screen with JupyterLab's file browser open).
     """
 
-    def __init__(self, comp: Comparison, default_nfe: Mapping[str, int] | None = None, column_width: int = 300):
+    def __init__(self, comp: Comparison, default_nfe: Mapping[str, int] | None = None, min_column: int = 250):
         import ipywidgets as W
 
         self.comp = comp
@@ -132,41 +145,51 @@ class ListeningPanel:
         for i, uid in enumerate(comp.ids):
             text = comp.text(i)
             opts.append((f"{uid} — {text[:60] + ('…' if len(text) > 60 else '')}" if text else uid, i))
-        self.utterance = W.Dropdown(options=opts, value=0, description="utterance",
-                                    layout=W.Layout(width="min(100%, 640px)"))
+        self.utterance = needs_kernel(W.Dropdown(options=opts, value=0, description="utterance",
+                                                 layout=W.Layout(width="min(100%, 640px)")))
         self.caption = W.HTML()
         self.nfe: dict[str, Any] = {}
         self.players: dict[str, Any] = {}
         self.images: dict[str, Any] = {}
         self.scores: dict[str, Any] = {}
         self.titles: dict[str, Any] = {}
-        columns = []
-        col = W.Layout(width=f"{column_width + 16}px", margin="0 8px 8px 0", border="1px solid #ddd", padding="4px")
+        self.status: dict[str, Any] = {}
+        self.columns: dict[str, Any] = {}
+        full = W.Layout(width="100%")
         for name in comp.names:
             self.titles[name] = W.HTML(f"<b>{html.escape(name)}</b>")
             nfes = comp.nfes(name)
             if nfes:
                 want = (default_nfe or {}).get(name, comp.default_nfe[name])
-                dd = W.Dropdown(options=[(f"{n} NFE", n) for n in nfes], value=want, description="NFE",
-                                layout=W.Layout(width=f"{column_width}px"))
+                dd = needs_kernel(W.Dropdown(options=[(f"{n} NFE", n) for n in nfes], value=want, description="NFE",
+                                             layout=W.Layout(width="100%")))
                 dd.observe(lambda change, name=name: self._update(name), names="value")
                 self.nfe[name] = dd
                 head = dd
             else:
                 head = W.HTML("<i>recording</i>" if name == TRUTH else "<i>real mel → vocoder</i>",
                               layout=W.Layout(height="32px"))
-            self.players[name] = W.Audio(value=b"", format="wav", autoplay=False, loop=False, controls=True,
-                                         layout=W.Layout(width=f"{column_width}px"))
-            self.images[name] = W.Image(value=b"", format="png", layout=W.Layout(width=f"{column_width}px"))
+            self.status[name] = W.HTML()
+            self.players[name] = W.Audio(value=b"", format="wav", autoplay=False, loop=False, controls=True, layout=full)
+            self.images[name] = W.Image(value=b"", format="png", layout=full)
             self.scores[name] = W.HTML()
-            columns.append(W.VBox([self.titles[name], head, self.players[name], self.images[name], self.scores[name]],
-                                  layout=col))
+            box = W.VBox([self.titles[name], head, self.status[name], self.players[name], self.images[name],
+                          self.scores[name]], layout=W.Layout(border="1px solid #ddd", padding="4px", min_width="0"))
+            box.add_class("imf-listen-column")
+            self.columns[name] = box
         self.utterance.observe(lambda change: self.refresh(), names="value")
-        note = W.HTML("<small>Every system starts from the same noise z<sub>0</sub>; spectrograms share the "
-                      "utterance's real colour scale. Scores: per utterance (↑ higher is better, ↓ lower).</small>")
-        grid = W.HBox(columns, layout=W.Layout(flex_flow="row wrap"))
-        self.widget = W.VBox([self.utterance, self.caption, grid, note])
-        self.refresh()
+        self.note = kernel_note()
+        legend = W.HTML("<small>Every system starts from the same noise z<sub>0</sub>; spectrograms share the "
+                        "utterance's real colour scale. Scores: per utterance (↑ higher is better, ↓ lower). "
+                        "A point is generated the first time it is shown, then cached.</small>"
+                        # a saved view marks disconnected widgets with a ::before icon: in a grid it would take a cell
+                        "<style>.imf-listen-grid.jupyter-widgets-disconnected::before{display:none}</style>")
+        self.grid = W.GridBox(list(self.columns.values()), layout=W.Layout(
+            grid_template_columns=f"repeat(auto-fit, minmax({min_column}px, 1fr))", grid_gap="8px", width="100%"))
+        self.grid.add_class("imf-listen-grid")
+        self.widget = W.VBox([self.utterance, self.caption, self.note, self.grid, legend])
+        self.widget.add_class("imf-listen-panel")
+        self.refresh(compute=False)
 
     @property
     def index(self) -> int:
@@ -175,8 +198,13 @@ class ListeningPanel:
     def current_nfe(self, name: str) -> int:
         return int(self.nfe[name].value) if name in self.nfe else 0
 
-    def refresh(self) -> None:
-        """Redraw every column for the selected utterance."""
+    def pending(self) -> list[str]:
+        """The columns whose current (utterance, NFE) point is not computed yet."""
+        return [n for n in self.comp.names if not self.comp.is_ready(n, self.current_nfe(n) or None, self.index)]
+
+    def refresh(self, compute: bool = True) -> None:
+        """Redraw every column for the selected utterance: the cached points at once, the others
+        marked waiting, then (``compute``) computed one by one."""
         i = self.index
         text = self.comp.text(i)
         prompt = self.comp.es.prompt_ids[i] if self.comp.es.prompt_ids else None
@@ -184,19 +212,70 @@ class ListeningPanel:
                               + (f": “{html.escape(text)}”" if text else "")
                               + (f" <small>(speaker prompt from {html.escape(prompt)})</small>" if prompt else ""))
         for name in self.comp.names:
-            self._update(name)
+            self._show(name)
+        if compute:
+            self.fill()
 
-    def _update(self, name: str) -> None:
-        i, nfe = self.index, self.current_nfe(name)
-        wav = self.comp.wav(name, nfe, i)  # renders (once) if this NFE was not seen yet
-        vmin, vmax = self.comp.colour_range(i)
+    def fill(self) -> None:
+        """Compute and show every column still waiting (what displaying the panel does after showing it)."""
+        self._compute(self.pending())
+
+    def _key(self, name: str) -> tuple[str, int | None, int]:
+        return name, self.current_nfe(name) or None, self.index
+
+    def _update(self, name: str) -> None:  # an NFE dropdown changed
+        self._show(name)
+        self._compute([name])
+
+    def _compute(self, names: Sequence[str]) -> None:
+        """Compute the given columns' points, each marked busy meanwhile, the controls disabled."""
+        if not names:
+            return
+        controls = [self.utterance, *self.nfe.values()]
+        for c in controls:
+            c.disabled = True
+        try:
+            for name in names:
+                self.columns[name].add_class(BUSY)
+                self.status[name].value = "<span class='imf-status'>⏳ generating…</span>"
+                self.comp.take(*self._key(name))  # the one computation: this utterance of this (system, NFE)
+                self._show(name)
+        finally:
+            for c in controls:
+                c.disabled = False
+
+    def _show(self, name: str) -> None:
+        """Show the column's point if it is computed; else empty it and mark it waiting."""
+        key = self._key(name)
+        if not self.comp.is_ready(*key):
+            self.players[name].value, self.images[name].value, self.scores[name].value = b"", b"", ""
+            self.columns[name].add_class(BUSY)
+            self.status[name].value = "<span class='imf-status'>waiting…</span>"
+            return
+        wav = self.comp.wav(*key)
+        vmin, vmax = self.comp.colour_range(key[2])
         self.players[name].value = wav_bytes(wav, self.comp.sample_rate)
-        self.images[name].value = _spectrogram_png(self.comp.mel(name, nfe, i), vmin, vmax)
+        self.images[name].value = _spectrogram_png(self.comp.mel(*key), vmin, vmax)
         secs = len(wav) / self.comp.sample_rate
-        self.scores[name].value = f"<small>{secs:.2f} s</small>" + scores_html(self.comp, name, nfe, i)
+        self.scores[name].value = f"<small>{secs:.2f} s</small>" + scores_html(self.comp, name, key[1], key[2])
+        self.status[name].value = ""
+        self.columns[name].remove_class(BUSY)
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        # what a viewer that cannot render widgets (an untrusted notebook, GitHub) shows instead of the
+        # widget's "VBox(children=..." text
+        bundle["text/html"] = ("<p><i>Listening panel (ipywidgets): it shows in JupyterLab with the notebook "
+                               "trusted and, to use its controls, a running kernel. The static players below "
+                               "play without one.</i></p>")
+        return bundle
+
+    def _ipython_display_(self) -> None:
+        """Show the panel at once, then compute the columns it still lacks (each visibly busy)."""
+        from IPython.display import display
+
+        display(self._repr_mimebundle_(), raw=True)
+        self.fill()
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,6 +303,8 @@ def static_comparison(comp: Comparison, utts: Sequence[int | str] | None = None,
     from IPython.display import HTML
 
     pts = [comp.resolve(*((p, None) if isinstance(p, str) else p)) for p in (points or comp.names)]
+    for p in pts:  # whole-set renders (batched, as the recorded tables), not a live panel's one-utterance takes
+        comp.render(*p)
     if len(pts) > max_players:
         raise ValueError(f"{len(pts)} systems need more than max_players={max_players} players; pass fewer points")
     idx = [comp.index(u) for u in utts] if utts is not None else list(range(min(len(comp), max_players // len(pts))))
