@@ -112,7 +112,7 @@ def count_parameters(model: PaperModel, n_layers: int | None = None) -> int:
     try:
         with torch.device("meta"):
             net = model.build(L)
-    except NotImplementedError:
+    except (NotImplementedError, RuntimeError):  # meta tensors have no data to compute with
         net = model.build(L)
     return sum(p.numel() for p in net.parameters())
 

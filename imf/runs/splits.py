@@ -52,9 +52,9 @@ def by_split(seen: pd.DataFrame, unseen: pd.DataFrame | None, seen_split: str = 
 
 
 def split_voices(corpus, split: str) -> list[str]:
-    """The voices (speaker names, else ids) of ``split``, sorted."""
+    """The speakers (e.g. es-nyc-m1, fl-awb) of ``split``, sorted."""
     rows = corpus.manifest[corpus.manifest.split == split]
-    col = "voice" if "voice" in rows else "speaker"
+    col = "speaker" if "speaker" in rows else "voice"
     return sorted(map(str, rows[col].unique()))
 
 
