@@ -2,6 +2,7 @@
 import copy
 
 import pytest
+import torch
 
 from imf.core.config import ConfigError
 from imf.runs.profiles import PROFILES, profile, profile_config, validate_profile
@@ -119,3 +120,54 @@ def test_small_long_keeps_the_long_recipe_and_small_is_slimmed_only_where_it_buy
     assert (long["student_train.steps"], long["student_stage2.steps"], long["meanflow_train.steps"]) == (3000, 2400, 3000)
     assert small["vocoder.train.steps"] < long["vocoder.train.steps"]
     assert PROFILES["paper"]["vocoder"]["train"]["steps"] == 1500  # paper starts from the long recipe
+
+
+# -- the paper profile's networks (imf/runs/paper.py) --------------------------------------------------------
+def test_paper_models_have_the_papers_sizes():
+    """Full-depth parameter counts on the meta device: F5-TTS v1 base ~336 M, token2mel ~100 M (CosyVoice2's
+    flow module), Token2Wav's DiT-1D 768 x 12, a Vocos-size vocoder."""
+    from imf.runs.paper import count_parameters, paper_models
+
+    M = paper_models()
+    n = {k: count_parameters(m) / 1e6 for k, m in M.items()}
+    assert 330 < n["f5_text2mel"] < 345 and M["f5_text2mel"].n_layers == 22
+    assert 90 < n["token2mel"] < 110
+    assert 100 < n["token2wav_dit"] < 130 and 10 < n["vocoder"] < 20
+    assert count_parameters(M["f5_text2mel"], 2) < n["f5_text2mel"] * 1e6 / 4  # depth is what the reduced test cuts
+
+
+@pytest.mark.parametrize("name", ["token2mel", "f5_text2mel", "token2wav_dit", "vocoder", "token2wav_vae"])
+def test_paper_models_take_one_forward_backward_step_at_full_width(name):
+    """Each paper network at its REAL width but 1 layer (CPU), batch 2 x 24 frames: one CFM (flow models)
+    or output-energy (vocoder, VAE) forward/backward reaches every parameter with a finite gradient."""
+    from imf.flow.objectives import CFMConfig, cfm_loss
+    from imf.runs.paper import paper_models
+
+    m = paper_models()[name]
+    torch.manual_seed(0)
+    net = m.build(1)
+    z_1, cond, mask = m.batch(2, 24)
+    if m.velocity:
+        loss, _ = cfm_loss(net, z_1, cond, mask, CFMConfig(p_drop=0.0), generator=torch.Generator().manual_seed(0))
+    else:
+        out = net(z_1)
+        loss = sum(o.pow(2).mean() for o in (out if isinstance(out, tuple) else (out,)))
+    loss.backward()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert torch.isfinite(loss) and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_flop_fit_recovers_counted_flops_at_another_length_and_depth():
+    """The estimator's per-sample fit (quadratic in T, linear in layers) predicts a count it was not fitted on."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from imf.runs.paper import PaperModel, _step, paper_models, per_sample_flops
+
+    base = paper_models()["token2wav_dit"]  # attention: the T^2 term matters
+    small = PaperModel("dit", lambda L: type(base.build(1))(base.build(1).config.replace(dim=64, n_heads=2, n_layers=L)),
+                       base.batch, 3)
+    f = per_sample_flops(small, "cfm", lengths=(8, 16, 24))
+    with FlopCounterMode(display=False) as fc:
+        _step(small, small.build(3), 2, 40, "cfm")()
+    assert f(3, 40) == pytest.approx(fc.get_total_flops() / 2, rel=1e-6)

@@ -26,7 +26,7 @@ from imf.data.tokenizers import PhoneTokenizer
 from imf.data.waves import TokenWaveDataset, pad_stack
 from imf.eval.audio import AudioJudges
 from imf.eval.evalset import EvalSet, make_latent_eval_set
-from imf.eval.judges import JudgesConfig, make_judges
+from imf.eval.judges import JudgesConfig, judge_labels, judge_specs, make_judges
 from imf.eval.metrics import higher_is_better
 from imf.eval.speed import rtf_table
 from imf.eval.systems import System, guided, waveforms
@@ -122,6 +122,7 @@ class T2WResult:
     orderings: dict[str, bool]  # judge -> No-FT < Decoder-FT < Joint-FT holds
     judges: list[str]
     wer_voices: list[str] | None
+    judge_labels: dict[str, str] = dataclasses.field(default_factory=dict)  # column -> the model that produced it
 
 
 def evaluate_token2wav(corpus, ckpts: Mapping[str, str | Path], cfg: T2WEvalConfig = T2WEvalConfig(),
@@ -136,7 +137,7 @@ def evaluate_token2wav(corpus, ckpts: Mapping[str, str | Path], cfg: T2WEvalConf
     es = make_latent_eval_set(test, cfg.n_utts, cfg.seed, prompt_frames)
     points = build_systems(ckpts, fm_cfg_scale=cfg.fm_cfg, fm_nfe=cfg.fm_nfe)
     wavs = waveforms(points, es)
-    judge_objs = make_judges(JudgesConfig(judges=tuple(judges))) if judges else []  # nested bars per judge
+    judge_objs = make_judges(JudgesConfig(judges=judge_specs(judges))) if judges else []  # nested bars per judge
     if judge_objs:
         scores, per_utt = score_systems(wavs, es, judge_objs, wer_voices)
     else:
@@ -149,4 +150,4 @@ def evaluate_token2wav(corpus, ckpts: Mapping[str, str | Path], cfg: T2WEvalConf
     speed = {"end_to_end": float(mf["speedup_e2e"]), "generator_only": float(mf["speedup_flow"])}
     orderings = {c: ordering(table, c, STAGES, higher_is_better(c)) for c in JUDGED if c in table}
     return T2WResult(es, points, wavs, table, per_utt, rtf, speed, orderings, list(judges),
-                     None if wer_voices is None else list(wer_voices))
+                     None if wer_voices is None else list(wer_voices), judge_labels(judge_objs))

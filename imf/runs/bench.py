@@ -3,8 +3,9 @@
     python -m imf.runs.bench speed  --profile small     # teacher 32 NFE + CFG vs student 1/2/4 NFE
     python -m imf.runs.bench memory --profile small     # peak memory and s/step per training objective
     python -m imf.runs.bench rtf    --profile small     # real-time factor, flow alone and end to end
+    python -m imf.runs.bench estimate-paper             # ESTIMATED A100 hours per stage of the paper profile
 
-The measurements live in :mod:`imf.eval.speed`; this is the command line.
+The measurements live in :mod:`imf.eval.speed` and :mod:`imf.runs.paper`; this is the command line.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 
 from imf.eval.speed import default_rtf_systems, memory_table, rtf_table, speed_table
 from imf.runs.open import open_runs
+from imf.runs.paper import A100_BF16_TFLOPS, UTILISATION, estimate_paper
 from imf.runs.profiles import profile
 
 
@@ -30,7 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     rp = sub.add_parser("rtf", help="real-time factor, flow alone and end to end (with the vocoder), per system and NFE")
     rp.add_argument("--profile", default="small")
     rp.add_argument("--repeats", type=int, default=3)
+    ep = sub.add_parser("estimate-paper", help="estimated hours per stage of the paper profile on one GPU (counted FLOPs)")
+    ep.add_argument("--profile", default="paper")
+    ep.add_argument("--util", type=float, default=UTILISATION, help="assumed model-FLOPs utilisation")
+    ep.add_argument("--peak-tflops", type=float, default=A100_BF16_TFLOPS, help="GPU peak (A100 dense bf16: 312)")
     a = p.parse_args(argv)
+    if a.cmd == "estimate-paper":
+        df = estimate_paper(a.util, a.peak_tflops, a.profile)
+        print(f"ESTIMATE: counted FLOPs/step, one GPU at {a.util:.0%} of {a.peak_tflops:g} TFLOP/s (see imf/runs/paper.py)")
+        print(df.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        print(f"total: {df.hours_est.sum():.1f} GPU-hours")
+        return 0
     P = profile(a.profile)
     if a.cmd == "memory":
         objs = [("cfm", 0)] + [("imf", n) for n in a.teacher_nfes] + [("meanflow", 0)]

@@ -21,13 +21,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from imf.eval.audio import AudioJudges
-from imf.eval.judges import JudgesConfig, make_judges
+from imf.eval.judges import JudgesConfig, judge_labels, judge_specs, make_judges
 from imf.eval.metrics import distance_per_utterance, paired_verdict
 from imf.eval.sweep import nfe_sweep
 from imf.eval.systems import System, guided
 from imf.flow import schedules
 from imf.runs.open import Opened
 from imf.runs.sections_eval import Timings
+from imf.runs.splits import split_voices, sweep_split, unseen_eval_set
 from imf.runs.voices import wer_voices
 from imf.viz.plots import plot_metric_vs_nfe, plot_samples
 
@@ -43,6 +44,8 @@ class NFECurves:
     guided_name: str  # the guided teacher's name, e.g. "teacher + CFG 2"
     cfg_scale: float
     max_nfe: int  # the reference: the guided teacher at this NFE (uniform grid)
+    unseen: pd.DataFrame | None = None  # guided teacher + student on the zero-shot split (None: no such split)
+    unseen_voices: list[str] = dataclasses.field(default_factory=list)  # its voices
 
     def row(self, system: str, nfe: int) -> pd.Series:
         return self.table[(self.table.system == system) & (self.table.nfe == nfe)].iloc[0]
@@ -67,7 +70,12 @@ def nfe_curves(wb: Opened, cfg_scale: float = 0.0, sway: float = -1.0, progress:
     max_nfe = max(E["teacher_nfes"])
     table, outputs = nfe_sweep(wb.es, points, reference=(systems[0], max_nfe), batch_size=E["batch_size"],
                                progress=progress, keep=True)
-    return NFECurves(table, outputs, t_cfg, w, max_nfe)
+    # zero-shot: the guided teacher (uniform) and the student again on held-out voices, under a forked RNG
+    split = E.get("zero_shot_split", "unseen")
+    ues = unseen_eval_set(wb.corpus, split, E["n_utts"], E["seed"], E["max_frames"], wb.P["data"]["prompt_frames"])
+    zs_points = [p for p in points if p[0].name in (t_cfg, STUDENT)]
+    unseen = sweep_split(ues, zs_points, (systems[0], max_nfe), E["batch_size"])
+    return NFECurves(table, outputs, t_cfg, w, max_nfe, unseen, split_voices(wb.corpus, split) if ues is not None else [])
 
 
 def plot_nfe_curves(wb: Opened, curves: NFECurves) -> list[Path]:
@@ -94,7 +102,7 @@ def audio_vs_nfe(wb: Opened, curves: NFECurves, judges: Sequence[str] = ("wer", 
         print(f"no audio judges: JUDGES={list(judges)!r}, vocoder run {vocoder_run!r} trained: {trained}")
         return pd.DataFrame()
     E, es = wb.P["eval"], wb.es
-    aj = AudioJudges(wb.vocoder(vocoder_run, fallback=False), make_judges(JudgesConfig(judges=tuple(judges))),
+    aj = AudioJudges(wb.vocoder(vocoder_run, fallback=False), make_judges(JudgesConfig(judges=judge_specs(judges))),
                      wer_voices())
     rows = [{"system": "real recordings", "nfe": 0, **aj.real_audio(es)},
             {"system": "vocoder copy-synthesis", "nfe": 0, **aj(es, es.z_1)}]
@@ -106,6 +114,7 @@ def audio_vs_nfe(wb: Opened, curves: NFECurves, judges: Sequence[str] = ("wer", 
     plot_metric_vs_nfe(audio[audio.nfe > 0], shown, wb.out / "nfe_audio_judges.png",
                        refs={c: float(audio[c].iloc[0]) for c in shown},
                        title="audio judges on vocoded output (dotted: real recordings)")
+    audio.attrs["judge_labels"] = judge_labels(aj.judges)  # which model produced each column (report footnote)
     return audio
 
 

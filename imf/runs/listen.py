@@ -25,7 +25,7 @@ from imf.core.config import Config, ConfigError, require
 from imf.core.runtime import atomic_write_json
 from imf.eval.audio import AudioJudges
 from imf.eval.evalset import EvalSet
-from imf.eval.judges import JUDGES, JudgesConfig, make_judges
+from imf.eval.judges import JUDGES, JudgesConfig, judge_labels, judges_note, make_judges
 from imf.eval.listen import TRUTH, Comparison, render_comparison
 from imf.eval.systems import System, guided
 from imf.runs.open import open_runs, relative
@@ -137,12 +137,13 @@ def report(setup: ListenSetup, comp: Comparison) -> dict[str, Any]:
     per-utterance and mean scores, ``metrics.json`` and the README section; return the metrics."""
     es, out, judges = setup.es, setup.out, list(setup.cfg.judges)
     comp.render_all()
+    labels = judge_labels(setup.judges.judges) if setup.judges is not None else {}
     means: pd.DataFrame = comp.mean_scores()
     comp.table().to_csv(out / "scores.csv", index=False)
     means.to_csv(out / "mean_scores.csv", index=False)
     metrics = {"n_utts": len(es), "ids": es.ids, "systems": comp.names, "nfes": {n: comp.nfes(n) for n in comp.names},
                "cfg_scale": setup.cfg_scale, "judges": judges, "vocoder": setup.vocoder_name,
-               "mean_scores": means.to_dict(orient="records")}
+               "mean_scores": means.to_dict(orient="records"), "judge_labels": labels}
     atomic_write_json(out / "metrics.json", metrics)
     write_section(SECTION, f"""## 06 — listening comparison (`notebooks/06_listen.ipynb`)
 
@@ -156,6 +157,8 @@ Mean scores per system (WER at corpus level; `fs_ratio` / `gv_ratio`: per-uttera
 mel, averaged; judges: {', '.join(judges) or 'none'}; `nfe` 0: no flow-model call):
 
 {table_md(means)}
+
+{judges_note(labels)}
 
 ![spectrograms, same noise](06_listen/comparison.png)
 """)

@@ -131,7 +131,12 @@ _SMALL["ablation"]["teacher_nfes"] = [2, 4, 8, 16]
 
 _PAPER: dict[str, dict[str, Any]] = copy.deepcopy(_SMALL_LONG)
 _PAPER["corpus"] = {"profile": "small"}  # point CORPUS_DIR at a real corpus (LibriTTS layout) for paper runs
-_PAPER["teacher_model"] = {"dim": 512, "n_layers": 12, "text_layers": 4, "prompt_layers": 3}
+# token2mel teacher at CosyVoice2's flow-matching size (~100 M parameters: its conformer encoder + estimator);
+# our ConvNeXt at 640 x 16 matches the count (97 M), not the architecture. Crops of 12 s (768 frames of 16 ms).
+_PAPER["data"] = {"max_frames": 768, "prompt_frames": 256}
+_PAPER["teacher_model"] = {"dim": 640, "n_layers": 16, "text_layers": 4, "prompt_layers": 3}
+_PAPER["vocoder"]["model"] = {"dim": 512, "n_layers": 8}  # Vocos's size (512 x 8, ff 3: 13.5 M with its head)
+_PAPER["vocoder"]["train"].update(steps=200_000, batch_size=64, lr=5e-4, warmup=2000, ema_decay=0.9999, ckpt_every=2000)
 _PAPER["teacher_train"].update(steps=200_000, batch_size=64, lr=2e-4, warmup=2000, ema_decay=0.9999,
                                ckpt_every=2000, log_every=100)
 _PAPER["student_train"].update(steps=20_000, batch_size=64, lr=2e-5, warmup=500, ema_decay=0.999,

@@ -16,6 +16,7 @@ from imf.runs.distill import Ablation, DistillRun, QuickCheck, Stages
 from imf.runs.open import relative
 from imf.runs.profiles import student_run
 from imf.runs.report import section_dir, table_md, write_section
+from imf.runs.splits import by_split, side_by_side, zero_shot_numbers, zero_shot_text
 from imf.runs.teacher import TeacherEval, TeacherRun
 
 
@@ -100,8 +101,14 @@ def smoothing_text(m: dict[str, Any]) -> str:
 def teacher_results(cfg: TeacherRun, summary: dict[str, Any], ev: TeacherEval) -> dict[str, Any]:
     """01_teacher: :func:`teacher_metrics` and the section (the NFE x guidance table, the over-smoothing paragraph)."""
     m = teacher_metrics(cfg, summary, ev)
+    E, hi = cfg.eval, max(cfg.eval.teacher_nfes)
+    splits = by_split(ev.table[ev.table.system == ev.guided.name], ev.unseen, E.split, E.zero_shot_split)
+    m["zero_shot"] = dict(zero_shot_numbers(splits, ev.guided.name, hi, seen=E.split, unseen=E.zero_shot_split),
+                          split=E.zero_shot_split, voices=ev.unseen_voices, n_utts=None if ev.unseen is None else E.n_utts)
     atomic_write_json(section_dir("01_teacher") / "metrics.json", m)
+    splits.to_csv(section_dir("01_teacher") / "nfe_guidance_by_split.csv", index=False)
     table = ev.table[["system", "nfe", "fs_ratio", "gv_ratio", "noise_corr", "dist_ref", "seconds"]]
+    zs_table = side_by_side(splits, [ev.guided.name], seen=E.split, unseen=E.zero_shot_split)
     write_section("01_teacher", f"""## 01 — token2mel teacher (`notebooks/01_teacher.ipynb`)
 
 Conditional flow-matching teacher: {m['params_m']:.2f} M parameters, {summary['steps']} steps
@@ -115,6 +122,13 @@ teacher output on the same noise.
 {table_md(table)}
 
 {smoothing_text(m)}
+
+Seen voices (`{E.split}` split) and held-out voices (`{E.zero_shot_split}` split, its own {E.n_utts} utterances and
+noise), the guided teacher side by side (`dist_ref` within each split; `nfe_guidance_by_split.csv`):
+
+{table_md(zs_table)}
+
+{zero_shot_text(splits, ev.guided.name, hi, voices=ev.unseen_voices, seen=E.split, unseen=E.zero_shot_split)}
 
 ![teacher NFE x guidance](01_teacher/nfe_guidance.png)
 ![teacher samples](01_teacher/teacher_samples.png)

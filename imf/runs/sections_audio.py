@@ -17,6 +17,7 @@ from imf.core.runtime import atomic_write_json, setup_threads
 from imf.data import CorpusConfig
 from imf.data.importers import ImportConfig
 from imf.eval.ceilings import RealRecordings, copy_synthesis_ids
+from imf.eval.judges import judges_note
 from imf.eval.token2wav import STAGES, T2WEvalConfig, T2WResult
 from imf.models.vocoder import VocoderConfig
 from imf.runs.open import open_corpus
@@ -153,7 +154,7 @@ def write_token2wav_section(plan: Token2WavPlan, summaries: Mapping[str, Mapping
                "speed_ratio_fm_mf": speed["end_to_end"], "speed_ratio_fm_mf_generator": speed["generator_only"],
                "orderings": orderings, "stages": {k: {f: v.get(f) for f in fields} for k, v in summaries.items()},
                "n_utts": len(es), "audio_seconds": es.audio_seconds, "wer_voices": result.wer_voices,
-               "judges": result.judges, "vae": s.vae.to_dict(), "generator": s.generator.to_dict(),
+               "judges": result.judges, "judge_labels": result.judge_labels, "vae": s.vae.to_dict(), "generator": s.generator.to_dict(),
                "eval": E.to_dict(), "checkpoints": {k: str(v) for k, v in plan.ckpts.items()}}
     atomic_write_json(plan.out / "metrics.json", metrics)
     vae, gen, vs = s.vae, s.generator, summaries["vae"]
@@ -176,6 +177,8 @@ generator's 1-step latents against the real waveform ({summaries['decoder_ft']['
 training, so absolute numbers are far below the paper's; the comparison between rows is the point.
 
 {table_md(table)}
+
+{judges_note(result.judge_labels)}
 
 Speed ratio {fm_name} (CFG {E.fm_cfg:g}) / MF 1-step, measured side by side on the same batch: **{speed['end_to_end']:.1f}x end to end**
 (latents + decoding), {speed['generator_only']:.1f}x for the latent generator alone (paper: up to 17x end to end). At this

@@ -28,7 +28,9 @@ from imf.flow.o3s import HISTORY_COLUMNS, O3SResult
 from imf.flow.schedules import save_grid
 from imf.runs.open import Opened
 from imf.runs.voices import wer_voices
+from imf.eval.judges import judges_note
 from imf.runs.report import table_md, write_section
+from imf.runs.splits import by_split, side_by_side, zero_shot_numbers, zero_shot_text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +111,24 @@ def report_nfe_curves(wb: Opened, curves: Any, audio: pd.DataFrame, timings: Tim
     ``metrics``: :func:`imf.runs.eval_nfe.nfe_criteria`.
     """
     out, es, m = wb.out, wb.es, metrics
+    E = wb.P["eval"]
+    seen_split, zs_split = E["split"], E.get("zero_shot_split", "unseen")
+    shown = [curves.guided_name, "IntMeanFlow student"]
+    splits = by_split(curves.table[curves.table.system.isin(shown)], curves.unseen, seen_split, zs_split)
+    m["zero_shot"] = dict(zero_shot_numbers(splits, curves.guided_name, curves.max_nfe, shown[1], 1, seen_split, zs_split),
+                          split=zs_split, voices=curves.unseen_voices)
+    write_csv(splits, out / "nfe_curves_by_split.csv")
+    zs_md = f"""
+**Seen vs held-out voices** (`{seen_split}` split and `{zs_split}` split, each its own utterances and noise;
+`dist_ref` to the guided {curves.max_nfe}-NFE teacher within each split; `nfe_curves_by_split.csv`):
+
+{table_md(side_by_side(splits, shown, seen=seen_split, unseen=zs_split))}
+
+{zero_shot_text(splits, curves.guided_name, curves.max_nfe, shown[1], 1, curves.unseen_voices, seen_split, zs_split)}
+"""
+    labels = audio.attrs.get("judge_labels", {}) if not audio.empty else {}
+    if labels:
+        m["judges"] = labels
     write_csv(curves.table, out / "nfe_curves.csv")
     if not audio.empty:
         write_csv(audio, out / "nfe_audio_judges.csv")
@@ -117,9 +137,9 @@ def report_nfe_curves(wb: Opened, curves: Any, audio: pd.DataFrame, timings: Tim
     atomic_write_json(out / "metrics.json", m)
     max_nfe, voices = curves.max_nfe, wer_voices()
     audio_md = "" if audio.empty else f"""
-**Audio judges** (vocoded with the trained vocoder; WER: Whisper tiny.en, corpus-level, on the voices
-00_vocoder found it reliable on: {', '.join(voices) if voices else 'all voices'}; SIM: resemblyzer cosine to the
-prompt speaker's real speech; MOS: DNSMOS P.808). The first two rows are the ceilings:
+**Audio judges** (vocoded with the trained vocoder; WER corpus-level, on the voices 00_vocoder found the ASR
+reliable on: {', '.join(voices) if voices else 'all voices'}; SIM: cosine to the prompt speaker's real speech).
+{judges_note(labels)} The first two rows are the ceilings:
 
 ![audio judges vs NFE](03_nfe_curves/nfe_audio_judges.png)
 
@@ -141,7 +161,7 @@ prompt speaker's real speech; MOS: DNSMOS P.808). The first two rows are the cei
 ![samples](03_nfe_curves/samples.png)
 
 {table_md(table)}
-{audio_md}
+{zs_md}{audio_md}
 **Criteria.** 1-NFE student fine-structure ratio {m['student_fs_ratio_1']:.3f} vs the guided
 {max_nfe}-NFE teacher's {m['teacher_cfg_fs_ratio_max']:.3f} (ratio {m['student_fs_ratio_1'] / m['teacher_cfg_fs_ratio_max']:.2f};
 target >= 0.9: **{_verdict(m['fs_criterion_0.9x'])}**).

@@ -23,6 +23,7 @@ from imf.flow.objectives import CFMConfig
 from imf.models import Token2MelConfig
 from imf.runs.profiles import profile, runs_dir
 from imf.runs.sections_config import EvalConfig
+from imf.runs.splits import split_voices, sweep_split, unseen_eval_set
 from imf.train.trainer import TrainConfig
 from imf.viz.plots import plot_mels, plot_metric_vs_nfe
 
@@ -76,6 +77,8 @@ class TeacherEval:
     plain: System  # the unguided teacher
     guided: System  # the teacher with guidance cfg_scale
     kept: dict[tuple[str, int], Tensor]  # generated normalised mels by (system, nfe)
+    unseen: pd.DataFrame | None = None  # the guided rows on the zero-shot split (held-out voices), None: no such split
+    unseen_voices: list[str] = dataclasses.field(default_factory=list)  # its voices
 
     def row(self, system: str, nfe: int) -> pd.Series:
         return self.table[(self.table.system == system) & (self.table.nfe == nfe)].iloc[0]
@@ -101,4 +104,8 @@ def evaluate_teacher(cfg: TeacherRun, corpus, out: str | Path) -> TeacherEval:
         if n in nfes:
             mels[f"{cfg_sys.name}, {n} NFE"] = corpus.denormalize(kept[(cfg_sys.name, n)][i]) * es.mask[i]
     plot_mels({k: v[:, : int(es.mask[i].sum())] for k, v in mels.items()}, out / "teacher_samples.png", title=es.ids[i])
-    return TeacherEval(teacher, es, df, plain, cfg_sys, kept)
+    # zero-shot: the guided rows again on held-out voices (after everything above, under a forked RNG)
+    ues = unseen_eval_set(corpus, E.zero_shot_split, E.n_utts, E.seed, E.max_frames, cfg.data.prompt_frames)
+    unseen = sweep_split(ues, [(cfg_sys, n) for n in nfes], (cfg_sys, max(nfes)), E.batch_size)
+    voices = split_voices(corpus, E.zero_shot_split) if ues is not None else []
+    return TeacherEval(teacher, es, df, plain, cfg_sys, kept, unseen, voices)

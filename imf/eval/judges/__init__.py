@@ -23,6 +23,18 @@ judge    model                                                       needs
 ``stoi`` STOI (Taal et al. 2011), package ``pystoi``                   ``item.ref_wav``
 =======  ==========================================================  =====================
 
+The papers' judges, when you have their weights locally (never downloaded), by spec string
+wherever judges are chosen (``JUDGES`` notebook parameters, the profile's ``eval.judges``,
+``JudgesConfig.judges``)::
+
+    "whisper:/models/faster-whisper-large-v3"   # or "whisper:large-v3" if in the HF cache -> column wer
+    "wavlm:/models/wavlm-base-plus-sv"          # WavLMForXVector + feature extractor -> column sim (SIM-o)
+    "utmos:/models/utmos22_strong.pt"           # a TorchScript UTMOS export -> column mos
+    "wer_large=whisper:/models/large-v3"        # "column=" names the column (two WER judges side by side)
+
+Every judge has a ``label`` naming its model; :func:`judge_labels` / :func:`judges_note` put it
+under the tables (report footnotes) and :func:`label_columns` into column headers.
+
 Pointing a judge at your own model needs no code change elsewhere:
 ``WER(model_path="/ckpt/whisper-large-v3-ct2")``, ``WER(transcribe=my_asr)``,
 ``SpeakerSim(encoder=my_embedder)`` or ``SpeakerSim(encoder="pkg.mod:make_wavlm")``, and
@@ -55,13 +67,18 @@ from imf.eval.judges.base import (CACHE_VERSION, SAMPLE_RATE, CachedJudge, Judge
                                   limit_threads, load_object)
 from imf.eval.judges.mos import MOS
 from imf.eval.judges.pesq import PESQ
-from imf.eval.judges.registry import JUDGES, JudgesConfig, evaluate, make_judge, make_judges, summarise
+from imf.eval.judges.registry import (JUDGES, MODELS, JudgesConfig, check_spec, evaluate, judge_labels, judge_specs,
+                                      judges_note, label_columns, make_judge, make_judges, summarise)
+from imf.eval.judges.utmos import UTMOS
+from imf.eval.judges.wavlm import WavLMEmbedder
 from imf.eval.judges.sim import SpeakerSim
 from imf.eval.judges.stoi import STOI
-from imf.eval.judges.wer import WER, bundled_whisper_path, corpus_wer, wer_counts
+from imf.eval.judges.wer import WER, bundled_whisper_path, corpus_wer, resolve_whisper, wer_counts
 
 __all__ = [
     "SAMPLE_RATE", "CACHE_VERSION", "JudgeItem", "Judge", "ScoreCache", "CachedJudge", "WER", "SpeakerSim", "MOS",
     "PESQ", "STOI", "JUDGES", "make_judge", "make_judges", "JudgesConfig", "evaluate", "summarise",
     "wer_counts", "corpus_wer", "audio_sha1", "bundled_whisper_path", "limit_threads", "load_object",
+    "MODELS", "UTMOS", "WavLMEmbedder", "check_spec", "judge_specs", "judge_labels", "judges_note", "label_columns",
+    "resolve_whisper",
 ]

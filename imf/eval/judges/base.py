@@ -258,6 +258,11 @@ class CachedJudge:
     def _columns(self, item: JudgeItem, raw: Any) -> dict[str, Any]:
         return {self.name: float(raw)}
 
+    @property
+    def label(self) -> str:
+        """Which model produced this judge's column, for tables and report footnotes."""
+        return self.identity
+
     # -- shared --------------------------------------------------------------------------------
     def _key(self, item: JudgeItem) -> str:
         parts = [f"v{CACHE_VERSION}", self.identity, item.wav_sha1]

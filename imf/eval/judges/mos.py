@@ -53,6 +53,10 @@ class MOS(CachedJudge):
     def identity(self) -> str:
         return f"mos:dnsmos:{self.model_dir.resolve()}"
 
+    @property
+    def label(self) -> str:
+        return "DNSMOS P.808 (bundled)"
+
     def _compute(self, items: list[JudgeItem]) -> list[dict[str, float]]:
         out = []
         for it in items:

@@ -30,6 +30,10 @@ class PESQ(CachedJudge):
     def identity(self) -> str:
         return f"pesq:{self.mode}"
 
+    @property
+    def label(self) -> str:
+        return f"PESQ ({'wide' if self.mode == 'wb' else 'narrow'}-band)"
+
     def _compute(self, items: list[JudgeItem]) -> list[float]:
         out = []
         for it in items:

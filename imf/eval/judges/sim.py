@@ -13,6 +13,7 @@ import numpy as np
 
 from imf.eval.judges.base import (SAMPLE_RATE, CachedJudge, JudgeItem, audio_sha1, import_package, limit_threads,
                                   load_object)
+from imf.eval.judges.wavlm import WavLMEmbedder
 
 
 class SpeakerSim(CachedJudge):
@@ -23,7 +24,8 @@ class SpeakerSim(CachedJudge):
     measured on real LibriSpeech: same speaker ~0.85, different ~0.50.
 
     Args:
-        encoder: "resemblyzer" (weights inside the package), a callable
+        encoder: "resemblyzer" (weights inside the package), "wavlm:<folder>" (a local
+            ``WavLMForXVector`` + feature extractor, :mod:`~imf.eval.judges.wavlm`), a callable
             ``f(wav (N,) float32 16 kHz) -> embedding (D,)``, or a "module:factory" string whose
             factory (called with no arguments) returns such a callable (e.g. a WavLM-TDNN).
         weights_path: a Resemblyzer ``.pt`` checkpoint instead of the bundled ``pretrained.pt``.
@@ -48,6 +50,9 @@ class SpeakerSim(CachedJudge):
         elif encoder == "resemblyzer":
             self._embed = self._load_resemblyzer(weights_path, preprocess)
             self._identity = f"sim:resemblyzer:{self._weights}:pre={preprocess}"
+        elif isinstance(encoder, str) and encoder.startswith("wavlm:"):
+            self._embed = WavLMEmbedder(encoder.partition(":")[2])
+            self._identity = f"sim:wavlm:{self._embed.path.resolve()}"
         elif isinstance(encoder, str) and ":" in encoder:
             self._embed = load_object(encoder)()
             if not callable(self._embed):
@@ -84,6 +89,15 @@ class SpeakerSim(CachedJudge):
     @property
     def identity(self) -> str:
         return self._identity
+
+    @property
+    def label(self) -> str:
+        kind, _, rest = self._identity.partition(":")[2].partition(":")
+        if kind == "resemblyzer":
+            return "Resemblyzer d-vector cosine (bundled)"
+        if kind == "wavlm":
+            return f"WavLM x-vector cosine ({rest})"
+        return f"speaker encoder {rest}"
 
     def embed(self, wav: np.ndarray, sha1: str | None = None) -> np.ndarray:
         """L2-normalised embedding (D,) of ``wav`` (N,), remembered by audio hash."""

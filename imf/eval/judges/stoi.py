@@ -24,5 +24,9 @@ class STOI(CachedJudge):
     def identity(self) -> str:
         return f"stoi:extended={self.extended}"
 
+    @property
+    def label(self) -> str:
+        return "ESTOI" if self.extended else "STOI"
+
     def _compute(self, items: list[JudgeItem]) -> list[float]:
         return [float(self._stoi(*crop_pair(it), SAMPLE_RATE, extended=self.extended)) for it in items]

