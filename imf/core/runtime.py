@@ -8,9 +8,11 @@ raises :class:`DiskFullError` naming the file; the previous file is kept.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import errno
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -18,7 +20,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -200,3 +202,19 @@ def repo_root() -> Path:
 def data_dir() -> Path:
     """``$IMF_DATA`` or ``<repo>/data``: where corpora are built."""
     return Path(os.environ.get("IMF_DATA", repo_root() / "data"))
+
+
+def process_pool(workers: int, initializer: Callable[[], None] | None = None) -> cf.ProcessPoolExecutor:
+    """A pool of ``workers`` processes that is safe to start from a process with threads.
+
+    Plain ``fork`` copies locks held by other threads (torch's, a judge's runtime, Jupyter's) into
+    the child, which can then hang for ever (seen: a corpus build forked after the WavLM judge's
+    tests hung in ``nn.Module.__init__``). ``forkserver`` forks from a clean single-threaded server
+    that has imported torch once, so workers start fast and never inherit a held lock; where it
+    does not exist (Windows, macOS default) ``spawn``. Functions sent to it must be module-level.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" in methods:
+        ctx.set_forkserver_preload(["torch"])
+    return cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=initializer)

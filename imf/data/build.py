@@ -12,12 +12,10 @@ into train/dev/test by position (the last ones go to test, the ones before to de
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import time
 import warnings
@@ -31,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from imf.core.config import Config, require
-from imf.core.runtime import atomic_path, atomic_write_json, data_dir, sweep_temp_files
+from imf.core.runtime import atomic_path, atomic_write_json, process_pool, data_dir, sweep_temp_files
 from imf.data.corpus import MANIFEST_COLUMNS, SPLITS, CorpusError, check_files
 from imf.data.engines import SAMPLE_RATE, EngineError, Prosody, Voice, sample_prosody, synthesize
 from imf.models.features import LogMel, MelConfig
@@ -322,8 +320,7 @@ def build_corpus(cfg: CorpusConfig | None = None, root: str | os.PathLike | None
         finally:
             torch.set_num_threads(threads)
     else:
-        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+        with process_pool(workers, initializer=_init_worker) as pool:
             results = []
             for r in pool.map(_make_star, [(out, j) for j in jobs], chunksize=8):
                 results.append(r)

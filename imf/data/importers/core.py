@@ -25,12 +25,10 @@ audio, mels and text (vocoder, text2mel); asking it for phone tokens is a :class
 from __future__ import annotations
 
 import collections
-import concurrent.futures as cf
 import dataclasses
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -43,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from imf.core.config import Config, require
-from imf.core.runtime import atomic_path, atomic_write_json, sweep_temp_files
+from imf.core.runtime import atomic_path, atomic_write_json, process_pool, sweep_temp_files
 from imf.data.build import estimate_f0, mel_stats
 from imf.data.corpus import MANIFEST_COLUMNS, SPLITS, CorpusError, check_files
 from imf.data.engines import resample
@@ -348,8 +346,7 @@ def _run(out: Path, jobs: list[_Job], workers: int, progress: bool, desc: str) -
         finally:
             torch.set_num_threads(threads)
     else:
-        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+        with process_pool(workers, initializer=_init_worker) as pool:
             for r in pool.map(_make_star, [(out, j) for j in jobs], chunksize=8):
                 rows.append(r)
                 bar.update(1)
