@@ -1,12 +1,12 @@
 """Waveform reconstruction losses and the objectives that use them (vocoder, VAE, Token2Wav refinements).
 
-One loss for every waveform decoder (reconstruction only, NO adversarial term — GAN training
-is too slow to pay off in a few CPU minutes, and these two losses already give intelligible
-audio; the cost is some buzz/phasiness a discriminator would remove)::
+One reconstruction loss for every waveform decoder::
 
     L = mel_weight * |LogMel(wav_hat) - LogMel(wav)|_1
       + stft_weight * MRSTFT(wav_hat, wav)      # auraloss: spectral convergence + log |STFT|
       (+ kl_weight * KL(q(z|x) || N(0, I))      # the Token2Wav VAE only)
+      (+ adversarial + feature matching          # the vocoder and the Token2Wav fine-tuning, when a
+                                                 # imf.train.gan.Adversarial is given)
 
 Objectives are ``objective(model, batch, generator) -> (loss, logs)`` for
 :class:`~imf.train.trainer.Trainer`, on :func:`imf.data.waves.collate_waves` batches; every
@@ -26,6 +26,7 @@ from imf.data.waves import (T2WDataConfig, TokenWaveDataset, generator_batch, me
                             wav_segments)
 from imf.models.token2wav import Token2Wav
 from imf.models.vae import WaveVAE, kl_divergence
+from imf.train.gan import Adversarial
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,18 +79,41 @@ def _logs(out: dict[str, Tensor]) -> dict[str, float]:
     return {k: float(v.detach()) for k, v in out.items()}
 
 
-class VocoderObjective(nn.Module):
-    """One random ``seg_frames`` segment per utterance (:func:`~imf.data.waves.mel_segments`) -> vocode -> wave loss."""
+class _WithAdversarial(nn.Module):
+    """Adds an optional :class:`~imf.train.gan.Adversarial` to an objective and its state to the checkpoint."""
+    gan: Adversarial | None
 
-    def __init__(self, mel_config: MelConfig, seg_frames: int, cfg: WaveLossConfig = WaveLossConfig()):
+    def add_adversarial(self, out: dict[str, Tensor], wav: Tensor, wav_hat: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """``out["loss"]`` (+ the GAN terms when there is a GAN) and the logs."""
+        logs = _logs(out)
+        if self.gan is None:
+            return out["loss"], logs
+        adv, gan_logs = self.gan(wav, wav_hat)
+        return out["loss"] + adv, {**logs, **gan_logs}
+
+    def checkpoint_state(self) -> dict[str, Any] | None:
+        return None if self.gan is None else self.gan.checkpoint_state()
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        if self.gan is None:
+            raise ValueError("the checkpoint holds discriminator state but this run has no GAN")
+        self.gan.load_checkpoint_state(state)
+
+
+class VocoderObjective(_WithAdversarial):
+    """One random ``seg_frames`` segment per utterance (:func:`~imf.data.waves.mel_segments`) -> vocode -> wave loss
+    (+ adversarial and feature-matching terms with ``gan``)."""
+
+    def __init__(self, mel_config: MelConfig, seg_frames: int, cfg: WaveLossConfig = WaveLossConfig(),
+                 gan: Adversarial | None = None):
         super().__init__()
         self.seg_frames, self.hop = seg_frames, mel_config.hop_length
-        self.wave_loss = WaveLoss(cfg, mel_config)
+        self.wave_loss, self.gan = WaveLoss(cfg, mel_config), gan
 
     def forward(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator):
         mel, wav = mel_segments(batch, self.seg_frames, self.hop, generator)
-        out = self.wave_loss(model(mel), wav)
-        return out["loss"], _logs(out)
+        wav_hat = model(mel)
+        return self.add_adversarial(self.wave_loss(wav_hat, wav), wav, wav_hat)
 
 
 class VAEObjective(nn.Module):
@@ -112,18 +136,20 @@ class VAEObjective(nn.Module):
         return out["loss"], _logs(out)
 
 
-class RefineObjective(nn.Module):
+class RefineObjective(_WithAdversarial):
     """Generate latents in ONE step for whole utterances, decode one random ``seg_frames``
-    segment of each, compare with the real waveform segment.
+    segment of each, compare with the real waveform segment (wave loss, + adversarial and
+    feature-matching terms with ``gan``, as the Token2Wav paper's fine-tuning).
 
     ``joint=False``: the generator runs under ``no_grad`` (decoder-only fine-tuning);
     ``joint=True``: gradients flow through the generator's 1-step output into it.
     """
 
-    def __init__(self, data: TokenWaveDataset, loss_cfg: WaveLossConfig, data_cfg: T2WDataConfig, joint: bool):
+    def __init__(self, data: TokenWaveDataset, loss_cfg: WaveLossConfig, data_cfg: T2WDataConfig, joint: bool,
+                 gan: Adversarial | None = None):
         super().__init__()
         self.data, self.data_cfg, self.joint = data, data_cfg, joint
-        self.wave_loss = WaveLoss(loss_cfg, data.corpus.mel_config)
+        self.wave_loss, self.gan = WaveLoss(loss_cfg, data.corpus.mel_config), gan
 
     def forward(self, model: Token2Wav, batch: dict[str, Any], g: torch.Generator):
         b = generator_batch(self.data, batch, self.data_cfg, g)
@@ -134,5 +160,5 @@ class RefineObjective(nn.Module):
         starts = segment_starts(b["lengths"], seg, g)
         x_seg = torch.stack([x[i, :, f:f + seg] for i, f in enumerate(starts)])
         wav = wav_segments(batch["wav"], starts, b["starts"].tolist(), seg, model.vae.config.stride)
-        out = self.wave_loss(model.decode(x_seg), wav)
-        return out["loss"], _logs(out)
+        wav_hat = model.decode(x_seg)
+        return self.add_adversarial(self.wave_loss(wav_hat, wav), wav, wav_hat)
