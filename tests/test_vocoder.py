@@ -56,7 +56,7 @@ def mel_corr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
 
 
-TINY = VocoderConfig(dim=32, n_layers=1, ff_mult=2)
+TINY = VocoderConfig(dim=32, n_layers=1, intermediate_dim=64)
 
 
 # -- shapes and alignment ------------------------------------------------------------------------
@@ -76,8 +76,10 @@ def test_bad_shapes_and_configs_are_refused():
         Vocoder(TINY)(torch.zeros(1, 40, 10))
     with pytest.raises(ValueError):
         GriffinLim().vocode(torch.zeros(80, 1))
-    with pytest.raises(ConfigError, match="kernel_size"):
-        VocoderConfig(kernel_size=4)
+    with pytest.raises(ConfigError, match="padding"):
+        VocoderConfig(padding="valid")
+    with pytest.raises(ConfigError, match="mag_prior"):
+        VocoderConfig(front_end="vocos")
     with pytest.raises(ConfigError, match="hop_length"):
         VocoderConfig(hop_length=1024)
 

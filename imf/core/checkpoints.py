@@ -96,6 +96,12 @@ def model_from_state(state: dict[str, Any], path: str | Path, ema: bool = True) 
     missing = [k for k in ("model_class", "model_config", weights) if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}")
+    if state["model_class"] not in MODELS:
+        importlib.import_module("imf.models")  # the package that registers the workbench's networks
+    cls = MODELS.get(state["model_class"], (None,))[0]
+    stale = getattr(cls, "stale_checkpoint", None)  # a class may recognise checkpoints of a class it replaced
+    if stale is not None and stale(state):
+        raise CheckpointError(f"checkpoint {path}: {stale(state)}")
     try:
         model = build_model(state["model_class"], state["model_config"])
     except (KeyError, TypeError, ValueError) as e:

@@ -12,17 +12,21 @@ strided convolutions on the raw waveform (strides [2, 4, 4, 6, 5] at 24 kHz); on
 of a few minutes a front end that already knows the spectrum trains much faster, and the
 latent still comes from the waveform alone (no corpus feature is read).
 
-Decoder (``z (B, latent_dim, T) -> wav (B, T * stride)``), deterministic, Vocos-style:
-Conv1d -> ConvNeXt blocks at 25 Hz -> transposed-conv upsampling by ``up`` -> ConvNeXt blocks
-at ``25 * up`` Hz -> per-frame Linear -> (log|S|, angle) of an ``n_fft = 4 * hop_out`` STFT ->
-``torch.istft`` (centred Hann, ``hop_out = stride / up``). ``up = 4`` (hop 160, n_fft 640) is
-the default; ``up = 1`` is the paper-style head at 25 Hz (hop 640, n_fft 2560), predicting
-the phase of a 40 ms hop directly. Measured on the small corpus (batch 16 x 1 s, lr 2e-3,
-1 thread): after 150 steps the loss is 2.80 for ``up = 1`` and 2.79-2.86 for ``up = 4``
-(two runs), at about the same CPU time per step (~0.35-0.4 s): no measurable difference at
-this budget, so the default keeps the usual Vocos geometry (4x overlap, 10 ms hop).
+Decoder (``z (B, latent_dim, T) -> wav (B, T * stride)``), deterministic, built from the
+``vocos`` package's parts: ``dec_low`` (``vocos.models.VocosBackbone`` at 25 Hz: Conv1d ->
+LayerNorm -> ConvNeXt blocks -> LayerNorm) -> transposed-conv upsampling by ``up`` ->
+``dec_high`` (a second ``VocosBackbone`` at ``25 * up`` Hz) -> ``head``
+(``vocos.heads.ISTFTHead``, ``"center"`` padding: per-frame Linear -> (log|S|, angle) of an
+``n_fft = 4 * hop_out`` STFT -> inverse STFT, ``hop_out = stride / up``). ``up = 4`` (hop 160,
+n_fft 640) is the default; ``up = 1`` is the paper-style head at 25 Hz (hop 640, n_fft 2560),
+predicting the phase of a 40 ms hop directly. Measured with the previous hand-written decoder on
+the small corpus (batch 16 x 1 s, lr 2e-3, 1 thread): after 150 steps the loss is 2.80 for
+``up = 1`` and 2.79-2.86 for ``up = 4`` (two runs), at about the same CPU time per step: no
+measurable difference at this budget, so the default keeps the usual Vocos geometry (4x overlap,
+10 ms hop).
 
-Training (:func:`imf.train.token2wav.train_vae`): mel L1 + multi-resolution STFT + a small KL.
+Training (:func:`imf.train.token2wav.train_vae`): mel L1 + multi-resolution STFT + a small KL
+(the decoder / joint fine-tuning stages may add the ``vocos`` package's adversarial losses).
 The encoder's log-variance head starts at ``logvar_init`` (posterior std 0.05): with the
 default 0 start, the posterior noise drowned the latent in the first steps and the decoder
 learned to ignore it (posterior collapse: loss stuck at ~3.8, std(mu) ~ 0.002). Seen once more
@@ -42,6 +46,8 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 from torch import Tensor, nn
+from vocos.heads import ISTFTHead
+from vocos.models import VocosBackbone
 
 from imf.core.config import Config, require
 from imf.models.layers import ChannelNorm, ConvNeXtBlock
@@ -58,12 +64,11 @@ class VAEConfig(Config):
     enc_dim: int = 128  # encoder channels
     enc_layers: int = 2  # ConvNeXt blocks at each encoder resolution
     dec_dim: int = 192  # decoder channels
-    dec_low_layers: int = 2  # decoder ConvNeXt blocks at the latent rate
+    dec_low_layers: int = 2  # decoder ConvNeXt blocks at the latent rate (VocosBackbone)
     up: int = 4  # decoder upsampling before the iSTFT head (1: head at the latent rate)
-    dec_layers: int = 4  # decoder ConvNeXt blocks after upsampling
-    kernel_size: int = 7  # depthwise kernel
+    dec_layers: int = 4  # decoder ConvNeXt blocks after upsampling (VocosBackbone)
+    kernel_size: int = 7  # encoder depthwise kernel (the decoder's VocosBackbone uses 7)
     ff_mult: int = 3  # ConvNeXt pointwise expansion (Vocos uses 3)
-    log_mag_max: float = 7.0  # log|S| clamp before exp
     logvar_init: float = -6.0  # initial posterior log-variance (bias of the encoder's logvar head)
     logvar_min: float = -12.0  # posterior log-variance clamp (numerical safety)
     logvar_max: float = 4.0
@@ -76,6 +81,8 @@ class VAEConfig(Config):
         require((self.stride // self.up) * 4 % 2 == 0, "up", "the decoder STFT needs an even n_fft")
         require(self.kernel_size % 2 == 1, "kernel_size", "must be odd (same padding)")
         require(self.enc_dim >= 1 and self.dec_dim >= 1, "dec_dim", "channels must be >= 1")
+        require(self.dec_low_layers >= 1 and self.dec_layers >= 1, "dec_layers",
+                "dec_low_layers and dec_layers must be >= 1 (each is a VocosBackbone)")
 
     @property
     def stride(self) -> int:
@@ -157,15 +164,10 @@ class WaveVAE(nn.Module):
         with torch.no_grad():  # start with a small posterior noise (logvar = logvar_init): against early collapse
             self.enc_out[1].bias[c.latent_dim:].fill_(c.logvar_init)
 
-        self.dec_in = nn.Conv1d(c.latent_dim, c.dec_dim, k, padding=k // 2)
-        self.dec_norm = ChannelNorm(c.dec_dim)
-        self.dec_low = nn.ModuleList(ConvNeXtBlock(c.dec_dim, k, c.ff_mult) for _ in range(c.dec_low_layers))
+        self.dec_low = VocosBackbone(c.latent_dim, c.dec_dim, c.ff_mult * c.dec_dim, c.dec_low_layers)
         self.upsample = _Up(c.dec_dim, c.up)
-        self.dec_high = nn.ModuleList(ConvNeXtBlock(c.dec_dim, k, c.ff_mult) for _ in range(c.dec_layers))
-        self.dec_out_norm = nn.LayerNorm(c.dec_dim, eps=1e-6)
-        self.n_bins = c.n_fft_out // 2 + 1
-        self.head = nn.Linear(c.dec_dim, 2 * self.n_bins)
-        self.register_buffer("window", torch.hann_window(c.n_fft_out), persistent=False)
+        self.dec_high = VocosBackbone(c.dec_dim, c.dec_dim, c.ff_mult * c.dec_dim, c.dec_layers)
+        self.head = ISTFTHead(c.dec_dim, c.n_fft_out, c.hop_out, padding="center")
         self.register_buffer("latent_mean", torch.zeros(c.latent_dim))
         self.register_buffer("latent_std", torch.ones(c.latent_dim))
 
@@ -195,31 +197,15 @@ class WaveVAE(nn.Module):
         return mu, logvar.clamp(self.config.logvar_min, self.config.logvar_max)
 
     # -- decoder ------------------------------------------------------------------------------
-    def log_mag_and_angle(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """z (B, latent_dim, T) -> log|S|, angle (B, n_fft_out / 2 + 1, T * up + 1)."""
-        c = self.config
-        if z.dim() != 3 or z.shape[1] != c.latent_dim:
-            raise ValueError(f"z must be (B, {c.latent_dim}, T), got {tuple(z.shape)}")
-        h = self.dec_norm(self.dec_in(z))
-        for blk in self.dec_low:
-            h = blk(h)
-        h = self.upsample(h)
-        for blk in self.dec_high:
-            h = blk(h)
-        # a centred iSTFT of N = T * stride samples needs N / hop_out + 1 frames: repeat the last
-        h = F.pad(h, (0, 1), mode="replicate")
-        h = self.head(self.dec_out_norm(h.transpose(1, 2))).transpose(1, 2)
-        log_mag, angle = h.chunk(2, dim=1)
-        return log_mag.clamp(max=c.log_mag_max), angle
-
     def decode(self, z: Tensor) -> Tensor:
         """z (B, latent_dim, T) -> wav (B, T * stride)."""
         c = self.config
-        log_mag, angle = self.log_mag_and_angle(z)
-        mag = torch.exp(log_mag)
-        spec = torch.complex(mag * torch.cos(angle), mag * torch.sin(angle))
-        return torch.istft(spec, n_fft=c.n_fft_out, hop_length=c.hop_out, win_length=c.n_fft_out,
-                           window=self.window, center=True, length=z.shape[-1] * c.stride)
+        if z.dim() != 3 or z.shape[1] != c.latent_dim:
+            raise ValueError(f"z must be (B, {c.latent_dim}, T), got {tuple(z.shape)}")
+        h = self.upsample(self.dec_low(z).transpose(1, 2))  # (B, dec_dim, T * up)
+        # a centred iSTFT of N = T * stride samples needs N / hop_out + 1 frames: repeat the last
+        h = F.pad(h, (0, 1), mode="replicate")
+        return self.head(self.dec_high(h))  # (B, T * up + 1, dec_dim) -> (B, T * stride)
 
     def forward(self, wav: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """wav (B, N) -> (wav_hat (B, N), mu, logvar): a reparameterised sample in training, mu in eval."""
@@ -244,7 +230,7 @@ class WaveVAE(nn.Module):
 
     def decoder_parameters(self) -> list[nn.Parameter]:
         """Parameters of the decoder only (what decoder-only fine-tuning trains)."""
-        mods = (self.dec_in, self.dec_norm, self.dec_low, self.upsample, self.dec_high, self.dec_out_norm, self.head)
+        mods = (self.dec_low, self.upsample, self.dec_high, self.head)
         return [p for m in mods for p in m.parameters()]
 
     @torch.inference_mode()

@@ -152,6 +152,10 @@ for _k in ("imf_train", "decft_train", "joint_train"):
     _PAPER["token2wav"][_k].update(steps=20_000, batch_size=64, warmup=500, ema_decay=0.999, ckpt_every=1000)
 _PAPER["token2wav"]["meanflow"].update(p_instant=0.5)  # the paper's flow ratio 0.5
 _PAPER["token2wav"]["eval"].update(n_utts=512)
+# adversarial training (the vocos package's MPD + MRD, hinge + feature matching) as Vocos and the Token2Wav paper's
+# decoder / joint fine-tuning; off in small: measured on the 2-core CPU, a GAN step costs ~60x a reconstruction step
+_PAPER["vocoder"]["gan"] = {"enabled": True}
+_PAPER["token2wav"]["gan"] = {"enabled": True}
 
 PROFILES = {"tiny": _TINY, "small": _SMALL, "small-long": _SMALL_LONG, "paper": _PAPER}
 

@@ -23,6 +23,7 @@ from imf.models.vocoder import VocoderConfig
 from imf.runs.open import open_corpus
 from imf.runs.profiles import profile, runs_dir
 from imf.runs.report import section_dir, table_md, write_section
+from imf.train.gan import GANConfig
 from imf.train.token2wav import STAGE_RUNS, T2WStagesConfig, checkpoints
 from imf.train.trainer import TrainConfig
 from imf.train.wave_losses import WaveLossConfig
@@ -50,6 +51,7 @@ class VocoderPlan:
     per_voice: int  # held-out utterances per voice for the real-recording judges
     run_dir: Path  # runs/<profile>/<run_name>
     out: Path  # results/00_vocoder
+    gan: GANConfig = GANConfig()  # adversarial training (off: reconstruction losses only)
 
     @property
     def ckpt(self) -> Path:
@@ -66,7 +68,12 @@ def vocoder_plan(profile_name: str, seed: int = 0, steps: int = 0, run_name: str
     corpus = _corpus(P, corpus_dir)
     return VocoderPlan(corpus, VocoderConfig.from_dict(V["model"]), TrainConfig.from_dict(_train_cfg(V["train"], seed, steps)),
                        WaveLossConfig.from_dict(V.get("loss", {})), V["seg_seconds"], per_voice or V["per_voice"],
-                       runs_dir(profile_name) / run_name, section_dir("00_vocoder"))
+                       runs_dir(profile_name) / run_name, section_dir("00_vocoder"), GANConfig.from_dict(V.get("gan", {})))
+
+
+def _gan_words(gan: GANConfig) -> str:
+    return ("+ adversarial and feature-matching losses (vocos MPD + MRD)" if gan.enabled else
+            "no adversarial loss (on CPU a GAN step with the vocos discriminators costs ~60x a reconstruction step)")
 
 
 def write_vocoder_section(plan: VocoderPlan, summary: Mapping[str, Any], real: RealRecordings, wer_voices: list[str],
@@ -82,8 +89,8 @@ def write_vocoder_section(plan: VocoderPlan, summary: Mapping[str, Any], real: R
     m = plan.model
     write_section("00_vocoder", f"""## 00 — vocoder and judge ceilings (`notebooks/00_vocoder.ipynb`)
 
-Vocoder: Vocos-style ConvNeXt ({m.dim} x {m.n_layers}) + inverse-STFT head, mel L1 + multi-resolution
-STFT loss, no adversarial loss (CPU), {summary['steps']} steps. Judges run offline: WER = Whisper tiny.en (faster-whisper,
+Vocoder: the `vocos` package's VocosBackbone ({m.dim} x {m.n_layers}) + ISTFTHead{' (log-magnitude residual on the mel pseudo-inverse)' if m.mag_prior else ''}, mel L1 + multi-resolution
+STFT loss, {_gan_words(plan.gan)}, {summary['steps']} steps. Judges run offline: WER = Whisper tiny.en (faster-whisper,
 beam 5, Whisper English normaliser, jiwer, corpus-level), SIM = resemblyzer d-vector cosine, MOS = DNSMOS P.808.
 
 **Real recordings per voice** ({plan.per_voice} held-out utterances each):
@@ -167,12 +174,12 @@ def write_token2wav_section(plan: Token2WavPlan, summaries: Mapping[str, Mapping
               '**posterior collapse: the latents carry almost nothing, every row below sounds alike**')
     write_section("07_token2wav", f"""## 07 — one-step Token2Wav (`notebooks/07_token2wav.ipynb`)
 
-Waveform VAE 16 kHz -> {vae.frame_rate:g} Hz x {vae.latent_dim} latents (log-mel front end + strided convs; Vocos-style
-decoder, {vs['steps']} steps; latent SNR std(mu) / posterior std = {vs.get('latent_snr', float('nan')):.2f},
+Waveform VAE 16 kHz -> {vae.frame_rate:g} Hz x {vae.latent_dim} latents (log-mel front end + strided convs; decoder
+from the vocos package's VocosBackbone + ISTFTHead, {vs['steps']} steps; latent SNR std(mu) / posterior std = {vs.get('latent_snr', float('nan')):.2f},
 {health}); DiT-1D generator {gen.dim} x {gen.n_layers} (adaLN-zero) on 25 Hz phone tokens + a
 speaker prompt latent. FM: flow matching, {E.fm_nfe} Euler steps, CFG {E.fm_cfg:g}; MF: MeanFlow (JVP, guidance {s.meanflow.cfg_scale:g} folded into the target), 1 step; IMF: IntMeanFlow
 student of FM (teacher N = {s.imf.teacher_nfe}, CFG {s.imf.cfg_scale:g}), 1 step. Decoder-FT: decoder trained on the frozen MF
-generator's 1-step latents against the real waveform ({summaries['decoder_ft']['steps']} steps); Joint-FT: generator + decoder together
+generator's 1-step latents against the real waveform, {_gan_words(s.gan)} ({summaries['decoder_ft']['steps']} steps); Joint-FT: generator + decoder together
 ({summaries['joint_ft']['steps']} steps). {len(es)} held-out utterances ({es.audio_seconds:.0f} s), identical noise. CPU scale: minutes of
 training, so absolute numbers are far below the paper's; the comparison between rows is the point.
 

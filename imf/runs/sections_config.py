@@ -18,6 +18,7 @@ from imf.flow.objectives import CFMConfig, IMFConfig
 from imf.models.token2mel import Token2MelConfig
 from imf.models.vocoder import VocoderConfig
 from imf.eval.token2wav import T2WEvalConfig
+from imf.train.gan import GANConfig
 from imf.train.token2wav import T2WStagesConfig
 from imf.train.trainer import TrainConfig
 from imf.train.wave_losses import WaveLossConfig
@@ -89,6 +90,7 @@ class VocoderSection(Config):
     per_voice: int = 10  # utterances per voice scored by the ground-truth judges
     train: TrainConfig = _field(default_factory=TrainConfig)  # optimisation
     loss: WaveLossConfig = _field(default_factory=WaveLossConfig)  # mel L1 + MR-STFT weights (kl_weight unused)
+    gan: GANConfig = _field(default_factory=GANConfig)  # adversarial + feature-matching terms (vocos discriminators)
 
     def validate(self) -> None:
         require(self.seg_seconds > 0, "seg_seconds", "must be > 0")

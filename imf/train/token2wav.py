@@ -11,6 +11,10 @@ The stages, each a resumable :class:`~imf.train.trainer.Trainer` run folder::
     finetune_joint      generator + decoder together through the generator's 1-step output,
                         small learning rate                         -> Token2Wav   (t2w_mf_joint)
 
+The two fine-tuning stages use the paper's loss: multi-resolution STFT (+ mel L1) and, with
+``gan.enabled``, the ``vocos`` package's adversarial + feature-matching losses
+(:mod:`imf.train.gan`; discriminators and their optimizer live in the stage's checkpoint).
+
 :func:`train_stages` runs them in this order from one :class:`T2WStagesConfig`.
 
 Data: :class:`imf.data.waves.TokenWaveDataset` (whole utterances, 25 Hz tokens of
@@ -50,6 +54,7 @@ from imf.models.dit import DiT1D, DiTConfig
 from imf.models.student import freeze, init_time_mix, student_from_teacher
 from imf.models.token2wav import Token2Wav
 from imf.models.vae import VAEConfig, WaveVAE
+from imf.train.gan import GANConfig, make_adversarial
 from imf.train.trainer import TrainConfig, Trainer
 from imf.train.wave_losses import RefineObjective, T2WLossConfig, VAEObjective
 
@@ -62,6 +67,7 @@ class T2WStagesConfig(Config):
     vae: VAEConfig = VAEConfig()  # the waveform VAE
     generator: DiTConfig = DiTConfig()  # the DiT-1D latent generators (latent_dim / n_tokens come from the data)
     wave_loss: T2WLossConfig = T2WLossConfig()  # VAE and fine-tuning loss
+    gan: GANConfig = GANConfig()  # adversarial + feature-matching terms of decoder-only and joint fine-tuning
     data: T2WDataConfig = T2WDataConfig()  # crops and prompts
     cfm: CFMConfig = CFMConfig()  # the flow-matching generator's objective
     meanflow: MeanFlowConfig = MeanFlowConfig()  # the MeanFlow generator's objective
@@ -201,9 +207,10 @@ def distill_generator(data: TokenWaveDataset, teacher_ckpt: str | Path, run_dir:
 # ---------------------------------------------------------------------------------------------
 def finetune_decoder(data: TokenWaveDataset, vae_ckpt: str | Path, generator_ckpt: str | Path, run_dir: str | Path,
                      train_cfg: TrainConfig = TrainConfig(), loss_cfg: T2WLossConfig = T2WLossConfig(),
-                     data_cfg: T2WDataConfig = T2WDataConfig(),
-                     progress: bool = True) -> tuple[Trainer, dict[str, Any]]:
-    """Decoder-only fine-tuning of the VAE decoder on latents of the FROZEN 1-step generator.
+                     data_cfg: T2WDataConfig = T2WDataConfig(), progress: bool = True,
+                     gan_cfg: GANConfig = GANConfig()) -> tuple[Trainer, dict[str, Any]]:
+    """Decoder-only fine-tuning of the VAE decoder on latents of the FROZEN 1-step generator
+    (``gan_cfg.enabled``: with the adversarial + feature-matching terms).
 
     The trained unit is a :class:`Token2Wav` (generator + VAE) so the result loads alone; only
     ``vae.decoder_parameters()`` are optimised, the generator (and encoder) keep their weights
@@ -216,9 +223,10 @@ def finetune_decoder(data: TokenWaveDataset, vae_ckpt: str | Path, generator_ckp
     params = system.vae.decoder_parameters()
     for p in params:
         p.requires_grad_(True)
-    trainer = Trainer(run_dir, system, RefineObjective(data, loss_cfg, data_cfg, joint=False), data, collate_waves,
-                      train_cfg, params=params,
-                      extra_config={"stage": "decoder_ft", "wave_loss": loss_cfg.to_dict(), "data": data_cfg.to_dict(),
+    objective = RefineObjective(data, loss_cfg, data_cfg, joint=False, gan=make_adversarial(gan_cfg, train_cfg))
+    trainer = Trainer(run_dir, system, objective, data, collate_waves, train_cfg, params=params,
+                      extra_config={"stage": "decoder_ft", "wave_loss": loss_cfg.to_dict(), "gan": gan_cfg.to_dict(),
+                                    "data": data_cfg.to_dict(),
                                     "vae": str(vae_ckpt), "generator": str(generator_ckpt),
                                     "corpus": str(data.corpus.root), "latents": data.latent_source},
                       progress=progress, desc="Token2Wav decoder-only FT")
@@ -227,9 +235,11 @@ def finetune_decoder(data: TokenWaveDataset, vae_ckpt: str | Path, generator_ckp
 
 def finetune_joint(data: TokenWaveDataset, system_ckpt: str | Path, run_dir: str | Path,
                    train_cfg: TrainConfig = TrainConfig(), loss_cfg: T2WLossConfig = T2WLossConfig(),
-                   data_cfg: T2WDataConfig = T2WDataConfig(), progress: bool = True) -> tuple[Trainer, dict[str, Any]]:
+                   data_cfg: T2WDataConfig = T2WDataConfig(), progress: bool = True,
+                   gan_cfg: GANConfig = GANConfig()) -> tuple[Trainer, dict[str, Any]]:
     """Joint fine-tuning of generator + decoder (from a decoder-FT :class:`Token2Wav` checkpoint)
-    through the generator's 1-step output, with the waveform loss; the encoder stays frozen."""
+    through the generator's 1-step output, with the waveform loss (+ the GAN terms with
+    ``gan_cfg.enabled``, fresh discriminators); the encoder stays frozen."""
     data.require_latents()
     seed_everything(train_cfg.seed)
     system = load_model(system_ckpt)
@@ -237,9 +247,10 @@ def finetune_joint(data: TokenWaveDataset, system_ckpt: str | Path, run_dir: str
     params = list(system.generator.parameters()) + system.vae.decoder_parameters()
     for p in params:
         p.requires_grad_(True)
-    trainer = Trainer(run_dir, system, RefineObjective(data, loss_cfg, data_cfg, joint=True), data, collate_waves,
-                      train_cfg, params=params,
-                      extra_config={"stage": "joint_ft", "wave_loss": loss_cfg.to_dict(), "data": data_cfg.to_dict(),
+    objective = RefineObjective(data, loss_cfg, data_cfg, joint=True, gan=make_adversarial(gan_cfg, train_cfg))
+    trainer = Trainer(run_dir, system, objective, data, collate_waves, train_cfg, params=params,
+                      extra_config={"stage": "joint_ft", "wave_loss": loss_cfg.to_dict(), "gan": gan_cfg.to_dict(),
+                                    "data": data_cfg.to_dict(),
                                     "init": str(system_ckpt), "corpus": str(data.corpus.root),
                                     "latents": data.latent_source},
                       progress=progress, desc="Token2Wav joint FT")
@@ -278,7 +289,7 @@ def train_stages(corpus, cfg: T2WStagesConfig, run_dirs: Mapping[str, str | Path
                                          mf_cfg=cfg.meanflow, data_cfg=d, progress=progress)
     _, out["imf"] = distill_generator(train, ckpt["fm"], run["imf"], cfg.imf_train, cfg.imf, d, progress=progress)
     _, out["decoder_ft"] = finetune_decoder(train, ckpt["vae"], ckpt["mf"], run["mf_decft"], cfg.decft_train,
-                                            cfg.wave_loss, d, progress=progress)
+                                            cfg.wave_loss, d, progress=progress, gan_cfg=cfg.gan)
     _, out["joint_ft"] = finetune_joint(train, ckpt["mf_decft"], run["mf_joint"], cfg.joint_train, cfg.wave_loss, d,
-                                        progress=progress)
+                                        progress=progress, gan_cfg=cfg.gan)
     return out

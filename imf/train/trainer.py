@@ -132,7 +132,9 @@ def _finite_mean(values: list[float]) -> float:
 class Trainer:
     """Train ``model`` on ``objective`` over ``dataset`` (a map-style dataset + ``collate``).
 
-    ``objective(model, batch, generator) -> (loss, logs)``; ``params`` are the trainable
+    ``objective(model, batch, generator) -> (loss, logs)``; an objective with state of its own
+    (a GAN's discriminators and their optimizer) has ``checkpoint_state() -> dict | None`` and
+    ``load_checkpoint_state(dict)``, saved in the checkpoint as ``objective``. ``params`` are the trainable
     parameters (default: all). ``extra_config`` (dicts of the objective's and data configs)
     is saved with the run and must match on resume.
     """
@@ -173,6 +175,9 @@ class Trainer:
                     "numpy": np.random.get_state(), "python": random.getstate()},
             "history": self.history, "git": git_revision(),
         }
+        objective_state = getattr(self.objective, "checkpoint_state", None)  # e.g. a GAN's discriminators + optimizer
+        if objective_state is not None and objective_state() is not None:
+            state["objective"] = objective_state()
         atomic_torch_save(state, self.ckpt_path)
         self._write_logs()
 
@@ -197,6 +202,8 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.step = state["step"]
         self.history = state["history"]
+        if "objective" in state:  # the objective's own state (see save)
+            self.objective.load_checkpoint_state(state["objective"])
         self.generator.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
         if "numpy" in state["rng"]:  # checkpoints written before the numpy/python states were kept

@@ -5,7 +5,8 @@ Data: :class:`imf.data.waves.MelWaveDataset` holds whole utterances with their l
 objective cuts one random ``seg_frames``-frame segment per utterance with the trainer's
 generator (:func:`imf.data.waves.mel_segments`), so a resumed run sees the same segments as an
 uninterrupted one. Loss: :class:`imf.train.wave_losses.WaveLoss` (mel L1 + multi-resolution
-STFT, no adversarial term). Copy-synthesis evaluation: :mod:`imf.eval.ceilings`.
+STFT), plus the ``vocos`` package's adversarial and feature-matching losses with a GAN
+(:mod:`imf.train.gan`, ``gan_cfg.enabled``). Copy-synthesis evaluation: :mod:`imf.eval.ceilings`.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 from imf.core.runtime import seed_everything
 from imf.data.waves import MelWaveDataset, collate_waves, segment_frames
 from imf.models.vocoder import Vocoder, VocoderConfig
+from imf.train.gan import GANConfig, make_adversarial
 from imf.train.trainer import TrainConfig, Trainer
 from imf.train.wave_losses import VocoderObjective, WaveLossConfig
 
@@ -29,13 +31,15 @@ SMALL_TRAIN = TrainConfig(steps=1000, batch_size=8, lr=2e-3, warmup=50, ema_deca
 def train_vocoder(corpus, run_dir: str | Path, model_cfg: VocoderConfig = VocoderConfig(),
                   train_cfg: TrainConfig = SMALL_TRAIN, seg_seconds: float = 1.0, progress: bool = True,
                   loss_cfg: WaveLossConfig = WaveLossConfig(), split: str = "train",
-                  max_utts: int | None = None) -> tuple[Trainer, dict[str, Any]]:
+                  max_utts: int | None = None, gan_cfg: GANConfig = GANConfig()) -> tuple[Trainer, dict[str, Any]]:
     """Train (or resume) a :class:`Vocoder` on ``corpus`` in ``run_dir`` through the shared trainer.
 
     ``model_cfg``'s mel geometry (n_mels, n_fft, hop_length, sample_rate, f_min, f_max) is taken
     from ``corpus.mel_config``. Each step
     uses ``train_cfg.batch_size`` random segments of ``seg_seconds`` (one per utterance, a
-    seeded epoch order over utterances). Returns ``(trainer, summary)``; the trained model is
+    seeded epoch order over utterances); ``gan_cfg.enabled`` adds a discriminator step and the
+    adversarial + feature-matching terms (the discriminators and their optimizer are saved in the
+    checkpoint). Returns ``(trainer, summary)``; the trained model is
     ``trainer.ema`` and loads back with :func:`imf.models.vocoder.load_vocoder(run_dir)`.
     """
     mc = corpus.mel_config
@@ -45,9 +49,12 @@ def train_vocoder(corpus, run_dir: str | Path, model_cfg: VocoderConfig = Vocode
     data = MelWaveDataset(corpus, split, min_samples=seg_frames * mc.hop_length, max_utts=max_utts)
     seed_everything(train_cfg.seed)
     model = Vocoder(model_cfg)
-    objective = VocoderObjective(mc, seg_frames, loss_cfg)
+    if mc.win_length != mc.n_fft:
+        raise ValueError(f"corpus {getattr(corpus, 'root', '')}: the vocoder's front end assumes win_length == n_fft, "
+                         f"the corpus MelConfig has {mc.win_length} / {mc.n_fft}")
+    objective = VocoderObjective(mc, seg_frames, loss_cfg, make_adversarial(gan_cfg, train_cfg))
     trainer = Trainer(run_dir, model, objective, data, collate_waves, train_cfg,
-                      extra_config={"vocoder_loss": loss_cfg.to_dict(), "seg_seconds": seg_seconds,
+                      extra_config={"vocoder_loss": loss_cfg.to_dict(), "gan": gan_cfg.to_dict(), "seg_seconds": seg_seconds,
                                     "seg_frames": seg_frames, "split": split, "max_utts": max_utts,
                                     "corpus": str(getattr(corpus, "root", "")), "mel": mc.to_dict()},
                       progress=progress, desc="vocoder")

@@ -1,12 +1,12 @@
 """Waveform reconstruction losses and the objectives that use them (vocoder, VAE, Token2Wav refinements).
 
-One loss for every waveform decoder (reconstruction only, NO adversarial term — GAN training
-is too slow to pay off in a few CPU minutes, and these two losses already give intelligible
-audio; the cost is some buzz/phasiness a discriminator would remove)::
+One reconstruction loss for every waveform decoder::
 
     L = mel_weight * |LogMel(wav_hat) - LogMel(wav)|_1
       + stft_weight * MRSTFT(wav_hat, wav)      # auraloss: spectral convergence + log |STFT|
       (+ kl_weight * KL(q(z|x) || N(0, I))      # the Token2Wav VAE only)
+      (+ adversarial + feature matching          # the vocoder and the Token2Wav fine-tuning, when a
+                                                 # imf.train.gan.Adversarial is given)
 
 Objectives are ``objective(model, batch, generator) -> (loss, logs)`` for
 :class:`~imf.train.trainer.Trainer`, on :func:`imf.data.waves.collate_waves` batches; every
@@ -34,6 +34,7 @@ from imf.data.waves import (T2WDataConfig, TokenWaveDataset, generator_batch, me
                             wav_segments)
 from imf.models.token2wav import Token2Wav
 from imf.models.vae import WaveVAE, kl_divergence
+from imf.train.gan import Adversarial
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,20 +95,55 @@ def _share(out: dict[str, Tensor], rows: slice | None, b: int) -> tuple[Tensor, 
     return out["loss"], _logs(out)
 
 
-class VocoderObjective(nn.Module):
-    """One random ``seg_frames`` segment per utterance (:func:`~imf.data.waves.mel_segments`) -> vocode -> wave loss."""
+class _WithAdversarial(nn.Module):
+    """Adds an optional :class:`~imf.train.gan.Adversarial` to an objective and its state to the checkpoint."""
+    gan: Adversarial | None
 
-    def __init__(self, mel_config: MelConfig, seg_frames: int, cfg: WaveLossConfig = WaveLossConfig()):
+    def add_adversarial(self, out: dict[str, Tensor], wav: Tensor, wav_hat: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """``out["loss"]`` (+ the GAN terms when there is a GAN) and the logs."""
+        logs = _logs(out)
+        if self.gan is None:
+            return out["loss"], logs
+        adv, gan_logs = self.gan(wav, wav_hat)
+        return out["loss"] + adv, {**logs, **gan_logs}
+
+    def combine(self, out: dict[str, Tensor], wav: Tensor, wav_hat: Tensor, rows: slice | None,
+                b: int) -> tuple[Tensor, dict[str, float]]:
+        """(loss, logs): a shard's share of the batch loss (:func:`_share`) without a GAN; the
+        GAN terms added with one (its discriminator step is one process's: not sharded)."""
+        if self.gan is None:
+            return _share(out, rows, b)
+        if rows is not None:
+            raise NotImplementedError("adversarial training (gan) runs in one process: its discriminator "
+                                      "step is not data-parallel; set gan.enabled false or train without torchrun")
+        return self.add_adversarial(out, wav, wav_hat)
+
+    def checkpoint_state(self) -> dict[str, Any] | None:
+        return None if self.gan is None else self.gan.checkpoint_state()
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        if self.gan is None:
+            raise ValueError("the checkpoint holds discriminator state but this run has no GAN")
+        self.gan.load_checkpoint_state(state)
+
+
+class VocoderObjective(_WithAdversarial):
+    """One random ``seg_frames`` segment per utterance (:func:`~imf.data.waves.mel_segments`) -> vocode -> wave loss
+    (+ adversarial and feature-matching terms with ``gan``)."""
+
+    def __init__(self, mel_config: MelConfig, seg_frames: int, cfg: WaveLossConfig = WaveLossConfig(),
+                 gan: Adversarial | None = None):
         super().__init__()
         self.seg_frames, self.hop = seg_frames, mel_config.hop_length
-        self.wave_loss = WaveLoss(cfg, mel_config)
+        self.wave_loss, self.gan = WaveLoss(cfg, mel_config), gan
 
     def forward(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator, rows: slice | None = None):
         mel, wav = mel_segments(batch, self.seg_frames, self.hop, generator)
         b = mel.shape[0]
         if rows is not None:
             mel, wav = mel[rows], wav[rows]
-        return _share(self.wave_loss(model(mel), wav), rows, b)
+        wav_hat = model(mel)
+        return self.combine(self.wave_loss(wav_hat, wav), wav, wav_hat, rows, b)
 
 
 class VAEObjective(nn.Module):
@@ -131,18 +167,20 @@ class VAEObjective(nn.Module):
         return _share(out, rows, b)
 
 
-class RefineObjective(nn.Module):
+class RefineObjective(_WithAdversarial):
     """Generate latents in ONE step for whole utterances, decode one random ``seg_frames``
-    segment of each, compare with the real waveform segment.
+    segment of each, compare with the real waveform segment (wave loss, + adversarial and
+    feature-matching terms with ``gan``, as the Token2Wav paper's fine-tuning).
 
     ``joint=False``: the generator runs under ``no_grad`` (decoder-only fine-tuning);
     ``joint=True``: gradients flow through the generator's 1-step output into it.
     """
 
-    def __init__(self, data: TokenWaveDataset, loss_cfg: WaveLossConfig, data_cfg: T2WDataConfig, joint: bool):
+    def __init__(self, data: TokenWaveDataset, loss_cfg: WaveLossConfig, data_cfg: T2WDataConfig, joint: bool,
+                 gan: Adversarial | None = None):
         super().__init__()
         self.data, self.data_cfg, self.joint = data, data_cfg, joint
-        self.wave_loss = WaveLoss(loss_cfg, data.corpus.mel_config)
+        self.wave_loss, self.gan = WaveLoss(loss_cfg, data.corpus.mel_config), gan
 
     def forward(self, model: Token2Wav, batch: dict[str, Any], g: torch.Generator, rows: slice | None = None):
         b = generator_batch(self.data, batch, self.data_cfg, g)
@@ -155,4 +193,5 @@ class RefineObjective(nn.Module):
         starts = segment_starts(b["lengths"], seg, g)
         x_seg = torch.stack([x[i, :, f:f + seg] for i, f in enumerate(starts[own])])
         wav = wav_segments(batch["wav"], starts, b["starts"].tolist(), seg, model.vae.config.stride)
-        return _share(self.wave_loss(model.decode(x_seg), wav[own]), rows, n)
+        wav_hat = model.decode(x_seg)
+        return self.combine(self.wave_loss(wav_hat, wav[own]), wav[own], wav_hat, rows, n)
