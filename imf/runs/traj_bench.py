@@ -15,6 +15,7 @@ reference than the guided 4-NFE teacher. ``--plot`` draws every CSV of ``<out>``
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,8 @@ def run(method: str, name: str, prof: str = "small", steps: int = 3000, lr: floa
                                 grid_only=grid_only, p_fresh=p_fresh, teacher_nfe=imf.teacher_nfe,
                                 **({"p_full": p_full} if p_full >= 0 else {}))
         cache = runs / "trajectories" / f"K{grid_nfe}_n{noises}_u{max_utts}_s{seed}"
+        if (cache / "meta.json").exists():  # a reused cache: charge its build cost as if paid now
+            box["rows"] = int(json.loads((cache / "meta.json").read_text()).get("teacher_rows", 0))
         distill_trajectories(corpus, teacher_ckpt, cache, run_dir, train, traj, data, teacher_rows=box,
                              on_checkpoint=on_checkpoint)
     else:

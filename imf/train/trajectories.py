@@ -7,7 +7,8 @@ with its own noise ``z_0``, seeded by ``(seed, n)``)::
     velocities.f16  (n, K, C, T)    its guided velocities V_k = v^cfg(Z_k, g_k)
     z_1.f16         (n, C, T)       the data crop (for fresh data-path rows), normalised
     prompt.f16      (n, C, Tp)      the speaker prompt;  tokens.i64 (n, T);  mask.u8 (n, T);  prompt_mask.u8 (n, Tp)
-    meta.json       the key (teacher fingerprint, grid, cfg_scale, data) and ``done``: entries written so far
+    meta.json       the key (teacher fingerprint, grid, cfg_scale, data), ``done`` (entries written so far) and
+                    the build's cost ``teacher_rows`` (teacher network rows) and ``teacher_seconds``
 
 ``meta.json`` is rewritten atomically after each flushed chunk, so an interrupted build continues where it
 stopped and ends with the same bytes as an uninterrupted one; ``complete`` is set last. A cache whose key
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -167,7 +169,9 @@ def build_trajectories(teacher: nn.Module, dataset, root: str | Path, cfg: Traje
         z_0 = torch.stack([torch.randn(z_1.shape[1:], generator=torch.Generator().manual_seed(seed * 1_000_003 + e))
                            for e in range(lo, hi)])
         enc = teacher.encode_cond(cond) if hasattr(teacher, "encode_cond") else cond
-        states, velocities = euler_trajectory(guided, z_0, grid, enc)
+        t0 = time.perf_counter()
+        with count_rows(teacher) as box:
+            states, velocities = euler_trajectory(guided, z_0, grid, enc)
         a["states"][lo:hi] = states.numpy().astype(np.float16)
         a["velocities"][lo:hi] = velocities.numpy().astype(np.float16)
         a["z_1"][lo:hi], a["prompt"][lo:hi] = z_1.numpy().astype(np.float16), prompt.numpy().astype(np.float16)
@@ -176,6 +180,8 @@ def build_trajectories(teacher: nn.Module, dataset, root: str | Path, cfg: Traje
             arr.flush()
         meta["done"] = hi
         meta["complete"] = hi == n
+        meta["teacher_rows"] = meta.get("teacher_rows", 0) + box["rows"]  # the cost, kept for whoever reuses it
+        meta["teacher_seconds"] = meta.get("teacher_seconds", 0.0) + time.perf_counter() - t0
         atomic_write_json(root / "meta.json", meta)  # after the flush: "done" never runs ahead of the bytes
         bar.update(hi - lo)
         chunks += 1
@@ -240,19 +246,21 @@ def distill_trajectories(corpus, teacher_ckpt: str | Path, cache_dir: str | Path
                          train_cfg: TrainConfig, traj_cfg: TrajectoryConfig = TrajectoryConfig(),
                          data_cfg: DataConfig = DataConfig(), freeze_mode: str = "encoder", progress: bool = True,
                          init: str | Path | None = None, teacher_rows: dict[str, int] | None = None,
-                         on_checkpoint: Callable[[Trainer], None] | None = None) -> tuple[Trainer, dict[str, Any]]:
+                         on_checkpoint: Callable[[Trainer], None] | None = None, cache_seed: int = 0
+                         ) -> tuple[Trainer, dict[str, Any]]:
     """IntMeanFlow by trajectory reuse: build (or reuse, or finish) the cache of ``teacher_ckpt``'s guided
     trajectories in ``cache_dir``, then train the student on pairs drawn from it (:func:`trajectory_loss`;
     no teacher call unless ``traj_cfg.p_fresh > 0``). Resumable like :func:`imf.train.token2mel.distill`.
     ``teacher_rows``: a dict whose ``rows``/``calls`` count every teacher evaluation (build and fresh rows,
-    :func:`imf.core.counting.count_rows`); ``on_checkpoint(trainer)``: called after each checkpoint.
+    :func:`imf.core.counting.count_rows`); ``on_checkpoint(trainer)``: called after each checkpoint;
+    ``cache_seed``: the noises and prompts of the cache (independent of the training seed, so stages share it).
     """
     seed_everything(train_cfg.seed)
     teacher = load_for_corpus(teacher_ckpt, corpus, "teacher")
     counter = {} if teacher_rows is None else teacher_rows
     with count_rows(teacher, counter):
-        cache = build_trajectories(teacher, train_crops(corpus, data_cfg, train_cfg.seed), cache_dir, traj_cfg,
-                                   data_cfg.max_frames, data_cfg.prompt_frames, train_cfg.seed, str(corpus.root), progress)
+        cache = build_trajectories(teacher, train_crops(corpus, data_cfg, cache_seed), cache_dir, traj_cfg,
+                                   data_cfg.max_frames, data_cfg.prompt_frames, cache_seed, str(corpus.root), progress)
     student = student_from_teacher(teacher) if init is None else load_for_corpus(init, corpus, "init")
     student.train()
     params = freeze(student, freeze_mode)
