@@ -74,9 +74,10 @@ class Judge:
 
 def run(method: str, name: str, prof: str = "small", steps: int = 3000, lr: float = 0.0, ckpt_every: int = 100,
         p_full: float = -1.0, grid_only: bool = False, p_fresh: float = 0.0, noises: int = 1, max_utts: int = 0,
-        grid_nfe: int = 16, seed: int = 0, out: str | Path | None = None) -> pd.DataFrame:
+        grid_nfe: int = 16, seed: int = 0, out: str | Path | None = None, eval_utts: int = 0) -> pd.DataFrame:
     """Train one student (``method``: ``rollout`` | ``trajectory``) from the profile's teacher, evaluating at
-    every checkpoint; returns (and writes) the cost/quality table ``<out>/<name>.csv``."""
+    every checkpoint; returns (and writes) the cost/quality table ``<out>/<name>.csv``. ``eval_utts`` > 0: only
+    the first this many utterances of the profile's evaluation set (same noise), for a loaded machine."""
     P = profile(prof)
     out = Path(out or section_dir("traj_bench"))
     runs = runs_dir(prof)
@@ -85,6 +86,7 @@ def run(method: str, name: str, prof: str = "small", steps: int = 3000, lr: floa
     data = DataConfig.from_dict(P["data"])
     E = P["eval"]
     es = make_eval_set(corpus, E["split"], E["n_utts"], E["seed"], E["max_frames"], data.prompt_frames)
+    es = es.subset(list(range(eval_utts))) if 0 < eval_utts < len(es) else es
     imf = IMFConfig.from_dict(P["imf"])
     judge = Judge(load_model(teacher_ckpt), es, imf.cfg_scale, E["batch_size"])
     train = TrainConfig.from_dict(P["student_train"], steps=steps, ckpt_every=ckpt_every, log_every=1, seed=seed,
@@ -137,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-utts", type=int, default=0)
     ap.add_argument("--grid-nfe", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-utts", type=int, default=0, help="0: the profile's evaluation set")
     ap.add_argument("--out", default="")
     ap.add_argument("--plot", action="store_true", help="draw every CSV of --out on one figure")
     a = ap.parse_args(argv)
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     setup_threads()
     run(a.method, a.name or a.method, a.profile, a.steps, a.lr, a.ckpt_every, a.p_full, a.grid_only, a.p_fresh,
-        a.noises, a.max_utts, a.grid_nfe, a.seed, out)
+        a.noises, a.max_utts, a.grid_nfe, a.seed, out, a.eval_utts)
 
 
 if __name__ == "__main__":
