@@ -170,6 +170,28 @@ def test_distill_second_stage_starts_from_the_student(tree):
         distill(corpus, teacher_ckpt, tree / "stage2_bad", cfg, init=teacher_ckpt, progress=False)
 
 
+def test_trajectory_reuse_distils_from_the_tiny_teacher_without_calling_it(tree):
+    """02's trajectory objective on the tiny pipeline's teacher: the cache costs N_utts x K guided calls, the
+    training steps none; a cache of another teacher is refused by name."""
+    from imf.core.counting import count_rows  # noqa: F401  (the counts come through teacher_rows)
+    from imf.data import load_corpus
+    from imf.flow.trajectories import TrajectoryConfig
+    from imf.train.trainer import TrainConfig
+    from imf.train.trajectories import TrajectoryCacheMismatch, distill_trajectories, open_cache
+
+    runs = tree / "runs" / "tiny"
+    teacher_ckpt = runs / "teacher/checkpoints/last.pt"
+    corpus = load_corpus(load_checkpoint(teacher_ckpt)["config"]["corpus"])
+    cfg = TrainConfig(steps=3, batch_size=2, lr=1e-4, warmup=0, ckpt_every=3, log_every=1)
+    traj = TrajectoryConfig(grid_nfe=2, max_utts=3)
+    rows: dict = {}
+    trainer, summary = distill_trajectories(corpus, teacher_ckpt, tree / "cache", tree / "traj", cfg, traj,
+                                            progress=False, teacher_rows=rows)
+    assert summary["steps"] == 3 and rows["rows"] == 3 * 2 * 2  # 3 trajectories x K=2 guided calls x 2 rows
+    with pytest.raises(TrajectoryCacheMismatch, match="another teacher"):
+        open_cache(tree / "cache", load_model(runs / "student/checkpoints/last.pt"))
+
+
 def test_03_nfe_curves(tree):
     m = run(tree, "03_nfe_curves", SPEED_REPEATS=1)
     curves, speed = table(tree, "03_nfe_curves/nfe_curves.csv"), table(tree, "03_nfe_curves/speed.csv")

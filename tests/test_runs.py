@@ -57,6 +57,13 @@ def test_distill_config_overlays_the_parameters_on_the_profile():
         distill_config(defaults("02_distill", PROFILE="tiny", FREEZE="all"))
     with pytest.raises(ConfigError, match="stage2_run"):
         distill_config(defaults("02_distill", PROFILE="tiny", STAGE2_RUN="student"))
+    # the objective: the profile's (rollout), or trajectory reuse with the IntMeanFlow section's guidance and N
+    assert cfg.objective.objective == P["student_objective"]["objective"] == "rollout"
+    traj = distill_config(defaults("02_distill", PROFILE="tiny", OBJECTIVE="trajectory", CFG_SCALE=3.0))
+    assert traj.objective.objective == "trajectory" and traj.trajectory.grid_nfe == 4
+    assert (traj.trajectory.cfg_scale, traj.trajectory.teacher_nfe) == (3.0, traj.imf.teacher_nfe)
+    with pytest.raises(ConfigError, match="objective"):
+        distill_config(defaults("02_distill", PROFILE="tiny", OBJECTIVE="jvp"))
 
 
 @pytest.mark.parametrize("name", THIN)

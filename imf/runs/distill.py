@@ -21,9 +21,11 @@ from imf.eval.sweep import nfe_sweep
 from imf.eval.systems import System, guided
 from imf.flow.objectives import IMFConfig
 from imf.runs.profiles import profile, runs_dir
-from imf.runs.sections_config import AblationConfig, EvalConfig, Stage2Config
+from imf.flow.trajectories import TrajectoryConfig
+from imf.runs.sections_config import AblationConfig, EvalConfig, Stage2Config, StudentObjectiveConfig
 from imf.train.token2mel import distill
 from imf.train.trainer import Trainer, TrainConfig
+from imf.train.trajectories import distill_trajectories, teacher_fingerprint
 from imf.viz.distill import plot_teacher_nfe_ablation
 from imf.viz.plots import plot_history
 
@@ -46,6 +48,7 @@ class DistillRun(Config):
     ablation: AblationConfig = _field(default_factory=AblationConfig)  # teacher-NFE ablation
     run_ablation: bool = True  # train the ablation's students
     eval: EvalConfig = _field(default_factory=EvalConfig)  # the evaluation set of the quick check
+    objective: StudentObjectiveConfig = _field(default_factory=StudentObjectiveConfig)  # rollout | trajectory reuse
 
     def validate(self) -> None:
         require(self.freeze in ("encoder", "none"), "freeze", f"must be 'encoder' or 'none', got {self.freeze!r}")
@@ -75,6 +78,18 @@ class DistillRun(Config):
         return self.train.replace(seed=self.train.seed + 1, steps=self.stage2.steps, lr=self.stage2.lr)
 
     @property
+    def trajectory(self) -> TrajectoryConfig:
+        """Trajectory reuse with the IntMeanFlow section's guidance and N (one source for both objectives)."""
+        return self.objective.trajectory.replace(cfg_scale=self.imf.cfg_scale, teacher_nfe=self.imf.teacher_nfe)
+
+    def cache_dir(self, teacher: nn.Module) -> Path:
+        """``runs/<profile>/trajectories/<teacher fingerprint>_K<K>_n<noises>_u<max_utts>``: a retrained teacher
+        gets a new cache (a cache is refused by any other teacher)."""
+        c = self.trajectory
+        fp = teacher_fingerprint(teacher, c.cfg_scale)[:12]
+        return self.runs / "trajectories" / f"{fp}_K{c.grid_nfe}_n{c.noises_per_utt}_u{c.max_utts}"
+
+    @property
     def stage2_imf(self) -> IMFConfig:
         return self.imf.replace(p_full=self.stage2.p_full)
 
@@ -91,13 +106,15 @@ def distill_config(params: Mapping[str, Any]) -> DistillRun:
     imf_over = {k: v for k, v in {"teacher_nfe": params["TEACHER_NFE"], "cfg_scale": params["CFG_SCALE"]}.items() if v}
     steps = {"steps": params["STEPS"]} if params["STEPS"] else {}
     s2_steps = {"steps": params["STAGE2_STEPS"]} if params["STAGE2_STEPS"] >= 0 else {}
+    objective = {"objective": params["OBJECTIVE"]} if params.get("OBJECTIVE") else {}
     return DistillRun(
         profile=params["PROFILE"], teacher_run=params["TEACHER_RUN"], run_name=params["RUN_NAME"],
         stage2_run=params["STAGE2_RUN"], freeze=params["FREEZE"],
         train=TrainConfig.from_dict(P["student_train"], seed=params["SEED"], **steps),
         imf=IMFConfig.from_dict(P["imf"], **imf_over), data=DataConfig.from_dict(P["data"]),
         stage2=Stage2Config.from_dict(P["student_stage2"], **s2_steps), ablation=AblationConfig.from_dict(P["ablation"]),
-        run_ablation=params["ABLATION"], eval=EvalConfig.from_dict(P["eval"]))
+        run_ablation=params["ABLATION"], eval=EvalConfig.from_dict(P["eval"]),
+        objective=StudentObjectiveConfig.from_dict({**P["student_objective"], **objective}))
 
 
 def stitch_histories(first: list[dict[str, Any]], second: list[dict[str, Any]], offset: int) -> list[dict[str, Any]]:
@@ -126,19 +143,30 @@ class Stages:
 def train_stages(cfg: DistillRun, corpus, loss_png: str | Path, progress: bool = True) -> Stages:
     """Distil the first-stage student, then (``cfg.has_stage2``) the second stage from its EMA weights with the
     whole interval (0, 1) for ``cfg.stage2.p_full`` of the samples; plot both loss logs as one to ``loss_png``."""
-    trainer, summary = distill(corpus, cfg.teacher_ckpt, cfg.runs / cfg.run_name, cfg.train, cfg.imf, cfg.data,
-                               cfg.freeze, progress=progress)
+    reuse = cfg.objective.objective == "trajectory"
+    if reuse:
+        cache = cfg.cache_dir(load_model(cfg.teacher_ckpt))
+        trainer, summary = distill_trajectories(corpus, cfg.teacher_ckpt, cache, cfg.runs / cfg.run_name, cfg.train,
+                                                cfg.trajectory, cfg.data, cfg.freeze, progress=progress)
+    else:
+        trainer, summary = distill(corpus, cfg.teacher_ckpt, cfg.runs / cfg.run_name, cfg.train, cfg.imf, cfg.data,
+                                   cfg.freeze, progress=progress)
     trainer2 = summary2 = None
     history, marks = trainer.history, ()
-    if cfg.has_stage2:
+    if cfg.has_stage2 and reuse:
+        trainer2, summary2 = distill_trajectories(corpus, cfg.teacher_ckpt, cache, cfg.runs / cfg.stage2_run,
+                                                  cfg.stage2_train, cfg.trajectory.replace(p_full=cfg.stage2.p_full),
+                                                  cfg.data, cfg.freeze, progress=progress,
+                                                  init=cfg.runs / cfg.run_name / LAST)
+    elif cfg.has_stage2:
         trainer2, summary2 = distill(corpus, cfg.teacher_ckpt, cfg.runs / cfg.stage2_run, cfg.stage2_train,
                                      cfg.stage2_imf, cfg.data, cfg.freeze, progress=progress,
                                      init=cfg.runs / cfg.run_name / LAST)
         history = stitch_histories(trainer.history, trainer2.history, summary["steps"])
         marks = ((summary["steps"], f"stage 2: p_full {cfg.stage2.p_full:g}"),)
-    i = cfg.imf
+    i, how = cfg.imf, " by trajectory reuse" if reuse else ""
     plot_history(history, Path(loss_png), marks=marks,
-                 title=f"IntMeanFlow student (N={i.teacher_nfe}, w={i.cfg_scale:g}, p_full {i.p_full:g}"
+                 title=f"IntMeanFlow student{how} (N={i.teacher_nfe}, w={i.cfg_scale:g}, p_full {i.p_full:g}"
                        + (f" then {cfg.stage2.p_full:g})" if cfg.has_stage2 else ")"))
     return Stages(trainer, summary, trainer2, summary2, history)
 

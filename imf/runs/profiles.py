@@ -38,6 +38,8 @@ _SMALL: dict[str, dict[str, Any]] = {
     # 2400 (closer on 27/32 utterances); 1350 more first-stage steps had given only -0.009
     "student_stage2": {"steps": 2400, "lr": 2e-4, "p_full": 0.7},
     "ablation": {"teacher_nfes": [2, 4, 8, 16, 32], "steps": 100, "batch_size": 8},
+    # "trajectory": the student learns from cached guided-teacher trajectories (imf.train.trajectories, issue 17)
+    "student_objective": {"objective": "rollout", "trajectory": {"grid_nfe": 16, "noises_per_utt": 1, "p_full": 0.7}},
     "vocoder": {"model": {"dim": 192, "n_layers": 6}, "seg_seconds": 1.0, "per_voice": 10,
                 "train": {"steps": 1500, "batch_size": 16, "lr": 1e-3, "warmup": 50, "ema_decay": 0.998,
                           "ckpt_every": 100, "log_every": 10}},
@@ -84,6 +86,7 @@ _TINY: dict[str, dict[str, Any]] = {
     "imf": {"teacher_nfe": 4, "cfg_scale": 2.0, "p_instant": 0.2, "p_full": 0.1},
     "student_stage2": {"steps": 2, "lr": 1e-4, "p_full": 0.5},
     "ablation": {"teacher_nfes": [2, 4], "steps": 2, "batch_size": 2},
+    "student_objective": {"objective": "rollout", "trajectory": {"grid_nfe": 4, "noises_per_utt": 1, "p_full": 0.5}},
     "vocoder": {"model": {"dim": 32, "n_layers": 1}, "seg_seconds": 0.5, "per_voice": 1,
                 "train": {"steps": 4, "batch_size": 2, "lr": 1e-3, "warmup": 1, "ema_decay": 0.5,
                           "ckpt_every": 2, "log_every": 1}},

@@ -15,6 +15,7 @@ from imf.core.config import Config, require
 from imf.data import CorpusConfig, DataConfig
 from imf.data.importers import ImportConfig
 from imf.flow.objectives import CFMConfig, IMFConfig
+from imf.flow.trajectories import TrajectoryConfig
 from imf.models.token2mel import Token2MelConfig
 from imf.models.vocoder import VocoderConfig
 from imf.eval.token2wav import T2WEvalConfig
@@ -74,6 +75,18 @@ class Stage2Config(Config):
 
 
 @dataclasses.dataclass(frozen=True)
+class StudentObjectiveConfig(Config):
+    """``student_objective``: where 02_distill's IntMeanFlow targets come from."""
+    objective: str = "rollout"  # "rollout": the paper, the guided teacher rolled out from every sample's data-path
+    #   z_t (imf.flow.objectives); "trajectory": pairs read off guided-teacher trajectories integrated once and
+    #   cached (imf.flow.trajectories, imf.train.trajectories): no teacher call in the training step
+    trajectory: TrajectoryConfig = _field(default_factory=TrajectoryConfig)  # the cache and pair draw ("trajectory")
+
+    def validate(self) -> None:
+        require(self.objective in ("rollout", "trajectory"), "objective", "must be 'rollout' or 'trajectory'")
+
+
+@dataclasses.dataclass(frozen=True)
 class MeanFlowTrainConfig(Config):
     """``meanflow_train``: the MeanFlow (JVP) baselines of 05_meanflow_vs_imf."""
     steps: int = 3000  # steps per MeanFlow run (= the first-stage student's: an equal-steps comparison)
@@ -116,6 +129,7 @@ class ProfileConfig(Config):
     meanflow_train: MeanFlowTrainConfig = _field(default_factory=MeanFlowTrainConfig)  # 05's MeanFlow runs
     imf: IMFConfig = _field(default_factory=IMFConfig)  # the IntMeanFlow objective
     student_stage2: Stage2Config = _field(default_factory=Stage2Config)  # 02_distill, second stage
+    student_objective: StudentObjectiveConfig = _field(default_factory=StudentObjectiveConfig)  # 02: rollout | trajectory
     ablation: AblationConfig = _field(default_factory=AblationConfig)  # 02_distill's teacher-NFE ablation
     vocoder: VocoderSection = _field(default_factory=VocoderSection)  # 00_vocoder
     eval: EvalConfig = _field(default_factory=EvalConfig)  # 01-06's evaluation set and NFE grids

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch import Tensor, nn
 
 from imf.core.checkpoints import load_checkpoint, model_from_state
+from imf.core.counting import count_rows
 from imf.core.distributed import resolve_device
 from imf.core.runtime import seed_everything
 from imf.data import Corpus, MelTokenDataset, collate
@@ -88,12 +89,15 @@ def train_teacher(corpus, run_dir: str | Path, model_cfg: Token2MelConfig, train
 
 def distill(corpus, teacher_ckpt: str | Path, run_dir: str | Path, train_cfg: TrainConfig,
             imf_cfg: IMFConfig = IMFConfig(), data_cfg: DataConfig = DataConfig(), freeze_mode: str = "encoder",
-            progress: bool = True, init: str | Path | None = None) -> tuple[Trainer, dict[str, Any]]:
+            progress: bool = True, init: str | Path | None = None, teacher_rows: dict[str, int] | None = None,
+            on_checkpoint: Callable[[Trainer], None] | None = None) -> tuple[Trainer, dict[str, Any]]:
     """IntMeanFlow: distil the guided teacher of ``teacher_ckpt`` into a student.
 
     ``init=None``: the student starts from the teacher's weights (the init strategy). A path to
     a student checkpoint: start from that student's EMA weights instead, e.g. a second stage
-    with another interval mix (``imf_cfg.p_full``) after a first distillation run.
+    with another interval mix (``imf_cfg.p_full``) after a first distillation run. ``teacher_rows``: a dict whose
+    ``rows``/``calls`` count the teacher's evaluations (:func:`imf.core.counting.count_rows`);
+    ``on_checkpoint(trainer)``: called after each checkpoint.
     """
     seed_everything(train_cfg.seed)  # crops and prompt choices draw from the global generators
     teacher = load_for_corpus(teacher_ckpt, corpus, "teacher").to(resolve_device(train_cfg.device))  # EMA, frozen
@@ -121,8 +125,10 @@ def distill(corpus, teacher_ckpt: str | Path, run_dir: str | Path, train_cfg: Tr
                       extra_config={"imf": imf_cfg.to_dict(), "data": data_cfg.to_dict(), "freeze": freeze_mode,
                                     "teacher": str(teacher_ckpt), "corpus": str(corpus.root),
                                     **({} if init is None else {"init": str(init)})},
-                      progress=progress, desc=f"student (IntMeanFlow, N={imf_cfg.teacher_nfe})")
-    return trainer, trainer.fit()
+                      progress=progress, desc=f"student (IntMeanFlow, N={imf_cfg.teacher_nfe})",
+                      on_checkpoint=on_checkpoint)
+    with count_rows(teacher, {} if teacher_rows is None else teacher_rows):
+        return trainer, trainer.fit()
 
 
 def train_meanflow(corpus, run_dir: str | Path, train_cfg: TrainConfig, mf_cfg: MeanFlowConfig = MeanFlowConfig(),

@@ -141,8 +141,9 @@ class Trainer:
 
     def __init__(self, run_dir: str | Path, model: nn.Module, objective: Objective, dataset, collate: Callable,
                  cfg: TrainConfig, extra_config: dict[str, Any] | None = None, params: list | None = None,
-                 progress: bool = True, desc: str = "train"):
+                 progress: bool = True, desc: str = "train", on_checkpoint: Callable[["Trainer"], None] | None = None):
         self.run_dir = Path(run_dir)
+        self.on_checkpoint = on_checkpoint  # called after each checkpoint (e.g. an evaluation during a benchmark)
         self.model, self.objective, self.dataset, self.collate = model, objective, dataset, collate
         self.cfg = cfg
         self.extra_config = extra_config or {}
@@ -295,6 +296,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
             if main and (self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps):
                 self.save()
+                if self.on_checkpoint is not None:
+                    self.on_checkpoint(self)
             bar.update(1)
         bar.close()
         self.model.eval()
