@@ -36,10 +36,11 @@ test: env
 test-fast: env
 	$(BIN)/python -m pytest -q -ra -m "not slow"
 
-# Build the corpus and run every notebook with papermill into results/ (profile $(PROFILE)).
+# Build the corpus and run every notebook with papermill into results/ (profile $(PROFILE));
+# NPROC=N: the teacher (01) and the distillation (02) train on N torchrun processes (the same global batch).
 # CORPUS_DIR=<LJSpeech | LibriTTS | manifest.csv>: import that corpus instead of building the embedded one.
 reproduce: env
-	$(BIN)/python -m imf.runs.pipeline --profile $(PROFILE) $(if $(CORPUS_DIR),--corpus-dir "$(CORPUS_DIR)")
+	$(if $(NPROC),IMF_NPROC=$(NPROC)) $(BIN)/python -m imf.runs.pipeline --profile $(PROFILE) $(if $(CORPUS_DIR),--corpus-dir "$(CORPUS_DIR)")
 
 lab: env
 	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR)  # notebooks/ and the executed copies in results/runs/

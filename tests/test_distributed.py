@@ -176,3 +176,35 @@ def test_a_global_batch_the_processes_cannot_split_is_refused(tmp_path):
     t = Trainer(tmp_path / "y", tiny_model(0), no_rows, RandomMelDataset(), collate, cfg, progress=False)
     with pytest.raises(TypeError, match="takes no 'rows'"):
         t.fit()
+
+
+def test_notebook_training_steps_go_to_torchrun_when_imf_nproc_is_set(monkeypatch, tmp_path):
+    """01's and 02's training steps (imf.runs.teacher.train, imf.runs.distill.train_stages) hand the same configs to
+    torchrun when IMF_NPROC > 1 (make reproduce NPROC=N), and trajectory reuse refuses to (it trains in one process)."""
+    import imf.runs.distill as runs_distill
+    import imf.runs.teacher as runs_teacher
+    from imf.runs.launch import default_nproc
+    from imf.runs.params import declared
+    from imf.runs.pipeline import notebook_path
+
+    calls = []
+
+    def defaults(name):
+        return {k: p.default for k, p in declared(notebook_path(name)).items()}
+
+    def fake_launch(recipe, nproc, corpus_dir, run_dir, configs, teacher=None, init=None):
+        calls.append((recipe, nproc, Path(run_dir).name, sorted(configs), teacher, init))
+        return [{"step": 1, "loss": 1.0}], {"steps": 1}
+
+    monkeypatch.setattr(runs_teacher, "launch_train", fake_launch)
+    monkeypatch.setenv("IMF_NPROC", "2")
+    assert default_nproc() == 2
+    cfg = runs_teacher.teacher_config({**defaults("01_teacher"), "PROFILE": "tiny"})
+    history, summary = runs_teacher.train(cfg, type("C", (), {"root": tmp_path})())
+    assert calls == [("teacher", 2, "teacher", ["cfm", "data", "model", "train"], None, None)]
+    assert history == [{"step": 1, "loss": 1.0}] and summary == {"steps": 1}
+
+    dcfg = runs_distill.distill_config({**defaults("02_distill"), "PROFILE": "tiny",
+                                                                         "OBJECTIVE": "trajectory"})
+    with pytest.raises(ValueError, match="one process"):
+        runs_distill.train_stages(dcfg, None, tmp_path / "loss.png", nproc=2)

@@ -20,6 +20,8 @@ from imf.eval.evalset import EvalSet
 from imf.eval.sweep import nfe_sweep
 from imf.eval.systems import System, guided
 from imf.flow.objectives import IMFConfig
+from imf.runs.launch import default_nproc
+from imf.runs.launch import train as launch_train
 from imf.runs.profiles import profile, runs_dir
 from imf.flow.trajectories import TrajectoryConfig
 from imf.runs.sections_config import AblationConfig, EvalConfig, Stage2Config, StudentObjectiveConfig
@@ -123,11 +125,17 @@ def stitch_histories(first: list[dict[str, Any]], second: list[dict[str, Any]], 
 
 
 @dataclasses.dataclass
+class Ran:
+    """A finished run as the sections read it (its loss log): what a torchrun-trained stage leaves here."""
+    history: list[dict[str, Any]]
+
+
+@dataclasses.dataclass
 class Stages:
     """The trained stages: trainers and summaries (``trainer2``/``summary2`` None without a second stage)."""
-    trainer: Trainer
+    trainer: Trainer | Ran
     summary: dict[str, Any]
-    trainer2: Trainer | None
+    trainer2: Trainer | Ran | None
     summary2: dict[str, Any] | None
     history: list[dict[str, Any]]  # both stages' loss logs, the second's steps after the first's
 
@@ -140,28 +148,37 @@ class Stages:
         return self.summary if self.summary2 is None else pd.DataFrame({"stage 1": self.summary, "stage 2": self.summary2})
 
 
-def train_stages(cfg: DistillRun, corpus, loss_png: str | Path, progress: bool = True) -> Stages:
+def train_stages(cfg: DistillRun, corpus, loss_png: str | Path, progress: bool = True,
+                 nproc: int | None = None) -> Stages:
     """Distil the first-stage student, then (``cfg.has_stage2``) the second stage from its EMA weights with the
-    whole interval (0, 1) for ``cfg.stage2.p_full`` of the samples; plot both loss logs as one to ``loss_png``."""
+    whole interval (0, 1) for ``cfg.stage2.p_full`` of the samples; plot both loss logs as one to ``loss_png``.
+    ``nproc`` (default ``IMF_NPROC``, ``make reproduce NPROC=N``): the rollout objective on N torchrun processes."""
     reuse = cfg.objective.objective == "trajectory"
-    if reuse:
-        cache = cfg.cache_dir(load_model(cfg.teacher_ckpt))
-        trainer, summary = distill_trajectories(corpus, cfg.teacher_ckpt, cache, cfg.runs / cfg.run_name, cfg.train,
-                                                cfg.trajectory, cfg.data, cfg.freeze, progress=progress)
-    else:
-        trainer, summary = distill(corpus, cfg.teacher_ckpt, cfg.runs / cfg.run_name, cfg.train, cfg.imf, cfg.data,
-                                   cfg.freeze, progress=progress)
+    nproc = default_nproc() if nproc is None else nproc
+    if reuse and nproc > 1:
+        raise ValueError("trajectory reuse trains in one process (its cache is read by one process); "
+                         "set IMF_NPROC=1 (make reproduce NPROC=1) or student_objective.objective 'rollout'")
+    cache = cfg.cache_dir(load_model(cfg.teacher_ckpt)) if reuse else None
+
+    def stage(run: str, train: TrainConfig, imf: IMFConfig, p_full: float, init: Path | None) -> tuple[Any, dict]:
+        if reuse:
+            return distill_trajectories(corpus, cfg.teacher_ckpt, cache, cfg.runs / run, train,
+                                        cfg.trajectory.replace(p_full=p_full), cfg.data, cfg.freeze,
+                                        progress=progress, init=init)
+        if nproc > 1:
+            history, summary = launch_train("distill", nproc, corpus.root, cfg.runs / run,
+                                            {"train": train, "imf": imf, "data": cfg.data, "freeze": cfg.freeze},
+                                            teacher=cfg.teacher_ckpt, init=init)
+            return Ran(history), summary
+        return distill(corpus, cfg.teacher_ckpt, cfg.runs / run, train, imf, cfg.data, cfg.freeze,
+                       progress=progress, init=init)
+
+    trainer, summary = stage(cfg.run_name, cfg.train, cfg.imf, cfg.trajectory.p_full, None)
     trainer2 = summary2 = None
     history, marks = trainer.history, ()
-    if cfg.has_stage2 and reuse:
-        trainer2, summary2 = distill_trajectories(corpus, cfg.teacher_ckpt, cache, cfg.runs / cfg.stage2_run,
-                                                  cfg.stage2_train, cfg.trajectory.replace(p_full=cfg.stage2.p_full),
-                                                  cfg.data, cfg.freeze, progress=progress,
-                                                  init=cfg.runs / cfg.run_name / LAST)
-    elif cfg.has_stage2:
-        trainer2, summary2 = distill(corpus, cfg.teacher_ckpt, cfg.runs / cfg.stage2_run, cfg.stage2_train,
-                                     cfg.stage2_imf, cfg.data, cfg.freeze, progress=progress,
-                                     init=cfg.runs / cfg.run_name / LAST)
+    if cfg.has_stage2:
+        trainer2, summary2 = stage(cfg.stage2_run, cfg.stage2_train, cfg.stage2_imf, cfg.stage2.p_full,
+                                   cfg.runs / cfg.run_name / LAST)
         history = stitch_histories(trainer.history, trainer2.history, summary["steps"])
         marks = ((summary["steps"], f"stage 2: p_full {cfg.stage2.p_full:g}"),)
     i, how = cfg.imf, " by trajectory reuse" if reuse else ""

@@ -1,6 +1,7 @@
 """Notebook 01_teacher as package calls: its validated config and the teacher's NFE x guidance evaluation.
 
-Training itself is :func:`imf.train.token2mel.train_teacher`; the results section is
+Training is :func:`train` (:func:`imf.train.token2mel.train_teacher` in the kernel, or on
+``IMF_NPROC`` torchrun processes through :func:`imf.runs.launch.train`); the results section is
 :func:`imf.runs.sections.teacher_results`.
 """
 from __future__ import annotations
@@ -21,13 +22,28 @@ from imf.eval.sweep import nfe_sweep
 from imf.eval.systems import System, guided
 from imf.flow.objectives import CFMConfig
 from imf.models import Token2MelConfig
+from imf.runs.launch import default_nproc
+from imf.runs.launch import train as launch_train
 from imf.runs.profiles import profile, runs_dir
 from imf.runs.sections_config import EvalConfig
 from imf.runs.splits import split_voices, sweep_split, unseen_eval_set
+from imf.train.token2mel import train_teacher
 from imf.train.trainer import TrainConfig
 from imf.viz.plots import plot_mels, plot_metric_vs_nfe
 
 _field = dataclasses.field
+
+
+def train(cfg: "TeacherRun", corpus, nproc: int | None = None) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    """Train (or resume) the teacher of ``cfg``; (loss history, summary). ``nproc`` (default: ``IMF_NPROC``,
+    ``make reproduce NPROC=N``): 1 trains in this process, N > 1 on N torchrun processes with the same global
+    batch (the same weights up to float rounding: ``tests/test_distributed.py``)."""
+    nproc = default_nproc() if nproc is None else nproc
+    if nproc <= 1:
+        trainer, summary = train_teacher(corpus, cfg.run_dir, cfg.model, cfg.train, cfg.cfm, cfg.data)
+        return trainer.history, summary
+    return launch_train("teacher", nproc, corpus.root, cfg.run_dir,
+                        {"model": cfg.model, "train": cfg.train, "cfm": cfg.cfm, "data": cfg.data})
 
 
 @dataclasses.dataclass(frozen=True)
