@@ -156,15 +156,15 @@ def test_an_interrupted_import_resumes_to_the_same_corpus(libritts, tmp_path, mo
         load_corpus(out)  # a half-imported corpus is not loadable
 
     reused = []
-    finished = core._finished
+    finished = core.finished_row
 
-    def counting(root, job):
-        row = finished(root, job)
+    def counting(root, ident, key):
+        row = finished(root, ident, key)
         reused.append(row is not None)
         return row
 
     monkeypatch.setattr(core, "make_utterance", original)
-    monkeypatch.setattr(core, "_finished", counting)
+    monkeypatch.setattr(core, "finished_row", counting)
     assert import_corpus(libritts, CFG, root=tmp_path / "b", progress=False) == out
     assert len(reused) == 12 and sum(reused) == 5  # the 5 finished utterances are reused, 7 computed
     assert (out / "manifest.csv").read_bytes() == (whole / "manifest.csv").read_bytes()

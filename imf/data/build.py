@@ -184,16 +184,18 @@ def estimate_f0(wav: np.ndarray, sr: int = SAMPLE_RATE, fmin: float = 60.0, fmax
     return float(np.median(sr / (lo + lag[voiced]))) if voiced.any() else float("nan")
 
 
-def _paths(root: Path, ident: str) -> tuple[Path, Path, Path]:
+def utterance_paths(root: Path, ident: str) -> tuple[Path, Path, Path]:
+    """(wav, mel, meta) files of utterance ``ident`` in corpus folder ``root`` (built or imported)."""
     return root / "wav" / f"{ident}.wav", root / "mel" / f"{ident}.npy", root / "meta" / f"{ident}.json"
 
 
-def _finished(root: Path, job: _Job) -> dict[str, Any] | None:
-    """The stored manifest row of ``job`` if its wav, mel and meta files are complete and current."""
-    wav_path, mel_path, meta_path = _paths(root, job.id)
+def finished_row(root: Path, ident: str, key: str) -> dict[str, Any] | None:
+    """The stored manifest row of utterance ``ident`` if its wav, mel and meta files are complete and were
+    made from the inputs hashed as ``key`` (meta is written last), else None: an interrupted build resumes."""
+    wav_path, mel_path, meta_path = utterance_paths(root, ident)
     try:
         meta = json.loads(meta_path.read_text())
-        if meta.get("key") != job.key:
+        if meta.get("key") != key:
             return None
         row = meta["row"]
         if sf.info(str(wav_path)).frames != row["n_samples"]:
@@ -208,8 +210,8 @@ def _finished(root: Path, job: _Job) -> dict[str, Any] | None:
 _LOGMEL: LogMel | None = None
 
 
-def _init_worker() -> None:
-    # one thread per worker: 2 cores are shared, and fixed threading keeps the mels bit-identical
+def init_worker() -> None:
+    """A corpus worker process: one torch thread (fixed threading keeps the mels bit-identical)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     torch.set_num_threads(1)
 
@@ -217,7 +219,7 @@ def _init_worker() -> None:
 def _make(root: Path, job: _Job) -> dict[str, Any] | str:
     """Synthesise, align and write one utterance -> its manifest row, or a reason to drop it."""
     global _LOGMEL
-    row = _finished(root, job)
+    row = finished_row(root, job.id, job.key)
     if row is not None:
         return row
     try:
@@ -246,7 +248,7 @@ def _make(root: Path, job: _Job) -> dict[str, Any] | str:
         mel = _LOGMEL(audio).numpy().astype(np.float32)
     assert mel.shape == (mel_cfg.n_mels, n_frames), (job.id, mel.shape, n_frames)
 
-    wav_path, mel_path, meta_path = _paths(root, job.id)
+    wav_path, mel_path, meta_path = utterance_paths(root, job.id)
     with atomic_path(wav_path) as tmp:
         sf.write(str(tmp), pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
     with atomic_path(mel_path) as tmp:
@@ -311,7 +313,7 @@ def build_corpus(cfg: CorpusConfig | None = None, root: str | os.PathLike | None
     bar = _progress(len(jobs), f"corpus {cfg.corpus_name}", progress)
     if workers <= 1:
         threads = torch.get_num_threads()
-        _init_worker()
+        init_worker()
         try:
             results = []
             for job in jobs:
@@ -320,7 +322,7 @@ def build_corpus(cfg: CorpusConfig | None = None, root: str | os.PathLike | None
         finally:
             torch.set_num_threads(threads)
     else:
-        with process_pool(workers, initializer=_init_worker) as pool:
+        with process_pool(workers, initializer=init_worker) as pool:
             results = []
             for r in pool.map(_make_star, [(out, j) for j in jobs], chunksize=8):
                 results.append(r)

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from imf.core.config import Config, require
 from imf.core.runtime import atomic_path, atomic_write_json, process_pool, sweep_temp_files
-from imf.data.build import estimate_f0, mel_stats
+from imf.data.build import estimate_f0, finished_row, init_worker, mel_stats, utterance_paths
 from imf.data.corpus import MANIFEST_COLUMNS, SPLITS, CorpusError, check_files
 from imf.data.engines import resample
 from imf.data.importers.alignments import read_phones
@@ -119,38 +119,12 @@ def _key(utt: Utterance, textgrid: Path | None, cfg: ImportConfig) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def _paths(root: Path, ident: str) -> tuple[Path, Path, Path]:
-    return root / "wav" / f"{ident}.wav", root / "mel" / f"{ident}.npy", root / "meta" / f"{ident}.json"
-
-
-def _finished(root: Path, job: _Job) -> dict[str, Any] | None:
-    """The stored row of ``job`` if its wav, mel and meta files are complete and current."""
-    wav_path, mel_path, meta_path = _paths(root, job.utt.id)
-    try:
-        meta = json.loads(meta_path.read_text())
-        if meta.get("key") != job.key:
-            return None
-        row = meta["row"]
-        if sf.info(str(wav_path)).frames != row["n_samples"]:
-            return None
-        if np.load(mel_path, mmap_mode="r").shape != (MelConfig().n_mels, row["n_frames"]):
-            return None
-        return row
-    except (OSError, ValueError, KeyError, RuntimeError, sf.LibsndfileError):
-        return None
-
-
 _LOGMEL: dict[int, LogMel] = {}
-
-
-def _init_worker() -> None:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    torch.set_num_threads(1)  # fixed threading keeps the mels bit-identical across runs
 
 
 def make_utterance(root: Path, job: _Job) -> dict[str, Any]:
     """Resample, align and write one utterance (or find it finished) -> its manifest row (split unset)."""
-    row = _finished(root, job)
+    row = finished_row(root, job.utt.id, job.key)
     if row is not None:
         return row
     utt = job.utt
@@ -174,7 +148,7 @@ def make_utterance(root: Path, job: _Job) -> dict[str, Any]:
         _LOGMEL[job.sample_rate] = LogMel(mel_cfg)
     with torch.no_grad():
         mel = _LOGMEL[job.sample_rate](audio).numpy().astype(np.float32)
-    wav_path, mel_path, meta_path = _paths(root, utt.id)
+    wav_path, mel_path, meta_path = utterance_paths(root, utt.id)
     with atomic_path(wav_path) as tmp:
         sf.write(str(tmp), pcm, job.sample_rate, subtype="PCM_16", format="WAV")
     with atomic_path(mel_path) as tmp:
@@ -338,7 +312,7 @@ def _run(out: Path, jobs: list[_Job], workers: int, progress: bool, desc: str) -
     rows: list[dict[str, Any]] = []
     if workers <= 1:
         threads = torch.get_num_threads()
-        _init_worker()
+        init_worker()
         try:
             for job in jobs:
                 rows.append(make_utterance(out, job))
@@ -346,7 +320,7 @@ def _run(out: Path, jobs: list[_Job], workers: int, progress: bool, desc: str) -
         finally:
             torch.set_num_threads(threads)
     else:
-        with process_pool(workers, initializer=_init_worker) as pool:
+        with process_pool(workers, initializer=init_worker) as pool:
             for r in pool.map(_make_star, [(out, j) for j in jobs], chunksize=8):
                 rows.append(r)
                 bar.update(1)
