@@ -294,6 +294,9 @@ def o3s_search(
     except _BudgetSpent:
         stopped = "budget"
     finally:
+        if stopped != "budget":  # converged before the budget: the search is done, so is its bar (n of n)
+            bar.total = bar.n
+            bar.refresh()
         bar.close()
 
     best = validate_grid(ev.best_grid, name="O3S best grid", min_gap=cfg.min_gap)  # invariant check
