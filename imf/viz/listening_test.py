@@ -58,7 +58,10 @@ LIVE_NOTE = ("<small>Each answer is saved to <code>ratings.csv</code> as you giv
              "nothing). Keys: click the small box, then type 1–7 (CMOS) or 1–5 (SMOS).</small>")
 OFFLINE_NOTE = ("<div class='imf-offline'>⚠ <b>Saved view</b>: answers are recorded by a running kernel, so the "
                 "buttons here are disabled. Set <code>RATER</code> in the parameters cell and run the notebook "
-                "(Run ▸ Run All Cells) to take the test.</div>")
+                "(Run ▸ Run All Cells) to take the test.</div>"
+                # this note says it once: no "disconnected" icon on every widget of the saved panel
+                "<style>.imf-listen-test .jupyter-widgets-disconnected::before,"
+                ".imf-listen-test.jupyter-widgets-disconnected::before{display:none}</style>")
 
 
 def _cls(v: int) -> str:
