@@ -234,7 +234,13 @@ def test_the_widget_asks_blind_records_each_answer_and_resumes(tmp_path):
     assert len(test.store.read()) == 4
     nobody = ListeningTestUI(test, "")
     assert "No rater" in nobody.progress.value and nobody.key.disabled
-    assert "live kernel" in nobody.note.value
+    # one way for saved views (imf.viz.widgets): every control needs a kernel, the note says so once saved
+    from imf.viz.widgets import KERNEL_NOTE, NEEDS_KERNEL
+
+    controls = [*ui.cmos_buttons.values(), *ui.smos_buttons.values(), ui.key]
+    assert all(NEEDS_KERNEL in w._dom_classes for w in controls) and not any(w.disabled for w in controls[:-1])
+    assert KERNEL_NOTE in nobody.note._dom_classes and "ratings.csv" in nobody.note.value
+    assert "running kernel" in nobody.note.placeholder and "RATER" in nobody.note.placeholder
     assert "imf-listen-test" in ui.widget._dom_classes and "imf-cmos-p3" in ui.cmos_buttons[3]._dom_classes
 
 

@@ -6,13 +6,16 @@ serving the tiny pipeline's tree.
   bars at 100 %, its saved panel saying that its (disabled) controls need a kernel; run with a live
   kernel, the panel shows playable audio (``readyState`` 4, ``duration`` > 0) in four columns side by
   side at 1600 px with the file browser open, and another utterance brings other audio.
-* :func:`test_09_listening_test_in_the_browser`: the listening-test notebook (answer three CMOS/SMOS
-  trials, find them in ``ratings.csv``, reload and resume), through :func:`check_listening_test`;
-  skipped while ``notebooks/09_listening_test.ipynb`` does not exist.
+* :func:`test_09_listening_test_in_the_browser`: the executed copy of 09_listening_test opens trusted
+  with its answer controls disabled and the saved-view note shown; a rater types an id into its
+  parameters cell and runs it, hears each trial's own stimuli (playable), answers three CMOS/SMOS
+  trials (buttons and the one-key box) that land in ``ratings.csv`` with the right signs, saves,
+  reloads, restarts the kernel and resumes at trial 4 (:func:`check_listening_test`).
 
 The tree is the one tests/test_notebooks.py fills (this file sorts after it, so in a whole run the
 executed notebooks are reused); run alone, it executes what it needs (00_corpus, 01_teacher,
-02_distill, 06_listen; the vocoder falls back to Griffin-Lim without 00_vocoder). Screenshots go to
+02_distill, 06_listen; the vocoder falls back to Griffin-Lim without 00_vocoder); 09 is always prepared
+here, as its own small test (``results/runs/browser/``, ``results/listening/browser/``). Screenshots go to
 ``$IMF_SCREENSHOTS`` when set.
 """
 from __future__ import annotations
@@ -28,10 +31,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from imf.core.runtime import repo_root
-from imf.runs.pipeline import notebook_path, run_notebook
+from imf.runs.pipeline import run_notebook
 from tests.helpers import pipeline_env
 
 pytestmark = pytest.mark.slow
@@ -245,48 +249,161 @@ def test_06_listen_in_the_browser(tree, lab, browser):
     print(f"browser test of 06_listen: {time.monotonic() - t0:.0f} s")
 
 
-# -- 09: the listening test (helper "listen"'s notebook) ---------------------------------------------
+# -- 09: the listening test -------------------------------------------------------------------------
+# One utterance and three conditions: 2 CMOS trials (against the reference) then 3 SMOS trials, so
+# the first three answers mix both kinds. Its own test folder and executed copy (results/runs/browser/),
+# so tests/test_notebooks.py's "nb" test and its copy are left as they are.
+LISTENING_PARAMS = {"TEST": "browser", "N_UTTS": 1, "CONDITIONS": ["teacher@4", "student@1", "copy-synthesis"],
+                    "REFERENCE": "teacher@4", "N_BOOT": 200}
+LISTENING_COPY = f"results/runs/browser/{LISTENING_TEST}.ipynb"
+TEST_PANEL = ".jp-Notebook .imf-listen-test"
 
-def check_listening_test(context, lab, tree: Path, n_trials: int = 3) -> None:
-    """Answer ``n_trials`` CMOS/SMOS trials of 09_listening_test in the browser, find them in its
-    ``ratings.csv``, reload the page and see the test resume after them.
 
-    Assumes the notebook's widgets carry the house CSS classes (``imf-...``): ``imf-rater`` (a text
-    field), ``imf-trial`` (the trial's box, its ``<audio>`` players), ``imf-cmos`` / ``imf-smos`` (the
-    rating controls: a slider or toggle buttons), ``imf-submit`` (the answer button) and
-    ``imf-progress`` (text "trial k of n"); adjust the selectors here if 09 names them otherwise.
+def checksum(data: bytes) -> int:
+    """:func:`audio_state`'s checksum of some bytes."""
+    s = 0
+    for b in data:
+        s = (s * 31 + b) % 1000000007
+    return s
+
+
+def wait_ready(page, path: str) -> None:
+    """Wait until the page shows ``path`` with its kernel idle (as :func:`open_notebook` does)."""
+    page.wait_for_function("""path => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+        return !!(w && w.context && w.context.path === path && w.context.isReady && w.content.widgets.length
+                  && w.sessionContext.session && w.sessionContext.session.kernel
+                  && w.sessionContext.session.kernel.status === 'idle'); }""", arg=path)
+
+
+def run_all(page) -> None:
+    """Run ▸ Run All Cells in the live kernel; fails with the traceback if a cell raised."""
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    page.wait_for_function("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'")
+    errors = page.evaluate("""() => { const nb = window.jupyterapp.shell.currentWidget.content, out = [];
+        nb.widgets.forEach(c => c.model.type === 'code' && c.model.outputs.toJSON().forEach(o =>
+            o.output_type === 'error' && out.push(o.ename + ': ' + o.evalue))); return out; }""")
+    assert not errors, f"a cell raised: {errors}"
+
+
+def set_rater(page, rater: str) -> None:
+    """Type the rater id between the quotes of ``RATER = ""`` in the parameters cell, as a rater does."""
+    line = page.locator('.jp-Cell .cm-line', has_text='RATER = ""')
+    line.click()
+    page.keyboard.press("Home")
+    for _ in range(len('RATER = "')):
+        page.keyboard.press("ArrowRight")
+    page.keyboard.type(rater)
+    page.keyboard.press("Escape")  # back to command mode
+    src = page.evaluate("""() => window.jupyterapp.shell.currentWidget.content.widgets
+        .map(c => c.model.sharedModel.getSource()).join('\\n')""")
+    assert f'RATER = "{rater}"' in src, "the parameters cell was not edited"
+
+
+def wait_trial(page, k: int, n: int, want: tuple[int, int]) -> None:
+    """Wait until the live panel shows trial ``k`` (1-based) of ``n`` with the two stimuli whose
+    checksums are ``want``, both playable (``readyState`` 4, ``duration`` > 0)."""
+    page.wait_for_function("([sel, text]) => document.querySelector(sel)?.innerText.includes(text)",
+                           arg=[TEST_PANEL + " .imf-listen-progress", f"Trial {k} of {n}"])
+    page.wait_for_function(PLAYABLE, arg=TEST_PANEL)
+    page.wait_for_function("""async ([root, want]) => { const sums = [];
+        for (const cls of ['.imf-listen-audio-a', '.imf-listen-audio-b']) {
+            const a = document.querySelector(root + ' ' + cls);
+            if (!a || !a.src || a.readyState !== 4 || !(a.duration > 0)) return false;
+            const b = new Uint8Array(await (await fetch(a.src)).arrayBuffer());
+            let s = 0; for (let i = 0; i < b.length; i++) s = (s * 31 + b[i]) % 1000000007; sums.push(s); }
+        return sums[0] === want[0] && sums[1] === want[1]; }""", arg=[TEST_PANEL, list(want)], polling=200)
+
+
+def check_listening_test(context, lab, tree: Path, path: str = LISTENING_COPY) -> None:
+    """The rater's path through 09_listening_test in JupyterLab, on the executed copy the pipeline prepared.
+
+    1. The copy opens trusted, its saved panel rendered with every answer control disabled
+       (``imf-needs-kernel``) and the saved-view note (``imf-kernel-note``) shown.
+    2. The rater types an id into ``RATER = ""`` in the parameters cell and runs all cells: the live
+       panel asks trial 1, its players playing exactly the trial's stimuli (checksums of the WAV bytes).
+    3. Three answers: CMOS by a button (+2), CMOS by the one-key box ("2" = -2), SMOS by a button
+       (4); ``ratings.csv`` then holds exactly those three rows for the rater, CMOS scores
+       sign-corrected when the rated condition played as A.
+    4. The rater saves, reloads the page, restarts the kernel and runs all again: the test resumes at
+       trial 4 ("3 answered"), with nothing answered twice.
     """
-    import pandas as pd
+    from imf.eval.listening_test import CMOS, SMOS, ListeningTest
 
-    path = f"results/runs/{LISTENING_TEST}.ipynb"
+    folder = tree / "results" / "listening" / LISTENING_PARAMS["TEST"]
+    test, rater = ListeningTest.open(folder), f"browser-{secrets.token_hex(3)}"
+    trials = test.trials(rater)
+    n = len(trials)
+    assert [t.kind for t in trials[:4]] == [CMOS, CMOS, SMOS, SMOS], trials
+
+    def stimuli(t) -> tuple[int, int]:
+        pair = (t.a, t.b) if t.kind == CMOS else ("prompt", t.a)
+        return checksum(test.wav(pair[0], t.utt)), checksum(test.wav(pair[1], t.utt))
+
     page = open_notebook(context, lab, path)
-    run_through(page, "ListeningTest(")
-    trial = ".jp-Cell.jp-mod-active .imf-trial"
-    page.fill(".jp-Cell.jp-mod-active .imf-rater input", "browser-test")
-    for k in range(n_trials):
-        page.wait_for_function(PLAYABLE, arg=trial)
-        for kind in ("cmos", "smos"):
-            buttons = page.query_selector_all(f"{trial} .imf-{kind} button")
-            if buttons:
-                buttons[len(buttons) // 2].click()
-        page.click(f"{trial} .imf-submit")
-        page.wait_for_function("([sel, k]) => document.querySelector(sel)?.innerText.includes(`trial ${k + 2}`)",
-                               arg=[".jp-Cell.jp-mod-active .imf-progress", k])
-    ratings = sorted((tree / "results" / "listening").glob("*/ratings.csv"))
-    assert ratings, "no ratings.csv written"
-    table = pd.read_csv(ratings[-1])
-    assert (table.rater == "browser-test").sum() == n_trials
+    page.on("dialog", lambda d: d.accept())
+    # 1. the saved view
+    assert cells_trusted(page) and all(cells_trusted(page))
+    page.wait_for_selector(TEST_PANEL + " .imf-kernel-note")
+    disabled = page.eval_on_selector_all(TEST_PANEL + " .imf-needs-kernel",
+                                         "els => els.map(e => (e.matches('button') ? e : e.querySelector('input')).disabled)")
+    assert len(disabled) == 7 + 5 + 1 and all(disabled), disabled  # CMOS, SMOS buttons and the key box
+    note = page.inner_text(TEST_PANEL + " .imf-kernel-note")
+    assert "Saved view" in note and "running kernel" in note and "RATER" in note, note
+    assert "No rater" in page.inner_text(TEST_PANEL + " .imf-listen-progress")
+    page.eval_on_selector(TEST_PANEL, "e => e.scrollIntoView()")
+    screenshot(page, "09_saved")
+
+    # 2. a rater takes the test
+    set_rater(page, rater)
+    run_all(page)
+    page.wait_for_function("sel => document.querySelector(sel)?.innerText.includes('Each answer is saved')",
+                           arg=TEST_PANEL + " .imf-kernel-note")
+    assert page.locator(TEST_PANEL).count() == 1
+    wait_trial(page, 1, n, stimuli(trials[0]))
+    assert page.is_visible(TEST_PANEL + " .imf-cmos-buttons") and not page.is_visible(TEST_PANEL + " .imf-smos-buttons")
+    live = page.eval_on_selector_all(TEST_PANEL + " .imf-needs-kernel button, " + TEST_PANEL + " button.imf-needs-kernel",
+                                     "els => els.map(e => e.disabled)")
+    assert live and not any(live)
+    screenshot(page, "09_trial1")
+
+    # 3. three answers: a CMOS button, a CMOS key, an SMOS button
+    page.click(TEST_PANEL + " .imf-cmos-p2")
+    wait_trial(page, 2, n, stimuli(trials[1]))
+    page.click(TEST_PANEL + " .imf-listen-key input")
+    page.keyboard.type("2")  # key 2 of 1..7 = -2
+    wait_trial(page, 3, n, stimuli(trials[2]))
+    assert page.is_visible(TEST_PANEL + " .imf-smos-buttons") and not page.is_visible(TEST_PANEL + " .imf-cmos-buttons")
+    assert page.input_value(TEST_PANEL + " .imf-listen-key input") == ""
+    page.click(TEST_PANEL + " .imf-smos-4")
+    wait_trial(page, 4, n, stimuli(trials[3]))
+    assert "saved trial 3 (SMOS 4)" in page.inner_text(TEST_PANEL + " .imf-listen-status")
+    screenshot(page, "09_answered3")
+    table = pd.read_csv(folder / "ratings.csv")
+    mine = table[table.rater == rater]
+    assert list(mine.trial) == [t.key for t in trials[:3]], mine
+    assert list(mine.answer) == [2, -2, 4]
+    assert list(mine.score) == [-a if t.a == t.condition else a for t, a in zip(trials[:2], (2, -2))] + [4]
+
+    # 4. save, reload, restart the kernel, run again: resumes at trial 4
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty")
     page.reload()
-    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget")
-    run_through(page, "ListeningTest(")
-    page.wait_for_function("sel => document.querySelector(sel)?.innerText.includes('trial')",
-                           arg=".jp-Cell.jp-mod-active .imf-progress")
-    assert f"trial {n_trials + 1}" in page.inner_text(".jp-Cell.jp-mod-active .imf-progress")
+    wait_ready(page, path)
+    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.restartKernel()")
+    wait_ready(page, path)
+    run_all(page)
+    wait_trial(page, 4, n, stimuli(trials[3]))
+    assert "3 answered" in page.inner_text(TEST_PANEL + " .imf-listen-progress")
+    screenshot(page, "09_resumed")
+    again = pd.read_csv(folder / "ratings.csv")
+    assert (again.rater == rater).sum() == 3, "answered again after the restart"
     page.close()
 
 
 def test_09_listening_test_in_the_browser(tree, lab, browser):
-    if not notebook_path(LISTENING_TEST).exists():
-        pytest.skip(f"notebooks/{LISTENING_TEST}.ipynb does not exist yet")
-    ensure_run(tree, LISTENING_TEST)
+    t0 = time.monotonic()
+    # always executed afresh (~10 s; the stimuli are reused once prepared): the test saves over its copy
+    run_notebook(LISTENING_TEST, (tree / LISTENING_COPY).parent, {"PROFILE": "tiny", **LISTENING_PARAMS})
+    t1 = time.monotonic()
     check_listening_test(browser, lab, tree)
+    print(f"browser test of 09_listening_test: prepared in {t1 - t0:.0f} s, in the browser {time.monotonic() - t1:.0f} s")

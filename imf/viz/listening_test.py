@@ -29,8 +29,12 @@ Stable CSS classes (for browser tests; ``widget.add_class``):
 ``imf-smos-answer``       each SMOS button; also ``imf-smos-1`` … ``imf-smos-5``
 ``imf-listen-key``        the one-key answer box (Text)
 ``imf-listen-status``     what was saved last / "all trials answered" / errors (HTML)
-``imf-listen-live-note``  the note that a live kernel is needed to record answers (HTML)
 ========================  =====================================================================
+
+Saved views (:mod:`imf.viz.widgets`, one way for every panel): each answer button and the key box
+carry ``imf-needs-kernel`` (disabled in an executed copy), and the note line under the panel is a
+``imf-kernel-note`` (live: how to answer by key; saved: :data:`OFFLINE_NOTE`, that answers need a
+running kernel).
 """
 from __future__ import annotations
 
@@ -43,15 +47,21 @@ import pandas as pd
 
 from imf.eval.listening_test import CMOS, CMOS_SCALE, SMOS, SMOS_SCALE, ListeningTest, Trial, next_trial
 from imf.viz.plots import save_fig
+from imf.viz.widgets import kernel_note, needs_kernel
 
-__all__ = ["ListeningTestUI", "CMOS_WORDS", "plot_listening", "LIVE_NOTE"]
+__all__ = ["ListeningTestUI", "CMOS_WORDS", "plot_listening", "LIVE_NOTE", "OFFLINE_NOTE"]
 
 CMOS_WORDS = {-3: "B much worse", -2: "B worse", -1: "B slightly worse", 0: "about the same",
               1: "B slightly better", 2: "B better", 3: "B much better"}
 SMOS_WORDS = {1: "different speaker", 2: "probably different", 3: "unsure", 4: "probably same", 5: "same speaker"}
-LIVE_NOTE = ("<small>Answers are recorded by the running Python kernel (each one saved to "
-             "<code>ratings.csv</code> as you give it): in a saved copy of this notebook, without a live "
-             "kernel, these buttons do nothing. Keys: click the small box, then type 1–7 (CMOS) or 1–5 (SMOS).</small>")
+LIVE_NOTE = ("<small>Each answer is saved to <code>ratings.csv</code> as you give it (closing the page loses "
+             "nothing). Keys: click the small box, then type 1–7 (CMOS) or 1–5 (SMOS).</small>")
+OFFLINE_NOTE = ("<div class='imf-offline'>⚠ <b>Saved view</b>: answers are recorded by a running kernel, so the "
+                "buttons here are disabled. Set <code>RATER</code> in the parameters cell and run the notebook "
+                "(Run ▸ Run All Cells) to take the test.</div>"
+                # this note says it once: no "disconnected" icon on every widget of the saved panel
+                "<style>.imf-listen-test .jupyter-widgets-disconnected::before,"
+                ".imf-listen-test.jupyter-widgets-disconnected::before{display:none}</style>")
 
 
 def _cls(v: int) -> str:
@@ -81,26 +91,25 @@ class ListeningTestUI:
                                          layout=W.Layout(width="auto", min_width="56px")) for v in SMOS_SCALE}
         self.key = W.Text(value="", placeholder="key", continuous_update=True, layout=W.Layout(width="64px"))
         for v, b in self.cmos_buttons.items():
-            b.add_class("imf-cmos-answer")
+            needs_kernel(b).add_class("imf-cmos-answer")
             b.add_class(_cls(v))
             b.on_click(lambda _b, v=v: self.answer(v))
         for v, b in self.smos_buttons.items():
-            b.add_class("imf-smos-answer")
+            needs_kernel(b).add_class("imf-smos-answer")
             b.add_class(f"imf-smos-{v}")
             b.on_click(lambda _b, v=v: self.answer(v))
-        self.key.observe(self._on_key, names="value")
+        needs_kernel(self.key).observe(self._on_key, names="value")
         self.cmos_row = W.HBox([W.HTML("<small>B much worse</small>"), *self.cmos_buttons.values(),
                                 W.HTML("<small>B much better</small>")])
         self.smos_row = W.HBox([W.HTML("<small>different speaker</small>"), *self.smos_buttons.values(),
                                 W.HTML("<small>same speaker</small>")])
-        self.note = W.HTML(LIVE_NOTE)
+        self.note = kernel_note(LIVE_NOTE, OFFLINE_NOTE)
         players = W.HBox([W.VBox([self.label_a, self.audio_a]), W.VBox([self.label_b, self.audio_b])],
                          layout=W.Layout(flex_flow="row wrap"))
         for w, c in ((self.progress, "imf-listen-progress"), (self.question, "imf-listen-question"),
                      (self.audio_a, "imf-listen-audio-a"), (self.audio_b, "imf-listen-audio-b"),
                      (self.cmos_row, "imf-cmos-buttons"), (self.smos_row, "imf-smos-buttons"),
-                     (self.key, "imf-listen-key"), (self.status, "imf-listen-status"),
-                     (self.note, "imf-listen-live-note")):
+                     (self.key, "imf-listen-key"), (self.status, "imf-listen-status")):
             w.add_class(c)
         self.widget = W.VBox([self.progress, self.question, players, self.cmos_row, self.smos_row,
                               W.HBox([W.HTML("answer key:&nbsp;"), self.key]), self.status, self.note])
