@@ -119,3 +119,4 @@ def test_listen_report_adds_unseen_mean_scores_and_keeps_the_seen_ones(corpus, t
     assert (gen != table[(table.split == "test") & (table.nfe > 0)].fs_ratio.values).all()
     readme = (tmp_path / "results/sections/06_listen.md").read_text()
     assert "Seen vs held-out voices" in readme and "fs_ratio [unseen]" in readme
+    assert zero_shot_text(table, "teacher + CFG 2", 2, "IntMeanFlow student", 1, split_voices(corpus, "unseen")) in readme

@@ -31,7 +31,7 @@ from imf.eval.systems import System, guided
 from imf.runs.open import open_runs, relative
 from imf.runs.profiles import PROFILES
 from imf.runs.report import table_md, write_section
-from imf.runs.splits import by_split, on_split, side_by_side, split_voices, unseen_eval_set
+from imf.runs.splits import by_split, on_split, side_by_side, split_voices, unseen_eval_set, zero_shot_text
 from imf.runs.voices import wer_voices
 from imf.viz.listen import static_comparison
 
@@ -154,11 +154,16 @@ def _zero_shot_md(setup: ListenSetup, splits: pd.DataFrame, unseen: tuple[EvalSe
     if unseen is None:
         return f"Zero-shot: no `{split}` split rendered (none in this corpus, or ZERO_SHOT_UTTS = 0): seen voices only."
     cols = [c for c in splits.columns if c not in ("split", "system", "nfe")]
+    nfes, voices = setup.cfg.nfe_choices, split_voices(setup.corpus, split)
+    text = zero_shot_text(splits, f"teacher + CFG {setup.cfg_scale:g}", max(nfes), "IntMeanFlow student", min(nfes), voices,
+                          seen, split) if "fs_ratio" in splits else ""
     return f"""**Seen vs held-out voices** (`{seen}` split, the {len(setup.es)} utterances above, and `{split}` split:
 {', '.join(split_voices(setup.corpus, split))}, {len(unseen[0])} utterances with their own noise and cross-sentence prompts
 from the same speaker; `06_listen/mean_scores_by_split.csv`; the live panel shows the seen split only):
 
-{table_md(side_by_side(splits, list(dict.fromkeys(splits.system)), cols, seen, split))}"""
+{table_md(side_by_side(splits, list(dict.fromkeys(splits.system)), cols, seen, split))}
+
+{text}"""
 
 
 def report(setup: ListenSetup, comp: Comparison) -> dict[str, Any]:
