@@ -261,8 +261,10 @@ def test_05_meanflow_vs_imf(tree):
 
 
 def test_06_listen(tree):
-    m = run(tree, "06_listen", N_UTTS=2, JUDGES=["pesq"])
+    m = run(tree, "06_listen", N_UTTS=2, JUDGES=["pesq"], ZERO_SHOT_UTTS=1)
     assert m["n_utts"] == 2 and m["judges"] == ["pesq"]
+    by_split = table(tree, "06_listen/mean_scores_by_split.csv")  # seen means, then the held-out voices' (issue 16)
+    assert m["zero_shot"]["n_utts"] == 1 and len(by_split[by_split.split == "unseen"]) == len(m["mean_scores"])
     assert m["systems"] == ["ground truth", "copy-synthesis", "teacher + CFG 2", "IntMeanFlow student"]
     points = {(r["system"], r["nfe"]) for r in m["mean_scores"]}
     assert points == {("ground truth", 0), ("copy-synthesis", 0)} | {
@@ -293,6 +295,9 @@ def test_07_token2wav(tree):
     assert (tree / "results/07_token2wav/token2wav.png").exists()
     assert (tree / "results/runs/07_token2wav.ipynb").read_text().count("<audio") == 6
     assert "07 — one-step Token2Wav" in (tree / "results/README.md").read_text()
+    by_split = table(tree, "07_token2wav/table_by_split.csv")  # the seen table, then the held-out voices' rows
+    assert list(by_split[by_split.split == "unseen"].system) == names and m["zero_shot"]["voices"]
+    assert by_split[by_split.split == "unseen"].stoi.notna().all()
 
 
 def test_09_listening_test(tree):

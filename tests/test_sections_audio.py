@@ -27,7 +27,7 @@ def test_token2wav_plan_applies_seed_steps_and_eval_overrides(tree):
     assert plan.stages.fm_train.steps == T["fm_train"]["steps"]
     assert {getattr(plan.stages, f"{k}_train").seed for k in ("vae", "fm", "mf", "imf", "decft", "joint")} == {7}
     assert plan.stages.vae.latent_dim == T["vae"]["latent_dim"] and plan.stages.wave_loss.kl_weight == 1e-4
-    assert plan.eval.to_dict() == dict(T["eval"], n_utts=2, fm_cfg=1.0)
+    assert plan.eval.to_dict() == dict(T["eval"], n_utts=2, fm_cfg=1.0, zero_shot_split="unseen")  # the default
     assert list(plan.runs) == list(STAGE_RUNS) and plan.runs["mf_joint"] == tree / "runs" / "tiny" / "x_mf_joint"
     assert plan.ckpts["vae"] == tree / "runs" / "tiny" / "x_vae" / "checkpoints" / "last.pt"
     assert plan.out == tree / "results" / "07_token2wav" and plan.out.is_dir()

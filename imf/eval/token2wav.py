@@ -44,6 +44,7 @@ class T2WEvalConfig(Config):
     fm_nfe: int = 10  # Euler steps of the flow-matching row
     fm_cfg: float = 2.0  # guidance of the flow-matching row (1: none)
     rtf_repeats: int = 3  # timing rounds (fastest of them, after one warm-up)
+    zero_shot_split: str = "unseen"  # held-out voices judged beside `split` (imf.runs.splits; "": seen split only)
 
     def validate(self) -> None:
         require(self.n_utts >= 1, "n_utts", "must be >= 1")
@@ -123,6 +124,27 @@ class T2WResult:
     judges: list[str]
     wer_voices: list[str] | None
     judge_labels: dict[str, str] = dataclasses.field(default_factory=dict)  # column -> the model that produced it
+    judge_objs: list[Any] = dataclasses.field(default_factory=list, repr=False)  # the loaded judges (reused per split)
+
+
+def latent_eval_set(corpus, vae, split: str, n_utts: int, seed: int, prompt_frames: int) -> EvalSet:
+    """Whole utterances of ``split`` with ``vae``'s latents attached, fixed noise (:func:`make_latent_eval_set`)."""
+    stride = vae.config.stride
+    data = TokenWaveDataset(corpus, split, PhoneTokenizer(stride), stride).attach_latents(vae)
+    return make_latent_eval_set(data, n_utts, seed, prompt_frames)
+
+
+def judge_split(corpus, result: T2WResult, vae, cfg: T2WEvalConfig, split: str, prompt_frames: int = 50) -> pd.DataFrame:
+    """``result``'s rows synthesised and judged on another ``split`` (its own utterances and fixed noise, latents
+    of ``vae``, the same judges and WER voices; no timing): one row per system, ``system, nfe`` + the judges' columns."""
+    es = latent_eval_set(corpus, vae, split, cfg.n_utts, cfg.seed, prompt_frames)
+    wavs = waveforms(result.points, es)
+    if result.judge_objs:
+        scores, _ = score_systems(wavs, es, result.judge_objs, result.wer_voices)
+    else:
+        scores = pd.DataFrame({"system": list(wavs)})
+    nfe = {p.name: n for p, n in result.points}
+    return scores.assign(nfe=scores.system.map(nfe))[["system", "nfe"] + [c for c in scores.columns if c != "system"]]
 
 
 def evaluate_token2wav(corpus, ckpts: Mapping[str, str | Path], cfg: T2WEvalConfig = T2WEvalConfig(),
@@ -132,9 +154,7 @@ def evaluate_token2wav(corpus, ckpts: Mapping[str, str | Path], cfg: T2WEvalConf
     identical noise, judged (``judges``: names of :mod:`imf.eval.judges`; WER on ``wer_voices``
     only, all voices if None) and timed side by side."""
     vae = load_model(ckpts["vae"])
-    stride = vae.config.stride
-    test = TokenWaveDataset(corpus, cfg.split, PhoneTokenizer(stride), stride).attach_latents(vae)
-    es = make_latent_eval_set(test, cfg.n_utts, cfg.seed, prompt_frames)
+    es = latent_eval_set(corpus, vae, cfg.split, cfg.n_utts, cfg.seed, prompt_frames)
     points = build_systems(ckpts, fm_cfg_scale=cfg.fm_cfg, fm_nfe=cfg.fm_nfe)
     wavs = waveforms(points, es)
     judge_objs = make_judges(JudgesConfig(judges=judge_specs(judges))) if judges else []  # nested bars per judge
@@ -150,4 +170,4 @@ def evaluate_token2wav(corpus, ckpts: Mapping[str, str | Path], cfg: T2WEvalConf
     speed = {"end_to_end": float(mf["speedup_e2e"]), "generator_only": float(mf["speedup_flow"])}
     orderings = {c: ordering(table, c, STAGES, higher_is_better(c)) for c in JUDGED if c in table}
     return T2WResult(es, points, wavs, table, per_utt, rtf, speed, orderings, list(judges),
-                     None if wer_voices is None else list(wer_voices), judge_labels(judge_objs))
+                     None if wer_voices is None else list(wer_voices), judge_labels(judge_objs), judge_objs)

@@ -13,16 +13,18 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from imf.core.checkpoints import load_model
 from imf.core.runtime import atomic_write_json, setup_threads
 from imf.data import CorpusConfig
 from imf.data.importers import ImportConfig
 from imf.eval.ceilings import RealRecordings, copy_synthesis_ids
 from imf.eval.judges import judges_note
-from imf.eval.token2wav import STAGES, T2WEvalConfig, T2WResult
+from imf.eval.token2wav import JUDGED, STAGES, T2WEvalConfig, T2WResult, judge_split
 from imf.models.vocoder import VocoderConfig
 from imf.runs.open import open_corpus
 from imf.runs.profiles import profile, runs_dir
 from imf.runs.report import section_dir, table_md, write_section
+from imf.runs.splits import by_split, on_split, side_by_side, split_voices
 from imf.train.gan import GANConfig
 from imf.train.token2wav import STAGE_RUNS, T2WStagesConfig, checkpoints
 from imf.train.trainer import TrainConfig
@@ -150,19 +152,47 @@ def token2wav_plan(profile_name: str, seed: int = 0, prefix: str = "t2w", steps:
                          {k: runs_dir(profile_name) / f"{prefix}_{k}" for k in STAGE_RUNS}, section_dir("07_token2wav"))
 
 
+def token2wav_unseen(plan: Token2WavPlan, result: T2WResult) -> pd.DataFrame | None:
+    """``result``'s rows judged on the zero-shot split (``plan.eval.zero_shot_split``, held-out voices; its own
+    utterances and noise, under a forked RNG: :func:`imf.runs.splits.on_split`); None when there is no such split."""
+    E = plan.eval
+    judge = lambda: judge_split(plan.corpus, result, load_model(plan.ckpts["vae"]), E, E.zero_shot_split,  # noqa: E731
+                                plan.stages.data.prompt_frames)
+    return on_split(plan.corpus, E.zero_shot_split, judge)
+
+
+def _zero_shot_md(plan: Token2WavPlan, splits: pd.DataFrame, unseen: pd.DataFrame | None) -> str:
+    E = plan.eval
+    if unseen is None:
+        return f"Zero-shot: no `{E.zero_shot_split or 'unseen'}` split in this corpus, so only seen voices are judged."
+    cols = [c for c in JUDGED if c in unseen and unseen[c].notna().any()]
+    if not cols:
+        return f"Zero-shot: the `{E.zero_shot_split}` split was synthesised but no judge ran (`table_by_split.csv`)."
+    voices = ", ".join(split_voices(plan.corpus, E.zero_shot_split))
+    return f"""**Seen vs held-out voices** (`{E.split}` split and `{E.zero_shot_split}` split: {voices}; each its own
+{E.n_utts} utterances and noise, cross-sentence prompts from the same speaker; `table_by_split.csv`):
+
+{table_md(side_by_side(splits, list(splits.system.unique()), cols, E.split, E.zero_shot_split))}"""
+
+
 def write_token2wav_section(plan: Token2WavPlan, summaries: Mapping[str, Mapping[str, Any]],
-                            result: T2WResult) -> dict[str, Any]:
-    """Write results/07_token2wav (table.csv, metrics.json) and its README section; return the metrics."""
+                            result: T2WResult, unseen: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Write results/07_token2wav (table.csv, table_by_split.csv with ``unseen``'s rows (:func:`token2wav_unseen`),
+    metrics.json) and its README section; return the metrics."""
     table, es, speed, orderings, E = result.table, result.es, result.speed, result.orderings, plan.eval
     s = plan.stages
     table.to_csv(plan.out / "table.csv", index=False)
+    splits = by_split(table, unseen, E.split, E.zero_shot_split)
+    splits.to_csv(plan.out / "table_by_split.csv", index=False)
     fields = ("steps", "final_loss", "sec_per_step", "seconds_this_session", "latent_snr")
     metrics = {"table": table.to_dict("records"), "rtf": result.rtf.to_dict("records"),
                "speed_ratio_fm_mf": speed["end_to_end"], "speed_ratio_fm_mf_generator": speed["generator_only"],
                "orderings": orderings, "stages": {k: {f: v.get(f) for f in fields} for k, v in summaries.items()},
                "n_utts": len(es), "audio_seconds": es.audio_seconds, "wer_voices": result.wer_voices,
                "judges": result.judges, "judge_labels": result.judge_labels, "vae": s.vae.to_dict(), "generator": s.generator.to_dict(),
-               "eval": E.to_dict(), "checkpoints": {k: str(v) for k, v in plan.ckpts.items()}}
+               "eval": E.to_dict(), "checkpoints": {k: str(v) for k, v in plan.ckpts.items()},
+               "zero_shot": {"split": E.zero_shot_split, "table": None if unseen is None else unseen.to_dict("records"),
+                             "voices": split_voices(plan.corpus, E.zero_shot_split) if unseen is not None else []}}
     atomic_write_json(plan.out / "metrics.json", metrics)
     vae, gen, vs = s.vae, s.generator, summaries["vae"]
     fm_name = result.points[1][0].name
@@ -186,6 +216,8 @@ training, so absolute numbers are far below the paper's; the comparison between 
 {table_md(table)}
 
 {judges_note(result.judge_labels)}
+
+{_zero_shot_md(plan, splits, unseen)}
 
 Speed ratio {fm_name} (CFG {E.fm_cfg:g}) / MF 1-step, measured side by side on the same batch: **{speed['end_to_end']:.1f}x end to end**
 (latents + decoding), {speed['generator_only']:.1f}x for the latent generator alone (paper: up to 17x end to end). At this

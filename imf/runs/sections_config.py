@@ -39,7 +39,7 @@ class EvalConfig(Config):
     teacher_nfes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # NFEs of the teacher rows; the largest is the reference
     student_nfes: tuple[int, ...] = (1, 2, 3, 4)  # NFEs of the student rows
     cfg_scale: float = 2.0  # guidance w of the guided teacher rows, v_u + w (v_c - v_u)
-    zero_shot_split: str = "unseen"  # held-out voices swept beside `split` (01, 03; "": seen split only)
+    zero_shot_split: str = "unseen"  # held-out voices swept beside `split` (01, 03, 06; "": seen split only)
 
     def validate(self) -> None:
         require(self.n_utts >= 1 and self.batch_size >= 1, "n_utts", "n_utts and batch_size must be >= 1")

@@ -10,7 +10,7 @@ the teacher's zero-shot quality, not distillation, is the limit).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import pandas as pd
 import torch
@@ -20,15 +20,22 @@ from imf.eval.sweep import nfe_sweep
 from imf.eval.systems import System
 
 TRACKS_EQUALLY = 0.1  # student/teacher fs-ratio ratios closer than this on both splits: "about equally"
+T = TypeVar("T")
+
+
+def on_split(corpus, split: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """``fn(*args, **kwargs)`` under a forked RNG (the seen pipeline's random draws stay where they were); None,
+    without calling it, when the corpus has no such split or it is empty (``split == ""``: zero-shot off)."""
+    if not split or split not in set(corpus.manifest.split):
+        return None
+    with torch.random.fork_rng(devices=[]):
+        return fn(*args, **kwargs)
 
 
 def unseen_eval_set(corpus, split: str, n_utts: int, seed: int, max_frames: int, prompt_frames: int) -> EvalSet | None:
     """The unseen split's evaluation set (the same size/seed rules as the seen one); None when the corpus has
     no such split or it is empty (``split == ""`` turns zero-shot evaluation off)."""
-    if not split or split not in set(corpus.manifest.split):
-        return None
-    with torch.random.fork_rng(devices=[]):  # the seen pipeline's random draws stay where they were
-        return make_eval_set(corpus, split, n_utts, seed, max_frames, prompt_frames)
+    return on_split(corpus, split, make_eval_set, corpus, split, n_utts, seed, max_frames, prompt_frames)
 
 
 def sweep_split(es: EvalSet | None, points: Sequence[tuple[System, int]], reference: tuple[System, int],
