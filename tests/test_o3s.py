@@ -323,3 +323,23 @@ def test_result_is_a_dataclass_with_documented_fields():
     assert isinstance(res, O3SResult)
     assert res.best_grid.dtype == torch.float64
     assert res.stopped in {"converged", "budget", "max_sweeps"}
+
+
+def test_a_search_that_converges_early_ends_its_notebook_bar_full(monkeypatch):
+    """The executed 04 showed "4/4" in text but a widget at 4 of 6: a converged search resizes its bar."""
+    import tqdm.auto
+    import tqdm.notebook
+
+    bars = []
+
+    class Recording(tqdm.notebook.tqdm):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **{**kw, "disable": False})
+            bars.append(self)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    res = o3s_search(lambda grid: -float((grid[1] - 0.5) ** 2), torch.tensor([0.0, 0.3, 1.0]),
+                     O3SConfig(max_evals=50, ternary_iters=2), progress=True)
+    assert res.n_evals < 50 and bars
+    progress = bars[0].container.children[1]
+    assert progress.value == progress.max == res.n_evals

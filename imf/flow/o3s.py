@@ -294,9 +294,10 @@ def o3s_search(
     except _BudgetSpent:
         stopped = "budget"
     finally:
-        if stopped != "budget":  # converged before the budget: the search is done, so is its bar (n of n)
-            bar.total = bar.n
-            bar.refresh()
+        if stopped != "budget":  # converged before the budget: the search is done, so is its bar (n of n);
+            n = bar.n  # reset(total=) is what also resizes a notebook bar (tqdm.notebook's widget max)
+            bar.reset(total=n)
+            bar.update(n)
         bar.close()
 
     best = validate_grid(ev.best_grid, name="O3S best grid", min_gap=cfg.min_gap)  # invariant check
