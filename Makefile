@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.imf-installed
 PROFILE ?= small
+# the default profile's results are results/; any other profile's go to results/<profile>/ (tiny's are not kept)
+RESULTS ?= $(if $(filter small,$(PROFILE)),results,results/$(PROFILE))
 export OMP_WAIT_POLICY := PASSIVE
 export MPLBACKEND := Agg
 
@@ -36,11 +38,11 @@ test: env
 test-fast: env
 	$(BIN)/python -m pytest -q -ra -m "not slow"
 
-# Build the corpus and run every notebook with papermill into results/ (profile $(PROFILE));
+# Build the corpus and run every notebook with papermill into $(RESULTS) (profile $(PROFILE));
 # NPROC=N: the teacher (01) and the distillation (02) train on N torchrun processes (the same global batch).
 # CORPUS_DIR=<LJSpeech | LibriTTS | manifest.csv>: import that corpus instead of building the embedded one.
 reproduce: env
-	$(if $(NPROC),IMF_NPROC=$(NPROC)) $(BIN)/python -m imf.runs.pipeline --profile $(PROFILE) $(if $(CORPUS_DIR),--corpus-dir "$(CORPUS_DIR)")
+	$(if $(NPROC),IMF_NPROC=$(NPROC)) IMF_RESULTS="$(CURDIR)/$(RESULTS)" $(BIN)/python -m imf.runs.pipeline --profile $(PROFILE) $(if $(CORPUS_DIR),--corpus-dir "$(CORPUS_DIR)")
 
 lab: env
 	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR)  # notebooks/ and the executed copies in results/runs/

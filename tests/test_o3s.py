@@ -1,6 +1,7 @@
 """O3S: the search finds known optima of synthetic metrics, respects its constraints and budget."""
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -8,6 +9,8 @@ import torch
 from imf.core.config import ConfigError
 from imf.flow.o3s import HISTORY_COLUMNS, O3SConfig, O3SError, O3SResult, o3s_search, scan_all, scan_position
 from imf.flow.schedules import GridError, load_grid, save_grid, uniform
+from imf.runs.eval_o3s import search_grids
+from imf.runs.profiles import profile
 
 torch.set_num_threads(1)
 
@@ -343,3 +346,21 @@ def test_a_search_that_converges_early_ends_its_notebook_bar_full(monkeypatch):
     assert res.n_evals < 50 and bars
     progress = bars[0].container.children[1]
     assert progress.value == progress.max == res.n_evals
+
+
+def test_04s_empty_nfe_lists_take_the_profiles_o3s_section(tmp_path):
+    """04's `STUDENT_NFES = []` / `TEACHER_NFES = []` search what the profile's `o3s` section names (small: the
+    student at 2 NFE and the teacher at 5); an explicit list wins; the convexity plot follows what was searched."""
+    class Study:  # the objective is a smooth bowl around the uniform grid: any search converges at once
+        wb = SimpleNamespace(P=profile("small"), out=tmp_path)
+        o3s_config = O3SConfig(max_evals=4, ternary_iters=1, tol=1e-4)
+
+        def objective(self, who):
+            return lambda g: -float(((g - torch.linspace(0, 1, len(g))) ** 2).sum())
+
+    _, found = search_grids(Study(), [], [], progress=False)
+    assert sorted(found) == [("student", 2), ("teacher", 5)]
+    _, found = search_grids(Study(), [3], [], progress=False)
+    assert sorted(found) == [("student", 3), ("teacher", 5)]
+    with pytest.raises(TypeError, match="student_nfes"):
+        search_grids(Study(), ["2"], [], progress=False)

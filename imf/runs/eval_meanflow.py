@@ -27,16 +27,12 @@ from imf.models import Token2MelConfig
 from imf.runs.distill import stitch_histories
 from imf.runs.open import Opened
 from imf.runs.profiles import runs_dir
+from imf.runs.sections_config import MEANFLOW_RUNS, MeanFlowTrainConfig
 from imf.train.token2mel import train_meanflow
 from imf.train.trainer import Trainer, TrainConfig
 
 STUDENT = "IMF (IntMeanFlow student)"
 STAGE1 = "IMF, first stage only"
-MEANFLOW_RUNS = {  # label -> (init: "teacher" | "scratch", p_instant: the fraction of r = t flow-matching samples)
-    "MF from teacher, r=t 0.75": ("teacher", 0.75),
-    "MF from teacher, r=t 0": ("teacher", 0.0),
-    "MF from scratch, r=t 0.75": ("scratch", 0.75),
-}
 COMPARED = ("fs_ratio", "gv_ratio", "dist_ref")  # the 1-NFE metrics IntMeanFlow and MeanFlow are compared on
 
 
@@ -97,7 +93,10 @@ def train_meanflow_runs(wb: Opened, seed: int = 0, steps: int = 0, freeze: str =
     data_cfg, model_cfg = DataConfig.from_dict(P["data"]), Token2MelConfig.from_dict(P["teacher_model"])
     runs = runs_dir(wb.profile)
     trainers = {}
+    chosen = MeanFlowTrainConfig.from_dict(P["meanflow_train"]).runs  # validated: names of MEANFLOW_RUNS
     for label, (init, p) in MEANFLOW_RUNS.items():
+        if label not in chosen:
+            continue
         mf_cfg = MeanFlowConfig(p_instant=p, cfg_scale=w)  # guidance folded into the target, as IMF's
         tr, _ = train_meanflow(wb.corpus, runs / f"mf_{init}_p{int(p * 100)}_w{w:g}", train_cfg, mf_cfg, data_cfg,
                                init=str(wb.teacher_ckpt) if init == "teacher" else "scratch", model_cfg=model_cfg,

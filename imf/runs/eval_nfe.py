@@ -106,7 +106,8 @@ def audio_vs_nfe(wb: Opened, curves: NFECurves, judges: Sequence[str] = ("wer", 
                      wer_voices())
     rows = [{"system": "real recordings", "nfe": 0, **aj.real_audio(es)},
             {"system": "vocoder copy-synthesis", "nfe": 0, **aj(es, es.z_1)}]
-    keys = [(curves.guided_name, n) for n in E["teacher_nfes"]] + [(STUDENT, n) for n in E["student_nfes"]]
+    keys = ([(curves.guided_name, n) for n in E.get("judged_teacher_nfes") or E["teacher_nfes"]]
+            + [(STUDENT, n) for n in E.get("judged_student_nfes") or E["student_nfes"]])
     for key in tqdm(keys, desc="audio judges", unit="point"):  # the judges' own bars nest under it
         rows.append({"system": key[0], "nfe": key[1], **aj(es, curves.outputs[key])})
     audio = pd.DataFrame(rows)

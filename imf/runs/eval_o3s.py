@@ -7,9 +7,9 @@ on a **dev** set with fixed noise; the objective is a metric column turned highe
 (``wb.es``), never the dev set::
 
     wb = open_runs("small", "04_o3s")
-    study = o3s_study(wb, "sim", O3SConfig(max_evals=60, ternary_iters=6, tol=1e-4))
-    searches, found = search_grids(study, [2, 3], [5, 6, 7])   # grids written as each search ends
-    figures = convexity(study, 3, 5, n_points=9)
+    study = o3s_study(wb, "sim", max_evals=60, iters=6)   # "", 0: the profile's o3s section
+    searches, found = search_grids(study, [2, 3], [5, 6, 7])   # grids written as each search ends ([]: profile)
+    figures = convexity(study, found, n_points=9)   # the largest student NFE, the smallest teacher NFE
     comparison = compare_on_test(study, found)
     verdict = student_verdict(study, comparison, found)
     report_o3s(study, searches, comparison, verdict, figures)   # imf.runs.sections_eval
@@ -33,6 +33,7 @@ from imf.eval.systems import System, guided
 from imf.flow import schedules
 from imf.flow.o3s import O3SConfig, o3s_search, scan_all
 from imf.runs.open import Opened, checkpoint
+from imf.runs.sections_config import O3SSection
 from imf.runs.sections_eval import write_o3s_result
 from imf.runs.voices import wer_voices
 from imf.viz.o3s import plot_scans
@@ -67,12 +68,16 @@ class O3SStudy:
                            batch_size=self.batch_size)
 
 
-def o3s_study(wb: Opened, metric: str = "sim", o3s_config: O3SConfig | None = None, n_dev: int = 0,
-              vocoder_run: str = "vocoder") -> O3SStudy:
+def o3s_study(wb: Opened, metric: str = "", o3s_config: O3SConfig | None = None, n_dev: int = 0,
+              vocoder_run: str = "vocoder", max_evals: int = 0, iters: int = 0) -> O3SStudy:
     """Set up the study: the dev set (``n_dev`` utterances of the ``dev`` split, 0: half the profile's
     eval size, seed ``eval.seed + 1``), its guided-teacher reference, and, for an audio objective
-    (``sim``, ``mos``, ``wer``), that one judge on the trained vocoder of ``vocoder_run``."""
-    E = wb.P["eval"]
+    (``sim``, ``mos``, ``wer``), that one judge on the trained vocoder of ``vocoder_run``. Empty ``metric``
+    and, without ``o3s_config``, zero ``max_evals`` / ``iters`` take the profile's ``o3s`` section."""
+    E, S = wb.P["eval"], O3SSection.from_dict(wb.P["o3s"])
+    metric = metric or S.metric
+    o3s_config = o3s_config or O3SConfig(max_evals=max_evals or S.max_evals, ternary_iters=iters or S.iters,
+                                         tol=1e-4)
     column = objective_column(metric)  # an unknown or contradictory objective fails here, before any work
     w, max_nfe = E["cfg_scale"], max(E["teacher_nfes"])
     t_cfg = guided(wb.teacher, w)
@@ -85,10 +90,12 @@ def o3s_study(wb: Opened, metric: str = "sim", o3s_config: O3SConfig | None = No
                              wer_voices())
     print(f"dev {len(dev)} utts, test {len(wb.es)} utts, metric {metric}")
     return O3SStudy(wb, metric, column, dev, dev_ref, judges, t_cfg, w, max_nfe,
-                    o3s_config or O3SConfig(), E["batch_size"])
+                    o3s_config, E["batch_size"])
 
 
 def _nfes(value: Any, name: str) -> list[int]:
+    if isinstance(value, (list, tuple)) and not value:
+        raise TypeError(f"{name} is empty: name at least one NFE")
     if isinstance(value, str) or not all(isinstance(n, int) and not isinstance(n, bool) for n in value):
         raise TypeError(f"{name} must be a list of ints (e.g. [2, 3]), got {value!r}")
     return list(value)
@@ -105,9 +112,11 @@ def search_grids(study: O3SStudy, student_nfes: Sequence[int], teacher_nfes: Seq
     ``teacher_nfes``; each result goes to ``<out>/<model>_nfe<n>/`` as it ends.
 
     Returns one row per search (dev scores, evaluations, stop reason, grid) and the found grids
-    ``{(model, nfe): time_grid (nfe+1,)}``.
+    ``{(model, nfe): time_grid (nfe+1,)}``. Empty lists take the profile's ``o3s`` section.
     """
-    nfes = {"student": _nfes(student_nfes, "student_nfes"), "teacher": _nfes(teacher_nfes, "teacher_nfes")}
+    S = O3SSection.from_dict(study.wb.P["o3s"])
+    nfes = {"student": _nfes(student_nfes or list(S.student_nfes), "student_nfes"),
+            "teacher": _nfes(teacher_nfes or list(S.teacher_nfes), "teacher_nfes")}
     found, rows = {}, []
     for who in ("student", "teacher"):
         f = study.objective(who)
@@ -121,10 +130,11 @@ def search_grids(study: O3SStudy, student_nfes: Sequence[int], teacher_nfes: Seq
     return pd.DataFrame(rows), found
 
 
-def convexity(study: O3SStudy, student_nfe: int, teacher_nfe: int, n_points: int = 9) -> list[Path]:
+def convexity(study: O3SStudy, found: dict[tuple[str, int], Tensor], n_points: int = 9) -> list[Path]:
     """The paper's Fig. 2 around the uniform grid: the objective vs one step's position, the others
-    fixed, for the student at ``student_nfe`` and the guided teacher at ``teacher_nfe``; returns the
+    fixed, for the student at its largest searched NFE and the guided teacher at its smallest; returns the
     saved ``convexity_<model>_nfe<n>.png`` paths."""
+    student_nfe, teacher_nfe = max(_searched(found, "student")), min(_searched(found, "teacher"))
     paths = []
     for who, n in (("student", student_nfe), ("teacher", teacher_nfe)):
         g = schedules.uniform(n)

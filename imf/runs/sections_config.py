@@ -38,6 +38,8 @@ class EvalConfig(Config):
     seed: int = 1234  # the evaluation noise z_0 (its own generator: every system sees the same noise)
     teacher_nfes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)  # NFEs of the teacher rows; the largest is the reference
     student_nfes: tuple[int, ...] = (1, 2, 3, 4)  # NFEs of the student rows
+    judged_teacher_nfes: tuple[int, ...] = ()  # 03's audio judges: these teacher NFEs only (empty: teacher_nfes)
+    judged_student_nfes: tuple[int, ...] = ()  # ... and these student NFEs (empty: student_nfes)
     cfg_scale: float = 2.0  # guidance w of the guided teacher rows, v_u + w (v_c - v_u)
     zero_shot_split: str = "unseen"  # held-out voices swept beside `split` (01, 03, 06; "": seen split only)
 
@@ -46,6 +48,10 @@ class EvalConfig(Config):
         require(self.max_frames >= 8, "max_frames", "must be >= 8")
         require(len(self.teacher_nfes) >= 1 and min(self.teacher_nfes) >= 1, "teacher_nfes", "NFEs must be >= 1")
         require(all(n >= 1 for n in self.student_nfes), "student_nfes", "NFEs must be >= 1")
+        require(set(self.judged_teacher_nfes) <= set(self.teacher_nfes), "judged_teacher_nfes",
+                f"must be among teacher_nfes {list(self.teacher_nfes)}")
+        require(set(self.judged_student_nfes) <= set(self.student_nfes), "judged_student_nfes",
+                f"must be among student_nfes {list(self.student_nfes)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,13 +92,41 @@ class StudentObjectiveConfig(Config):
         require(self.objective in ("rollout", "trajectory"), "objective", "must be 'rollout' or 'trajectory'")
 
 
+MEANFLOW_RUNS = {  # 05's MeanFlow runs: label -> (init: "teacher" | "scratch", p_instant: share of r = t samples)
+    "MF from teacher, r=t 0.75": ("teacher", 0.75),
+    "MF from teacher, r=t 0": ("teacher", 0.0),
+    "MF from scratch, r=t 0.75": ("scratch", 0.75),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class MeanFlowTrainConfig(Config):
     """``meanflow_train``: the MeanFlow (JVP) baselines of 05_meanflow_vs_imf."""
     steps: int = 3000  # steps per MeanFlow run (= the first-stage student's: an equal-steps comparison)
+    runs: tuple[str, ...] = tuple(MEANFLOW_RUNS)  # which of MEANFLOW_RUNS to train
+    budget: str = "steps"  # "steps": an equal-steps comparison with the student's first stage; "wall": `steps`
+    #   was chosen so the MeanFlow run's training wall time matches the student's (the report states both)
 
     def validate(self) -> None:
         require(self.steps >= 1, "steps", "must be >= 1")
+        require(len(self.runs) >= 1 and set(self.runs) <= set(MEANFLOW_RUNS), "runs",
+                f"name one or more of {list(MEANFLOW_RUNS)}")
+        require(self.budget in ("steps", "wall"), "budget", "must be 'steps' or 'wall'")
+
+
+@dataclasses.dataclass(frozen=True)
+class O3SSection(Config):
+    """``o3s``: 04_o3s's searches (the notebook's empty parameters take these)."""
+    metric: str = "sim"  # objective on the dev set: sim (the paper's; needs 00_vocoder) | neg_dist_ref | fs_closeness | mos | wer
+    student_nfes: tuple[int, ...] = (2, 3)  # student step counts searched
+    teacher_nfes: tuple[int, ...] = (5, 6, 7)  # guided-teacher step counts searched (EPSS exists for 5/6/7)
+    max_evals: int = 60  # evaluation budget per search
+    iters: int = 6  # bracket reductions per position
+
+    def validate(self) -> None:
+        require(len(self.student_nfes) >= 1 and min(self.student_nfes) >= 2, "student_nfes", "NFEs must be >= 2")
+        require(len(self.teacher_nfes) >= 1 and min(self.teacher_nfes) >= 2, "teacher_nfes", "NFEs must be >= 2")
+        require(self.max_evals >= 1 and self.iters >= 1, "max_evals", "max_evals and iters must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +161,7 @@ class ProfileConfig(Config):
     cfm: CFMConfig = _field(default_factory=CFMConfig)  # the teacher's objective
     student_train: TrainConfig = _field(default_factory=TrainConfig)  # 02_distill, first stage
     meanflow_train: MeanFlowTrainConfig = _field(default_factory=MeanFlowTrainConfig)  # 05's MeanFlow runs
+    o3s: O3SSection = _field(default_factory=O3SSection)  # 04's searches
     imf: IMFConfig = _field(default_factory=IMFConfig)  # the IntMeanFlow objective
     student_stage2: Stage2Config = _field(default_factory=Stage2Config)  # 02_distill, second stage
     student_objective: StudentObjectiveConfig = _field(default_factory=StudentObjectiveConfig)  # 02: rollout | trajectory

@@ -30,6 +30,7 @@ from imf.runs.open import Opened
 from imf.runs.voices import wer_voices
 from imf.eval.judges import judges_note
 from imf.runs.report import table_md, write_section
+from imf.runs.sections_config import MeanFlowTrainConfig
 from imf.runs.splits import by_split, side_by_side, zero_shot_numbers, zero_shot_text
 
 
@@ -232,6 +233,12 @@ of zero, not told apart from the judge's noise:
 # ---------------------------------------------------------------------------------------------
 # 05: MeanFlow vs IntMeanFlow
 # ---------------------------------------------------------------------------------------------
+def train_seconds(history: pd.DataFrame, steps: int) -> float:
+    """Training seconds of a run of ``steps`` steps from its logged ``sec_per_step`` (mean x steps; nan if unlogged)."""
+    col = history.get("sec_per_step")
+    return float(col.mean() * steps) if col is not None and len(col.dropna()) else float("nan")
+
+
 def report_meanflow(wb: Opened, memory: pd.DataFrame | None, runs: Any, imf: Any, quality: pd.DataFrame,
                     verdict: dict) -> dict:
     """Write notebook 05's tables, ``metrics.json`` and section; returns the metrics.
@@ -261,6 +268,17 @@ def report_meanflow(wb: Opened, memory: pd.DataFrame | None, runs: Any, imf: Any
         f"At equal steps, the first-stage student alone ({s1} steps, as many as each MeanFlow run) against the same "
         f"MeanFlow run: {wins_md(verdict['wins_stage1'])}.\n")
     ref = verdict["reference"]
+    mf_wall = {k: train_seconds(pd.DataFrame(h), tc.steps) for k, h in runs.histories().items()}
+    imf_wall = train_seconds(imf.history, n)
+    metrics.update(mf_train_seconds=mf_wall, imf_train_seconds=imf_wall)
+    atomic_write_json(out / "metrics.json", metrics)
+    walls = ", ".join(f"{k} {v:.0f} s" for k, v in mf_wall.items())
+    budget_md = (f"**Equal wall-clock**, not equal steps: the MeanFlow steps were chosen so that training takes about as long "
+                 f"as the IntMeanFlow student's (training seconds from the logged seconds per step: MeanFlow {walls}; "
+                 f"IntMeanFlow {imf_wall:.0f} s for {n} steps, its teacher-trajectory cache built before it not counted)."
+                 if MeanFlowTrainConfig.from_dict(P["meanflow_train"]).budget == "wall" else
+                 f"Equal steps are not equal compute: compare the objectives' `sec_per_step` above (IntMeanFlow's grows "
+                 f"with its {P['imf']['teacher_nfe']} guided teacher sub-steps).")
     write_section("05_meanflow_vs_imf", f"""## 05 — MeanFlow (JVP) vs IntMeanFlow (`notebooks/05_meanflow_vs_imf.ipynb`)
 
 **Memory and speed per training step** (same network and batch {tc.batch_size} x {runs.data_cfg.max_frames} frames, each
@@ -284,7 +302,6 @@ guided {max(P['eval']['teacher_nfes'])}-NFE teacher):
 At 1 NFE, IntMeanFlow against the best MeanFlow run ({verdict['best_mf']}, chosen by `dist_ref`); `dist_ref` lower wins,
 `fs_ratio` and `gv_ratio` closer to the guided teacher's own values ({ref['fs_ratio']:.3f}, {ref['gv_ratio']:.3f}) win:
 {wins_md(verdict['wins'])}.
-{eq_md}Equal steps are not equal compute: compare the objectives' `sec_per_step` above (IntMeanFlow's grows with its
-{P['imf']['teacher_nfe']} guided teacher sub-steps).
+{eq_md}{budget_md}
 """)
     return metrics
