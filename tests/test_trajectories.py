@@ -1,6 +1,7 @@
 """Trajectory reuse: the stored trajectory is the guided teacher's Euler path, pairs give the exact average
 velocity, the cache is keyed by its teacher and resumes, and a student distilled from it learns (and resumes)."""
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -9,6 +10,7 @@ from imf.flow.schedules import uniform
 from imf.flow.solvers import Guided, sample
 from imf.flow.trajectories import TrajectoryConfig, pair_targets, snap_to_grid, state_at, trajectory_loss
 from imf.models import student_from_teacher
+from imf.runs.traj_bench import cost_table, matched_quality, write_cost_section
 from imf.train.trainer import TrainConfig
 from imf.train.trajectories import (TrajectoryCacheMismatch, build_trajectories, collate_cache, open_cache,
                                     trajectory_trainer)
@@ -160,3 +162,24 @@ def test_resumed_equals_uninterrupted(tmp_path):
     for (k, a), b in zip(full.model.state_dict().items(), again.model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), k
     assert [h["loss"] for h in again.history] == pytest.approx([h["loss"] for h in full.history], rel=1e-5)
+
+
+def _bench_rows(name, method, rows_per_step, base_rows, dists):
+    return [{"method": method, "name": name, "step": 100 * (i + 1), "teacher_rows": base_rows + rows_per_step * 100 * (i + 1),
+             "wall_s": 10.0 * (i + 1), "dist_ref_1": d, "dist_ref_2": d / 2, "fs_rel_1": 0.9, "closer_than_teacher4": i,
+             "n_utts": 4} for i, d in enumerate(dists)]
+
+
+def test_cost_table_finds_the_first_checkpoint_at_the_target_and_matched_quality_compares_costs(tmp_path):
+    df = pd.DataFrame(_bench_rows("traj", "trajectory", 0, 1000, [0.3, 0.2, 0.12, 0.11])
+                      + _bench_rows("roll", "rollout", 200, 0, [0.35, 0.25, 0.18]))
+    t = cost_table(df, target=0.121).set_index("run")
+    assert t.loc["traj", "steps_to_target"] == 300 and t.loc["traj", "teacher_rows_to_target"] == 1000
+    assert t.loc["traj", "wall_s_to_target"] == 30.0 and t.loc["traj", "closer_than_teacher4"] == "3/4"
+    assert np.isnan(t.loc["roll", "steps_to_target"]) and t.loc["roll", "teacher_rows"] == 60000
+    m = matched_quality(df, "traj", "roll")  # both reached 0.18: traj first at step 300 (1000 rows), roll at 300
+    assert m["dist_ref_1"] == 0.18 and m["rows_ratio"] == pytest.approx(1000 / 60000)
+    assert m["wall_ratio"] == pytest.approx(30 / 30)
+    section = write_cost_section(df, tmp_path / "02_trajectory_reuse", target=0.121).read_text()
+    assert "1.7% of the rollout's teacher forward passes" in section
+    assert (tmp_path / "02_trajectory_reuse" / "cost_vs_quality.png").stat().st_size > 0

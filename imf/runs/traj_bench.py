@@ -34,13 +34,16 @@ from imf.flow.objectives import IMFConfig
 from imf.flow.schedules import uniform
 from imf.flow.trajectories import TrajectoryConfig
 from imf.runs.profiles import profile, runs_dir
-from imf.runs.report import section_dir
+from imf.runs.report import section_dir, table_md, write_section
+from imf.runs.sections_eval import write_csv
 from imf.train.token2mel import distill
 from imf.train.trainer import TrainConfig, Trainer
 from imf.train.trajectories import distill_trajectories
 from imf.viz.distill import plot_cost_vs_quality
 
-TARGET_DIST_REF = 0.121  # the small profile's current student (3000 + 2400 rollout steps), 1-NFE dist_ref
+TARGET_DIST_REF = 0.121  # small-long's student (3000 + 2400 rollout steps), 1-NFE dist_ref
+SECTION = "02_trajectory_reuse"  # results/<SECTION>/ (figure, tables, the runs' CSVs) and its README section
+OUTPUTS = ("cost_vs_quality.csv", "cost_to_target.csv")  # what --plot writes beside the runs' CSVs
 
 
 class Judge:
@@ -124,6 +127,68 @@ def run(method: str, name: str, prof: str = "small", steps: int = 3000, lr: floa
     return pd.DataFrame(rows)
 
 
+def cost_table(df: pd.DataFrame, target: float = TARGET_DIST_REF) -> pd.DataFrame:
+    """One row per run (``df``: :func:`run`'s rows, several runs): the first evaluated checkpoint whose 1-NFE
+    ``dist_ref`` is at or below ``target`` (its step, cumulative teacher rows and training wall seconds; NaN when
+    never reached) and the last checkpoint's quality (``dist_ref`` at 1 and 2 NFE, fine-structure ratio over
+    the guided 32-NFE teacher's, utterances closer to the reference than the guided 4-NFE teacher)."""
+    rows = []
+    for name, d in df.groupby("name", sort=False):
+        d = d.sort_values("step")
+        hit, last = d[d.dist_ref_1 <= target], d.iloc[-1]
+        first = hit.iloc[0] if len(hit) else None
+        rows.append({"run": name, "method": last.method,
+                     "steps_to_target": float(first.step) if first is not None else float("nan"),
+                     "teacher_rows_to_target": float(first.teacher_rows) if first is not None else float("nan"),
+                     "wall_s_to_target": float(first.wall_s) if first is not None else float("nan"),
+                     "last_step": int(last.step), "teacher_rows": int(last.teacher_rows), "wall_s": float(last.wall_s),
+                     "dist_ref_1": float(last.dist_ref_1), "dist_ref_2": float(last.dist_ref_2),
+                     "fs_rel_1": float(last.fs_rel_1),
+                     "closer_than_teacher4": f"{int(last.closer_than_teacher4)}/{int(last.n_utts)}"})
+    return pd.DataFrame(rows)
+
+
+def matched_quality(df: pd.DataFrame, cheap: str, dear: str) -> dict[str, float] | None:
+    """Teacher rows and wall seconds each of two runs needed to first reach the best 1-NFE ``dist_ref`` both
+    reached (the larger of their minima); None when they share no quality level."""
+    a, b = df[df.name == cheap].sort_values("step"), df[df.name == dear].sort_values("step")
+    if not len(a) or not len(b):
+        return None
+    level = max(a.dist_ref_1.min(), b.dist_ref_1.min())
+    fa, fb = a[a.dist_ref_1 <= level].iloc[0], b[b.dist_ref_1 <= level].iloc[0]
+    return {"dist_ref_1": float(level), f"{cheap}_rows": float(fa.teacher_rows), f"{dear}_rows": float(fb.teacher_rows),
+            f"{cheap}_wall_s": float(fa.wall_s), f"{dear}_wall_s": float(fb.wall_s),
+            "rows_ratio": float(fa.teacher_rows / max(fb.teacher_rows, 1)), "wall_ratio": float(fa.wall_s / fb.wall_s)}
+
+
+def write_cost_section(df: pd.DataFrame, out: Path, note: str = "", target: float = TARGET_DIST_REF) -> Path:
+    """The cost-vs-quality figure, ``cost_vs_quality.csv`` (every checkpoint), ``cost_to_target.csv``
+    (:func:`cost_table`) and the README section, all written from ``df``."""
+    write_csv(df, out / "cost_vs_quality.csv")
+    table = cost_table(df, target)
+    write_csv(table, out / "cost_to_target.csv")
+    fig = plot_cost_vs_quality(df, out / "cost_vs_quality.png", target=target)
+    methods = dict(zip(table.method, table.run))
+    m = matched_quality(df, methods["trajectory"], methods["rollout"]) if len(methods) == 2 else None
+    matched = "" if m is None else (
+        f"At the best 1-NFE `dist_ref` both runs reached ({m['dist_ref_1']:.3f}), trajectory reuse had used "
+        f"{m['rows_ratio']:.1%} of the rollout's teacher forward passes and {m['wall_ratio']:.1%} of its training wall "
+        "time (the same machine, at the same time).\n\n")
+    return write_section(SECTION, f"""### 02b — cost against quality: per-sample rollout vs trajectory reuse
+
+Both students distilled from the same guided teacher (w = 2), evaluated at every checkpoint on 02's fixed-noise set
+(1-NFE `dist_ref` to the guided 32-NFE teacher; target {target:g}, the 1-NFE `dist_ref` of small-long's 3000 + 2400-step
+rollout student). `teacher_rows`: teacher network rows evaluated so far, counted by a forward hook (a guided call of B
+samples is 2B rows; trajectory reuse pays all of them once, for its cache); `wall_s`: training seconds, evaluation excluded.
+
+{table_md(table)}
+
+{matched}{note}
+
+![cost vs quality]({out.name}/{fig.name})
+""")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--method", default="trajectory")
@@ -141,14 +206,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-utts", type=int, default=0, help="0: the profile's evaluation set")
     ap.add_argument("--out", default="")
-    ap.add_argument("--plot", action="store_true", help="draw every CSV of --out on one figure")
+    ap.add_argument("--plot", action="store_true", help="draw every CSV of --out on one figure, write the table and section")
+    ap.add_argument("--note", default="", help="--plot: a paragraph (how the runs were made) put under the table")
     a = ap.parse_args(argv)
-    out = Path(a.out or section_dir("traj_bench"))
+    out = Path(a.out or section_dir(SECTION))
     if a.plot:
-        df = pd.concat([pd.read_csv(p) for p in sorted(out.glob("*.csv")) if p.name != "cost_vs_quality.csv"])
-        df.to_csv(out / "cost_vs_quality.csv", index=False)
-        plot_cost_vs_quality(df, out / "cost_vs_quality.png", target=TARGET_DIST_REF)
-        print(out / "cost_vs_quality.png")
+        df = pd.concat([pd.read_csv(p) for p in sorted(out.glob("*.csv")) if p.name not in OUTPUTS])
+        print(write_cost_section(df, out, a.note))
         return
     setup_threads()
     run(a.method, a.name or a.method, a.profile, a.steps, a.lr, a.ckpt_every, a.p_full, a.grid_only, a.p_fresh,
