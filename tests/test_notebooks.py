@@ -2,6 +2,7 @@
 isolated data/runs/results tree; each test recomputes numbers its notebook recorded from the saved
 artefacts (CSV tables, training logs, checkpoints, other notebooks' metrics) and checks verdicts
 against the numbers they are derived from."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -324,3 +325,24 @@ def test_09_listening_test(tree):
     assert sorted(cmos.condition) == ["copy-synthesis", "student@1"] and (cmos["mean"] == 0).all()
     assert len(smos) == 3 and (smos["mean"] == 1).all() and (smos.n == 4).all() and (folder / "analysis.png").exists()
     assert "CMOS PAIRS" in out.read_text() and "image/png" in out.read_text()
+
+
+def test_a_rollout_second_stage_can_follow_a_trajectory_reuse_first_stage(tree):
+    """student_stage2.objective 'rollout' after a trajectory-reuse first stage: stage 1 reads the cache, stage 2
+    rolls the teacher out per sample from stage 1's EMA weights (its checkpoint says so)."""
+    from imf.data import load_corpus
+    from imf.runs.distill import distill_config, train_stages
+    from imf.runs.params import declared
+    from imf.runs.sections_config import Stage2Config
+
+    params = {**{n: p.default for n, p in declared("02_distill").items()}, "PROFILE": "tiny", "OBJECTIVE": "trajectory",
+              "RUN_NAME": "hyb1", "STAGE2_RUN": "hyb2"}
+    cfg = distill_config(params)
+    cfg = dataclasses.replace(cfg, train=cfg.train.replace(steps=2, ckpt_every=2),
+                              stage2=Stage2Config(steps=2, lr=1e-4, p_full=0.5, objective="rollout"))
+    corpus = load_corpus(load_checkpoint(cfg.teacher_ckpt)["config"]["corpus"])
+    stages = train_stages(cfg, corpus, tree / "hyb.png", progress=False, nproc=1)
+    c1 = load_checkpoint(cfg.runs / "hyb1/checkpoints/last.pt")["config"]
+    c2 = load_checkpoint(cfg.runs / "hyb2/checkpoints/last.pt")["config"]
+    assert "trajectory" in c1 and "trajectory" not in c2 and c2["imf"]["p_full"] == 0.5
+    assert stages.summary2["steps"] == 2 and str(cfg.runs / "hyb1") in str(c2.get("init"))

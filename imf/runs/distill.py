@@ -154,13 +154,15 @@ def train_stages(cfg: DistillRun, corpus, loss_png: str | Path, progress: bool =
     whole interval (0, 1) for ``cfg.stage2.p_full`` of the samples; plot both loss logs as one to ``loss_png``.
     ``nproc`` (default ``IMF_NPROC``, ``make reproduce NPROC=N``): the rollout objective on N torchrun processes."""
     reuse = cfg.objective.objective == "trajectory"
+    reuse2 = (cfg.stage2.objective or cfg.objective.objective) == "trajectory"
     nproc = default_nproc() if nproc is None else nproc
-    if reuse and nproc > 1:
+    if (reuse or (cfg.has_stage2 and reuse2)) and nproc > 1:
         raise ValueError("trajectory reuse trains in one process (its cache is read by one process); "
                          "set IMF_NPROC=1 (make reproduce NPROC=1) or student_objective.objective 'rollout'")
-    cache = cfg.cache_dir(load_model(cfg.teacher_ckpt)) if reuse else None
+    cache = cfg.cache_dir(load_model(cfg.teacher_ckpt)) if reuse or reuse2 else None
 
-    def stage(run: str, train: TrainConfig, imf: IMFConfig, p_full: float, init: Path | None) -> tuple[Any, dict]:
+    def stage(run: str, train: TrainConfig, imf: IMFConfig, p_full: float, init: Path | None,
+              reuse: bool = reuse) -> tuple[Any, dict]:
         if reuse:
             return distill_trajectories(corpus, cfg.teacher_ckpt, cache, cfg.runs / run, train,
                                         cfg.trajectory.replace(p_full=p_full), cfg.data, cfg.freeze,
@@ -178,10 +180,11 @@ def train_stages(cfg: DistillRun, corpus, loss_png: str | Path, progress: bool =
     history, marks = trainer.history, ()
     if cfg.has_stage2:
         trainer2, summary2 = stage(cfg.stage2_run, cfg.stage2_train, cfg.stage2_imf, cfg.stage2.p_full,
-                                   cfg.runs / cfg.run_name / LAST)
+                                   cfg.runs / cfg.run_name / LAST, reuse2)
         history = stitch_histories(trainer.history, trainer2.history, summary["steps"])
         marks = ((summary["steps"], f"stage 2: p_full {cfg.stage2.p_full:g}"),)
-    i, how = cfg.imf, " by trajectory reuse" if reuse else ""
+    i, how = cfg.imf, (" by trajectory reuse" if reuse else "") + (
+        f", stage 2 by {'trajectory reuse' if reuse2 else 'rollout'}" if cfg.has_stage2 and reuse2 != reuse else "")
     plot_history(history, Path(loss_png), marks=marks,
                  title=f"IntMeanFlow student{how} (N={i.teacher_nfe}, w={i.cfg_scale:g}, p_full {i.p_full:g}"
                        + (f" then {cfg.stage2.p_full:g})" if cfg.has_stage2 else ")"))

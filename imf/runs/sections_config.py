@@ -73,8 +73,11 @@ class Stage2Config(Config):
     steps: int = 2400  # steps of the second stage; 0 = no second stage
     lr: float = 2e-4  # its peak learning rate
     p_full: float = 0.7  # share of samples with (t, r) = (0, 1)
+    objective: str = ""  # "": as the first stage (student_objective); "rollout": the paper's per-sample rollout
+    #   (e.g. a short rollout stage after a trajectory-reuse first stage)
 
     def validate(self) -> None:
+        require(self.objective in ("", "rollout", "trajectory"), "objective", "must be '', 'rollout' or 'trajectory'")
         require(self.steps >= 0, "steps", "must be >= 0 (0: no second stage)")
         require(self.lr > 0, "lr", "must be > 0")
         require(0.0 <= self.p_full <= 1.0, "p_full", "must lie in [0, 1]")

@@ -77,10 +77,13 @@ class Judge:
 
 def run(method: str, name: str, prof: str = "small", steps: int = 3000, lr: float = 0.0, ckpt_every: int = 100,
         p_full: float = -1.0, grid_only: bool = False, p_fresh: float = 0.0, noises: int = 1, max_utts: int = 0,
-        grid_nfe: int = 16, seed: int = 0, out: str | Path | None = None, eval_utts: int = 0) -> pd.DataFrame:
+        grid_nfe: int = 16, seed: int = 0, out: str | Path | None = None, eval_utts: int = 0,
+        init: str = "", after: str = "") -> pd.DataFrame:
     """Train one student (``method``: ``rollout`` | ``trajectory``) from the profile's teacher, evaluating at
     every checkpoint; returns (and writes) the cost/quality table ``<out>/<name>.csv``. ``eval_utts`` > 0: only
-    the first this many utterances of the profile's evaluation set (same noise), for a loaded machine."""
+    the first this many utterances of the profile's evaluation set (same noise), for a loaded machine. ``init``: a
+    student checkpoint to start from (its EMA weights; e.g. a rollout stage after a trajectory-reuse run); ``after``:
+    the name of the run it continues, whose last row's steps, teacher rows and wall seconds are added to this one's."""
     P = profile(prof)
     out = Path(out or section_dir("traj_bench"))
     runs = runs_dir(prof)
@@ -96,12 +99,16 @@ def run(method: str, name: str, prof: str = "small", steps: int = 3000, lr: floa
                                   **({"lr": lr} if lr else {}))
     rows: list[dict[str, Any]] = []
     box: dict[str, int] = {}
+    prior = pd.read_csv(out / f"{after}.csv").iloc[-1] if after else None  # the run this one continues
     clock = {"t0": time.perf_counter(), "eval": 0.0}
 
     def on_checkpoint(tr: Trainer) -> None:
         t = time.perf_counter()
         rows.append({"method": method, "name": name, "step": tr.step, "teacher_rows": box.get("rows", 0),
                      "wall_s": t - clock["t0"] - clock["eval"], **judge(tr.ema)})
+        if prior is not None:
+            for k in ("step", "teacher_rows", "wall_s"):
+                rows[-1][k] += prior[k].item()
         pd.DataFrame(rows).to_csv(out / f"{name}.csv", index=False)
         clock["eval"] += time.perf_counter() - t
         r = rows[-1]
@@ -112,7 +119,8 @@ def run(method: str, name: str, prof: str = "small", steps: int = 3000, lr: floa
     run_dir = runs / "traj_bench" / name
     if method == "rollout":
         imf = imf.replace(p_full=p_full) if p_full >= 0 else imf
-        distill(corpus, teacher_ckpt, run_dir, train, imf, data, teacher_rows=box, on_checkpoint=on_checkpoint)
+        distill(corpus, teacher_ckpt, run_dir, train, imf, data, teacher_rows=box, on_checkpoint=on_checkpoint,
+                init=init or None)
     elif method == "trajectory":
         traj = TrajectoryConfig(grid_nfe=grid_nfe, noises_per_utt=noises, max_utts=max_utts, cfg_scale=imf.cfg_scale,
                                 grid_only=grid_only, p_fresh=p_fresh, teacher_nfe=imf.teacher_nfe,
@@ -121,7 +129,7 @@ def run(method: str, name: str, prof: str = "small", steps: int = 3000, lr: floa
         if (cache / "meta.json").exists():  # a reused cache: charge its build cost as if paid now
             box["rows"] = int(json.loads((cache / "meta.json").read_text()).get("teacher_rows", 0))
         distill_trajectories(corpus, teacher_ckpt, cache, run_dir, train, traj, data, teacher_rows=box,
-                             on_checkpoint=on_checkpoint)
+                             on_checkpoint=on_checkpoint, init=init or None)
     else:
         raise ValueError(f"--method {method!r}: choose 'rollout' or 'trajectory'")
     return pd.DataFrame(rows)
@@ -205,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--grid-nfe", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-utts", type=int, default=0, help="0: the profile's evaluation set")
+    ap.add_argument("--init", default="", help="start from this student checkpoint's EMA weights")
+    ap.add_argument("--after", default="", help="the run (name) this one continues: its cost is added")
     ap.add_argument("--out", default="")
     ap.add_argument("--plot", action="store_true", help="draw every CSV of --out on one figure, write the table and section")
     ap.add_argument("--note", default="", help="--plot: a paragraph (how the runs were made) put under the table")
@@ -216,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     setup_threads()
     run(a.method, a.name or a.method, a.profile, a.steps, a.lr, a.ckpt_every, a.p_full, a.grid_only, a.p_fresh,
-        a.noises, a.max_utts, a.grid_nfe, a.seed, out, a.eval_utts)
+        a.noises, a.max_utts, a.grid_nfe, a.seed, out, a.eval_utts, a.init, a.after)
 
 
 if __name__ == "__main__":
