@@ -13,8 +13,9 @@ it was trained on, each with :func:`imf.train.vocoder.train_vocoder` (``init_fro
 Every arm: the init's EMA weights and Adam moments, the init's batch size, loss and segment length, peak
 lr = the init's last learning rate, no warm-up, cosine to 10 % over the arm's own steps, no EMA (the
 evaluated weights are the last ones: an EMA over 30 steps would hide most of a short fine-tune), one
-torch thread. CPU-s per step is the process CPU time between the first and the last checkpoint over the
-steps between them (setup and the first ``steps // 3`` steps excluded); wall-s per step likewise.
+torch thread. CPU-s per step is the process CPU time between checkpoints of one process over the steps
+between them (``<arm>/clock.csv``, kept over resumes; setup and each session's steps before its first
+checkpoint excluded); wall-s per step likewise.
 
 Then copy synthesis (:func:`imf.eval.ceilings.copy_synthesis_table`: PESQ / STOI / DNSMOS) of the init
 and each finished arm on notebook 00_vocoder's held-out utterances (:func:`copy_synthesis_ids` of the
@@ -77,9 +78,9 @@ def _read_record(folder: Path, arm: str) -> dict[str, Any] | None:
 def equal_cpu_steps(folder: Path, steps: int) -> int:
     """``plain-cpu``'s steps: ``steps`` x gan's CPU-s/step / plain's (both arms' records must exist)."""
     plain, gan = _read_record(folder, "plain"), _read_record(folder, "gan")
-    if plain is None or gan is None:
-        raise FileNotFoundError(f"{folder}: arm 'plain-cpu' needs the 'plain' and 'gan' arms' cpu.json first "
-                                f"(run --arms plain gan)")
+    if plain is None or gan is None or not (plain["cpu_s_per_step"] > 0 and gan["cpu_s_per_step"] > 0):
+        raise FileNotFoundError(f"{folder}: arm 'plain-cpu' needs the 'plain' and 'gan' arms' cpu.json with a "
+                                f"measured CPU-s/step first (run --arms plain gan, or give plain_cpu_steps)")
     return max(1, round(steps * gan["cpu_s_per_step"] / plain["cpu_s_per_step"]))
 
 
@@ -92,19 +93,27 @@ def run_arm(arm: str, init: Path, corpus, folder: Path, cfg: GanBenchConfig, pro
     every = max(1, steps // 3)
     train = r["train"].replace(steps=steps, lr=r["lr_end"], warmup=0, ema_decay=0.0, ckpt_every=every,
                                log_every=max(1, every // 2), threads=1, seed=cfg.seed)
-    marks: list[tuple[int, float, float]] = []  # (step, process CPU s, wall s) at each checkpoint
-    old = _read_record(folder, arm)
+    clock = folder / arm / "clock.csv"  # (session, step, CPU s, wall s) at every checkpoint, kept over resumes
+    session = f"{os.getpid()}-{time.time():.0f}"
+
+    def tick(t) -> None:
+        prev = pd.read_csv(clock) if clock.exists() else pd.DataFrame()
+        row = pd.DataFrame([{"session": session, "step": t.step, "cpu_s": time.process_time(), "wall_s": time.time()}])
+        atomic_write_text(clock, pd.concat([prev, row]).to_csv(index=False))
+
     _, summary = train_vocoder(corpus, folder / arm, r["model"], train, r["seg_seconds"], progress=progress,
                                loss_cfg=r["loss"], gan_cfg=GANConfig(enabled=arm == "gan"), init_from=init,
-                               on_checkpoint=lambda t: marks.append((t.step, time.process_time(), time.time())))
-    if len(marks) < 2:  # finished before (or too few checkpoints to time): keep the earlier record
-        if old is None:
-            raise RuntimeError(f"{folder / arm}: no timing for arm {arm!r} (delete the folder and run it again)")
-        return old
-    (s0, c0, w0), (s1, c1, w1) = marks[0], marks[-1]
-    rec = {"arm": arm, "steps": steps, "timed_steps": s1 - s0, "cpu_s_per_step": (c1 - c0) / (s1 - s0),
-           "wall_s_per_step": (w1 - w0) / (s1 - s0), "lr": train.lr, "final_loss": summary["final_loss"],
-           "load_avg_1m": os.getloadavg()[0], "init": str(init), "init_step": r["step"]}
+                               on_checkpoint=tick)
+    old = _read_record(folder, arm)
+    if old is not None and old["steps"] == steps:
+        return old  # finished before
+    marks = pd.read_csv(clock) if clock.exists() else pd.DataFrame(columns=["session", "step", "cpu_s", "wall_s"])
+    d = marks.groupby("session", sort=False)[["step", "cpu_s", "wall_s"]].diff().dropna()  # within a session only
+    n = int(d["step"].sum())  # timed steps: between checkpoints of one process (its setup excluded)
+    rec = {"arm": arm, "steps": steps, "timed_steps": n, "cpu_s_per_step": float(d["cpu_s"].sum() / n) if n else math.nan,
+           "wall_s_per_step": float(d["wall_s"].sum() / n) if n else math.nan, "lr": train.lr,
+           "final_loss": summary["final_loss"], "load_avg_1m": os.getloadavg()[0], "init": str(init),
+           "init_step": r["step"]}
     atomic_write_json(_record_path(folder, arm), rec)
     return rec
 
