@@ -176,6 +176,25 @@ def test_resume_refuses_a_different_segment_length(trained):
         train_vocoder(corpus, run, TINY, trainer.cfg, seg_seconds=0.5, progress=False)
 
 
+def test_fine_tune_starts_from_the_checkpoints_ema_weights_and_adam_moments(trained, tmp_path):
+    corpus, run, trainer, _ = trained
+    init = run / "checkpoints" / "last.pt"
+    mel = corpus.load_mel("u3")
+    # one step at a negligible lr, no EMA: the fine-tuned vocoder is the init's EMA vocoder
+    cfg = trainer.cfg.replace(steps=1, lr=1e-12, warmup=0, ema_decay=0.0, ckpt_every=1)
+    ft, summary = train_vocoder(corpus, tmp_path / "ft", TINY, cfg, seg_seconds=0.25, progress=False, init_from=init)
+    assert summary["steps"] == 1
+    assert torch.allclose(load_vocoder(tmp_path / "ft").vocode(mel), trainer.ema.eval().vocode(mel), atol=1e-5)
+    fresh, _ = train_vocoder(corpus, tmp_path / "fresh", TINY, cfg, seg_seconds=0.25, progress=False)
+    assert not torch.allclose(fresh.ema.vocode(mel), trainer.ema.vocode(mel), atol=1e-2)
+    # Adam continues the init's moments: its step count goes on from the init's 15 steps
+    assert all(int(st["step"]) == 16 for st in ft.opt.state.values())
+    assert all(int(st["step"]) == 1 for st in fresh.opt.state.values())
+    with pytest.raises(ValueError, match="init_from"):  # another architecture is refused, naming the checkpoint
+        train_vocoder(corpus, tmp_path / "other", TINY.replace(dim=48), cfg, seg_seconds=0.25, progress=False,
+                      init_from=init)
+
+
 # -- copy synthesis and reconstruction metrics --------------------------------------------------------
 def test_copy_synthesis_pairs_are_aligned_and_scored():
     corpus = FakeCorpus(n=2, seconds=1.0)

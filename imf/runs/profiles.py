@@ -175,7 +175,9 @@ for _k in ("imf_train", "decft_train", "joint_train"):
 _PAPER["token2wav"]["meanflow"].update(p_instant=0.5)  # the paper's flow ratio 0.5
 _PAPER["token2wav"]["eval"].update(n_utts=512)
 # adversarial training (the vocos package's MPD + MRD, hinge + feature matching) as Vocos and the Token2Wav paper's
-# decoder / joint fine-tuning; off in small: measured on the 2-core CPU, a GAN step costs ~60x a reconstruction step
+# decoder / joint fine-tuning; off in small: measured on the 2-core CPU, a GAN step costs ~60-70x a reconstruction step
+# (`bench gan-vs-plain`: 40.8 vs 0.58 CPU-s at batch 16 x 1 s) and 6 GAN fine-tune steps from the 800-step vocoder
+# left its reconstruction loss unchanged to 1e-5 (untrained discriminators; results/sections/00_vocoder.md)
 _PAPER["vocoder"]["gan"] = {"enabled": True}
 _PAPER["token2wav"]["gan"] = {"enabled": True}
 
