@@ -170,7 +170,8 @@ def _bench_rows(name, method, rows_per_step, base_rows, dists):
              "n_utts": 4} for i, d in enumerate(dists)]
 
 
-def test_cost_table_finds_the_first_checkpoint_at_the_target_and_matched_quality_compares_costs(tmp_path):
+def test_cost_table_finds_the_first_checkpoint_at_the_target_and_matched_quality_compares_costs(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMF_RESULTS", str(tmp_path))  # the section goes to tmp_path/sections, not the repository
     df = pd.DataFrame(_bench_rows("traj", "trajectory", 0, 1000, [0.3, 0.2, 0.12, 0.11])
                       + _bench_rows("roll", "rollout", 200, 0, [0.35, 0.25, 0.18]))
     t = cost_table(df, target=0.121).set_index("run")
@@ -180,6 +181,8 @@ def test_cost_table_finds_the_first_checkpoint_at_the_target_and_matched_quality
     m = matched_quality(df, "traj", "roll")  # both reached 0.18: traj first at step 300 (1000 rows), roll at 300
     assert m["dist_ref_1"] == 0.18 and m["rows_ratio"] == pytest.approx(1000 / 60000)
     assert m["wall_ratio"] == pytest.approx(30 / 30)
-    section = write_cost_section(df, tmp_path / "02_trajectory_reuse", target=0.121).read_text()
+    path = write_cost_section(df, tmp_path / "02_trajectory_reuse", target=0.121)
+    assert path == tmp_path / "sections" / "02_trajectory_reuse.md"
+    section = path.read_text()
     assert "1.7% of the rollout's teacher forward passes" in section
     assert (tmp_path / "02_trajectory_reuse" / "cost_vs_quality.png").stat().st_size > 0
