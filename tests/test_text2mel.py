@@ -157,3 +157,24 @@ def test_char_ids_and_padding():
     assert p.tolist() == [[1, 2], [3, -1]]
     b = batch(3, 10)
     assert b["z_1"].shape == (3, C, 10) and b["mask"].sum(1).tolist() == [10, 7, 4] and (b["text"][0, 4:] == -1).all()
+
+
+def test_span_judges_vocode_exactly_the_generated_span():
+    """The target sits after the prompt: SpanJudges vocode the masked frames, wherever they are."""
+    from imf.eval.evalset import EvalSet
+    from imf.eval.text2mel import SpanJudges
+
+    class Identity:
+        def denormalize(self, x):
+            return x
+
+    class FirstBin:  # 'vocodes' a mel (1, C, T) to its first bin (1, T)
+        def vocode(self, mel):
+            return mel[:, 0, :]
+
+    x = torch.arange(2 * C * 6, dtype=torch.float32).reshape(2, C, 6) / 100
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    es = EvalSet(["a", "b"], x, mask, {}, torch.zeros_like(x), Identity())
+    wavs = SpanJudges(FirstBin(), [])
+    out = wavs.wavs(es, x)
+    assert torch.equal(out[0], x[0, 0, 2:5]) and torch.equal(out[1], x[1, 0, 1:6])
