@@ -61,10 +61,16 @@ class T2MPlan:
         return self.runs[stage] / "checkpoints" / "last.pt"
 
 
+RECIPE_KEYS = ("text", "upsampling", "frac_min", "max_frames")  # the teacher-recipe knobs of the alignment search
+
+
 def text2mel_plan(profile_name: str, seed: int = 0, prefix: str = "t2m", steps: Mapping[str, int] | None = None,
-                  n_utts: int = 0, text: str = "", size_ablation: bool = True, corpus_dir: str = "") -> T2MPlan:
+                  n_utts: int = 0, recipe: Mapping[str, Any] | None = None, size_ablation: bool = True,
+                  corpus_dir: str = "") -> T2MPlan:
     """08's setup from the profile's ``text2mel`` section. ``steps``: ``teacher, student, small, size`` step counts
-    replacing the profile's where > 0; ``text``: ``"phone" | "char"`` (``""``: the profile's)."""
+    replacing the profile's where > 0. ``recipe`` (a falsy value keeps the profile's): ``text`` ``"phone" | "char"``;
+    ``upsampling`` ``"average"`` (F5's ``text_embedding_average_upsampling``, both models) | ``"none"``; ``frac_min``
+    (smallest infilled fraction); ``max_frames`` (longest utterance). Give each recipe its own run ``prefix``."""
     P = profile(profile_name)
     S = dict(P["text2mel"])
     setup_threads()
@@ -77,8 +83,16 @@ def text2mel_plan(profile_name: str, seed: int = 0, prefix: str = "t2m", steps: 
         raise KeyError(f"steps: unknown stage(s) {unknown}; known: {sorted(keys)}")
     for k, section in keys.items():
         S[section] = dict(S[section], seed=seed, **({"steps": steps[k]} if steps.get(k) else {}))
-    if text:
-        S["data"] = dict(S["data"], text=text)
+    recipe = {k: v for k, v in dict(recipe or {}).items() if v}
+    unknown = sorted(set(recipe) - set(RECIPE_KEYS))
+    if unknown:
+        raise KeyError(f"recipe: unknown key(s) {unknown}; known: {list(RECIPE_KEYS)}")
+    S["data"] = dict(S["data"], **{k: recipe[k] for k in ("text", "frac_min", "max_frames") if k in recipe})
+    if "upsampling" in recipe:
+        if recipe["upsampling"] not in ("average", "none"):
+            raise ValueError(f"recipe['upsampling'] = {recipe['upsampling']!r}: 'average' | 'none' ('': the profile's)")
+        for m in ("model", "small_model"):
+            S[m] = dict(S[m], text_embedding_average_upsampling=recipe["upsampling"] == "average")
     E = T2MEvalConfig.from_dict(S.pop("eval"), **({"n_utts": n_utts} if n_utts else {}))
     stages = T2MStagesConfig.from_dict(dict(S, size_ablation=size_ablation))
     return T2MPlan(profile_name, corpus, stages, E, {k: runs_dir(profile_name) / f"{prefix}_{k}" for k in STAGES},
