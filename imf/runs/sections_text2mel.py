@@ -77,7 +77,6 @@ def write_text2mel_section(plan: T2MPlan, summaries: Mapping[str, Mapping[str, A
     atomic_write_json(out / "metrics.json", metrics)
     T = ev.targets
     speed = ", ".join(f"{v:.1f}x at {k.split('_')[1]} NFE" for k, v in ratios.items())
-    num = lambda df: df.select_dtypes("number").columns  # noqa: E731
     sizes = "" if size is None else f"""
 **Teacher size** (paper Tab. 1, "impact of teacher size"): a smaller DiT ({S.small_model.dim} x {S.small_model.depth})
 trained as its own teacher, then distilled into two students both initialised from it, one from the big teacher
