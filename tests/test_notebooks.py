@@ -301,6 +301,40 @@ def test_07_token2wav(tree):
     assert by_split[by_split.split == "unseen"].stoi.notna().all()
 
 
+def test_08_text2mel(tree):
+    """F5's DiT on the tiny corpus: every stage trained, the NFE table, paired verdicts, targets, speed ratio,
+    alignment check and teacher-size table recomputed from the saved tables; intrinsic metrics only (fast)."""
+    m = run(tree, "08_text2mel", JUDGES=[], O3S_EVALS=4)
+    assert {k: v["steps"] for k, v in m["stages"].items()} == {
+        "teacher": 6, "student": 3, "small_teacher": 4, "small_from_big": 2, "small_from_own": 2}
+    nfe = table(tree, "08_text2mel/nfe_table.csv")
+    assert set(nfe.system) == {"teacher w=3", "teacher w=3 sway", "teacher w=3 EPSS", "teacher", "student"}
+    assert list(nfe[nfe.system == "student"].nfe) == [1, 2, 3] and list(nfe[nfe.system == "teacher w=3 EPSS"].nfe) == [7]
+    assert row(nfe, system="teacher w=3", nfe=7).dist_ref == 0.0  # the reference: the guided teacher at the largest NFE
+    t = m["targets"]
+    st, t4 = row(nfe, system="student", nfe=3), row(nfe, system="teacher w=3", schedule="uniform", nfe=t["teacher_nfe"])
+    assert t["teacher_nfe"] == 4 and t["dist_ref_met"] == bool(st.dist_ref < t4.dist_ref)
+    assert t["fs_ratio_met"] == bool(st.fs_ratio >= 0.9 * row(nfe, system="teacher w=3", nfe=7).fs_ratio)
+    for r in table(tree, "08_text2mel/paired.csv").itertuples():
+        assert r.verdict == verdict_of(r.gain, r.gain_se, r.first, r.second)
+    speed = table(tree, "08_text2mel/speed.csv")
+    for n in (1, 3):
+        ratio = speed.seconds.iloc[0] / row(speed, system="IntMeanFlow student", nfe=n).seconds
+        assert m["speed_ratio"][f"student_{n}"] == pytest.approx(ratio)
+    align = table(tree, "08_text2mel/alignment.csv")
+    assert list(align["text given"]) == ["true", "shuffled", "shuffled"] and (align.text_effect >= 0).all()
+    size = table(tree, "08_text2mel/teacher_size.csv")
+    assert len(size) == 4 * 3 and size.dist_ref.notna().all()
+    small = load_checkpoint(tree / "runs/tiny/t2m_small_from_big/checkpoints/last.pt")
+    assert small["model_config"]["dim"] == 16 and small["model_config"]["mean_flow"]
+    assert small["config"]["teacher"].endswith("t2m_teacher/checkpoints/last.pt")
+    assert small["config"]["student_init"].endswith("t2m_small_teacher/checkpoints/last.pt")
+    o3s = table(tree, "08_text2mel/o3s.csv")
+    assert list(o3s.grid)[:3] == ["o3s", "uniform", "sway"] and m["o3s_search"]["n_evals"] <= 4
+    assert (tree / "results/08_text2mel/nfe_curves.png").exists() and (tree / "results/08_text2mel/samples.png").exists()
+    assert "08 — text2mel with F5-TTS's DiT" in (tree / "results/README.md").read_text()
+
+
 def test_09_listening_test(tree):
     """Prepared by papermill (no rater): stimuli cached, no ratings yet; reopened as it is; then two raters'
     answers (through the package, as the widget gives them) are analysed by the next run."""

@@ -47,6 +47,7 @@ NOTEBOOKS = [
     "05_meanflow_vs_imf",
     "06_listen",
     "07_token2wav",
+    "08_text2mel",  # F5-TTS's DiT on the embedded corpus: teacher, alignment check, students, teacher size (00_corpus; judges: 00_vocoder)
     "09_listening_test",  # prepares the stimuli and analyses the ratings so far (the test itself is taken live)
 ]
 

@@ -73,6 +73,27 @@ _SMALL: dict[str, dict[str, Any]] = {
     },
 }
 
+# notebook 08 (text2mel, F5-TTS's DiT on the embedded corpus). Budget stated, not yet measured: ~30 CPU-minutes on
+# 2 cores (teacher 3.7 M parameters as measured in FACTS "Text2mel", ~0.5 s/step -> ~10 min; student ~6 min;
+# the teacher-size ablation ~8 min; evaluation ~5 min). FACTS: this teacher does NOT align text within 38 min.
+_SMALL["text2mel"] = {
+    "data": {"text": "phone", "max_frames": 160, "frac_min": 0.7, "frac_max": 1.0},
+    "model": {"dim": 192, "depth": 6, "heads": 3, "dim_head": 64, "text_dim": 96, "conv_layers": 3, "dropout": 0.0},
+    "small_model": {"dim": 96, "depth": 4, "heads": 2, "dim_head": 48, "text_dim": 48, "conv_layers": 2, "dropout": 0.0},
+    "infill": {"p_audio_drop": 0.3, "p_cond_drop": 0.2},
+    "teacher_train": {"steps": 1200, "batch_size": 16, "lr": 7.5e-4, "warmup": 100, "ema_decay": 0.998,
+                      "ckpt_every": 100, "log_every": 10},
+    "small_train": {"steps": 1200, "batch_size": 16, "lr": 1e-3, "warmup": 100, "ema_decay": 0.998,
+                    "ckpt_every": 100, "log_every": 10},
+    "imf": {"teacher_nfe": 16, "cfg_scale": 3.0, "p_instant": 0.2, "p_full": 0.1},
+    "student_train": {"steps": 300, "batch_size": 16, "lr": 3e-4, "warmup": 20, "ema_decay": 0.99,
+                      "ckpt_every": 50, "log_every": 5},
+    "size_train": {"steps": 150, "batch_size": 16, "lr": 3e-4, "warmup": 10, "ema_decay": 0.99,
+                   "ckpt_every": 50, "log_every": 5},
+    "eval": {"split": "test", "n_utts": 32, "seed": 1234, "max_prompt_frames": 160, "cfg_scale": 3.0,
+             "teacher_nfes": [4, 7, 8, 16, 32], "student_nfes": [1, 2, 3], "rtf_repeats": 3},
+}
+
 _TINY: dict[str, dict[str, Any]] = {
     "corpus": {"profile": "tiny"},
     "corpus_import": {},
@@ -116,6 +137,24 @@ _TINY: dict[str, dict[str, Any]] = {
         "joint_train": {"steps": 2, "batch_size": 4, "lr": 1e-4, "warmup": 1, "ema_decay": 0.5,
                        "ckpt_every": 2, "log_every": 1},
         "eval": {"split": "test", "n_utts": 3, "seed": 1234, "fm_nfe": 10, "fm_cfg": 2.0, "rtf_repeats": 1},
+    },
+    "text2mel": {
+        "data": {"text": "phone", "max_frames": 128, "frac_min": 0.7, "frac_max": 1.0},
+        "model": {"dim": 32, "depth": 2, "heads": 2, "dim_head": 16, "text_dim": 16, "conv_layers": 1, "dropout": 0.0},
+        "small_model": {"dim": 16, "depth": 1, "heads": 2, "dim_head": 8, "text_dim": 8, "conv_layers": 1,
+                        "dropout": 0.0},
+        "infill": {"p_audio_drop": 0.3, "p_cond_drop": 0.2},
+        "teacher_train": {"steps": 6, "batch_size": 4, "lr": 2e-3, "warmup": 1, "ema_decay": 0.5,
+                          "ckpt_every": 6, "log_every": 2},
+        "small_train": {"steps": 4, "batch_size": 4, "lr": 2e-3, "warmup": 1, "ema_decay": 0.5,
+                        "ckpt_every": 4, "log_every": 2},
+        "imf": {"teacher_nfe": 4, "cfg_scale": 3.0, "p_instant": 0.2, "p_full": 0.1},
+        "student_train": {"steps": 3, "batch_size": 4, "lr": 3e-4, "warmup": 1, "ema_decay": 0.5,
+                          "ckpt_every": 3, "log_every": 1},
+        "size_train": {"steps": 2, "batch_size": 4, "lr": 3e-4, "warmup": 1, "ema_decay": 0.5,
+                       "ckpt_every": 2, "log_every": 1},
+        "eval": {"split": "test", "n_utts": 4, "seed": 1234, "max_prompt_frames": 256, "cfg_scale": 3.0,
+                 "teacher_nfes": [2, 4, 7], "student_nfes": [1, 2, 3], "rtf_repeats": 1},
     },
 }
 
@@ -180,6 +219,19 @@ _PAPER["token2wav"]["eval"].update(n_utts=512)
 # left its reconstruction loss unchanged to 1e-5 (untrained discriminators; results/sections/00_vocoder.md)
 _PAPER["vocoder"]["gan"] = {"enabled": True}
 _PAPER["token2wav"]["gan"] = {"enabled": True}
+
+# text2mel at F5-TTS's sizes: F5TTS_v1_Base's DiT (1024 x 22, 16 heads, text 512, 4 ConvNeXt blocks) and
+# F5TTS_Small's (768 x 18, 12 heads) for the teacher-size ablation; F5's mask ratio 0.7-1.0 and guidance s = 2
+_PAPER["text2mel"]["model"] = {"dim": 1024, "depth": 22, "heads": 16, "dim_head": 64, "text_dim": 512, "conv_layers": 4,
+                               "dropout": 0.1}
+_PAPER["text2mel"]["small_model"] = {"dim": 768, "depth": 18, "heads": 12, "dim_head": 64, "text_dim": 512,
+                                     "conv_layers": 4, "dropout": 0.1}
+_PAPER["text2mel"]["data"].update(max_frames=1024, text="char")
+for _k in ("teacher_train", "small_train"):
+    _PAPER["text2mel"][_k].update(steps=200_000, batch_size=64, lr=7.5e-5, warmup=2000, ema_decay=0.9999, ckpt_every=2000)
+for _k in ("student_train", "size_train"):
+    _PAPER["text2mel"][_k].update(steps=20_000, batch_size=64, lr=2e-5, warmup=500, ema_decay=0.999, ckpt_every=1000)
+_PAPER["text2mel"]["eval"].update(n_utts=512, max_prompt_frames=512)
 
 PROFILES = {"tiny": _TINY, "small": _SMALL, "small-long": _SMALL_LONG, "paper": _PAPER}
 

@@ -18,8 +18,10 @@ from imf.flow.objectives import CFMConfig, IMFConfig
 from imf.flow.trajectories import TrajectoryConfig
 from imf.models.token2mel import Token2MelConfig
 from imf.models.vocoder import VocoderConfig
+from imf.eval.text2mel import T2MEvalConfig
 from imf.eval.token2wav import T2WEvalConfig
 from imf.train.gan import GANConfig
+from imf.train.text2mel import T2MStagesConfig
 from imf.train.token2wav import T2WStagesConfig
 from imf.train.trainer import TrainConfig
 from imf.train.wave_losses import WaveLossConfig
@@ -154,6 +156,12 @@ class Token2WavSection(T2WStagesConfig):
 
 
 @dataclasses.dataclass(frozen=True)
+class Text2MelSection(T2MStagesConfig):
+    """``text2mel``: every stage of 08_text2mel (:class:`~imf.train.text2mel.T2MStagesConfig`) and its evaluation."""
+    eval: T2MEvalConfig = T2MEvalConfig()  # 08's evaluation set, NFE table and timing
+
+
+@dataclasses.dataclass(frozen=True)
 class ProfileConfig(Config):
     """Every section of a profile and its config class (the schema :func:`imf.runs.profiles.profile` checks)."""
     corpus: CorpusConfig = _field(default_factory=CorpusConfig)  # the embedded corpus (00_corpus)
@@ -172,6 +180,7 @@ class ProfileConfig(Config):
     vocoder: VocoderSection = _field(default_factory=VocoderSection)  # 00_vocoder
     eval: EvalConfig = _field(default_factory=EvalConfig)  # 01-06's evaluation set and NFE grids
     token2wav: Token2WavSection = _field(default_factory=Token2WavSection)  # 07_token2wav
+    text2mel: Text2MelSection = _field(default_factory=Text2MelSection)  # 08_text2mel (F5 DiT teacher and students)
 
 
 def sub_section(cls: type[Config], field: str) -> type[Config] | None:

@@ -74,27 +74,49 @@ def f5_objective(teacher: Any, imf_cfg: IMFConfig, cfg: F5DistillConfig = F5Dist
 
 def distill_f5(teacher: F5Backbone, dataset, collate, run_dir: str | Path, train_cfg: TrainConfig,
                imf_cfg: IMFConfig = F5_IMF, cfg: F5DistillConfig = F5DistillConfig(), progress: bool = True,
-               teacher_ref: str = "") -> tuple[Trainer, dict[str, Any]]:
+               teacher_ref: str = "", student_init: F5Backbone | None = None,
+               student_init_ref: str = "") -> tuple[Trainer, dict[str, Any]]:
     """Distil ``teacher`` (an :class:`F5Backbone`) into a few-step student in ``run_dir`` (resumable).
 
     ``dataset`` / ``collate``: :class:`~imf.data.f5_text.F5Dataset` and
     :func:`~imf.data.f5_text.make_collate` (or anything yielding the same batch keys).
     ``imf_cfg.cfg_scale`` is OUR ``w``: F5's ``cfg_strength`` s is ``w - 1`` (default ``w = 3``).
     ``teacher_ref``: where the teacher came from, recorded in the run's config.
+
+    ``student_init``: a student whose size differs from the teacher's (the paper's teacher-size
+    ablation): another pretrained F5 flow-matching model (same mel bins and text vocabulary, any
+    width/depth); the init strategy applies to IT (:func:`make_student` of ``student_init``: at
+    init the student equals ``student_init``, not the teacher). None: the teacher's own weights.
     """
     if not isinstance(teacher, F5Backbone) or teacher.config.mean_flow:
         raise TypeError(f"distill_f5: teacher must be an F5Backbone teacher, got {type(teacher).__name__}")
     seed_everything(train_cfg.seed)
     teacher = teacher.eval().requires_grad_(False)
-    student = make_student(teacher).train()
+    student = make_student(teacher if student_init is None else check_student_init(teacher, student_init)).train()
     params = freeze(student, cfg.freeze)
     objective = f5_objective(Guided(teacher, imf_cfg.cfg_scale), imf_cfg, cfg)
     extra = {"imf": imf_cfg.to_dict(), "f5": cfg.to_dict(), "teacher": teacher_ref or teacher.config.model_name,
              "f5_cfg_strength": imf_cfg.cfg_scale - 1.0}
+    if student_init is not None:  # only then: runs without it keep their recorded config (resume check)
+        extra["student_init"] = student_init_ref or student_init.config.model_name
     trainer = Trainer(run_dir, student, objective, dataset, collate, train_cfg, params=params, extra_config=extra,
                       progress=progress, desc=f"F5 student (IntMeanFlow, N={imf_cfg.teacher_nfe}, "
                                               f"w={imf_cfg.cfg_scale:g} = F5 s={imf_cfg.cfg_scale - 1:g})")
     return trainer, trainer.fit()
+
+
+def check_student_init(teacher: F5Backbone, init: F5Backbone) -> F5Backbone:
+    """``init`` if it can be a student of ``teacher``: an F5Backbone flow-matching model (not a student)
+    reading the same mel bins and text vocabulary; its sizes may differ. Otherwise an error naming the field."""
+    if not isinstance(init, F5Backbone) or init.config.mean_flow:
+        raise TypeError(f"distill_f5(student_init=...): needs an F5Backbone flow-matching model (not a student), "
+                        f"got {type(init).__name__}")
+    for field in ("mel_dim", "text_num_embeds"):
+        a, b = getattr(teacher.config, field), getattr(init.config, field)
+        if a != b:
+            raise ValueError(f"distill_f5(student_init=...): {field} = {b}, the teacher's is {a}: the student must "
+                             "read the teacher's mels and text")
+    return init.eval()
 
 
 def distill_f5_files(checkpoint: str | Path, vocab: str | Path, manifest: str | Path, run_dir: str | Path,
