@@ -169,20 +169,25 @@ _SMALL_LONG: dict[str, dict[str, Any]] = copy.deepcopy(_SMALL)
 #   5 held-out utterances per voice for the judge ceilings (real-recording WER separates the voices by a wide margin);
 # - teacher: as small-long (1500 steps, ~7 min on 2 free cores), so the student below is measured against it;
 # - student: trajectory reuse (one cache of 16-step guided teacher trajectories, no teacher call in a training
-#   step; imf.train.trajectories), one stage with the whole interval for 70 % of the pairs; no second stage;
+#   step; imf.train.trajectories), one stage of 1500 steps with the whole interval for 70 % of the pairs; no second
+#   stage. Measured from this teacher (results section 02b, 1 thread on a loaded CPU): 1-NFE dist_ref 0.147 at 1200
+#   steps, 0.132 at 3000 (fine-structure 0.93x the guided 32-NFE teacher's; closer than its 4-NFE output on 15/32
+#   utterances, a tie, where small-long's 5400 rollout steps reached 0.121 and 26/32); 2 noises per utterance did
+#   not help (0.152 at 1200 steps); ~0.28 s/step on 2 free cores (a CFM-sized step) plus the cache;
+# - 05: 1000 MeanFlow steps at ~0.42 s/step ~ the student's 1500 x 0.28 s (the cache not counted);
 # - teacher-NFE ablation: N = 4 and 16, 60 steps each (small-long: 2..16, 100 steps);
 # - 03 judges the vocoded audio at teacher NFE 2, 4, 32 and student NFE 1, 2 (the curves keep every NFE);
 # - 04 searches on the intrinsic dist_ref objective (no vocoder and judge in the loop), student 2 and teacher 5 NFE;
-# - 05 trains one MeanFlow run (teacher init, r = t for 75 %) for about the IntMeanFlow student's wall time;
+# - 05 trains one MeanFlow run (teacher init, r = t for 75 %: small-long's best) for about the student's wall time;
 # - 07 trains each Token2Wav stage about half as long and judges 16 utterances per split.
 _SMALL["vocoder"]["train"]["steps"] = 500
 _SMALL["vocoder"]["per_voice"] = 5
 _SMALL["teacher_train"]["steps"] = 1500
 _SMALL["student_objective"]["objective"] = "trajectory"
-_SMALL["student_train"]["steps"] = 1200
+_SMALL["student_train"]["steps"] = 1500
 _SMALL["student_stage2"]["steps"] = 0
 _SMALL["ablation"].update(teacher_nfes=[4, 16], steps=60)
-_SMALL["meanflow_train"] = {"steps": 600, "runs": ["MF from teacher, r=t 0.75"], "budget": "wall"}
+_SMALL["meanflow_train"] = {"steps": 1000, "runs": ["MF from teacher, r=t 0.75"], "budget": "wall"}
 _SMALL["eval"].update(judged_teacher_nfes=[2, 4, 32], judged_student_nfes=[1, 2])
 _SMALL["o3s"] = {"metric": "neg_dist_ref", "student_nfes": [2], "teacher_nfes": [5], "max_evals": 30, "iters": 4}
 for _k, _n in (("vae_train", 300), ("fm_train", 300), ("mf_train", 300), ("imf_train", 100), ("decft_train", 100),
