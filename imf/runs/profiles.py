@@ -45,6 +45,9 @@ _SMALL: dict[str, dict[str, Any]] = {
                           "ckpt_every": 100, "log_every": 10}},
     "eval": {"split": "test", "n_utts": 32, "batch_size": 32, "max_frames": 256, "seed": 1234,
              "teacher_nfes": [1, 2, 4, 8, 16, 32], "student_nfes": [1, 2, 3, 4], "cfg_scale": 2.0},
+    # 04's O3S objectives (searched on dev, judged on test; imf.eval.o3s_objectives): the paper's SIM, the distance to
+    # the converged guided teacher, WER, and a mix of normalised distance and WER
+    "o3s": {"objectives": ["dist_ref", "wer", "sim", {"dist_ref": 1.0, "wer": 0.5}]},
     # notebook 07 (one-step Token2Wav): ~13 CPU-minutes in all (~10 min on 2 free cores); see imf/train/token2wav.py
     "token2wav": {
         "vae": {"latent_dim": 16, "enc_dim": 128, "enc_layers": 2, "dec_dim": 192, "dec_low_layers": 2, "up": 4,
@@ -92,6 +95,7 @@ _TINY: dict[str, dict[str, Any]] = {
                           "ckpt_every": 2, "log_every": 1}},
     "eval": {"split": "test", "n_utts": 4, "batch_size": 4, "max_frames": 256, "seed": 1234,
              "teacher_nfes": [1, 2, 4], "student_nfes": [1, 2], "cfg_scale": 2.0},
+    "o3s": {"objectives": ["dist_ref"]},  # fast: no audio judge
     "token2wav": {
         "vae": {"latent_dim": 8, "enc_dim": 16, "enc_layers": 1, "dec_dim": 16, "dec_low_layers": 1, "up": 4,
                 "dec_layers": 1},

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 
-from imf.core.config import Config, require
+from typing import Any
+
+from imf.core.config import Config, ConfigError, require
 from imf.data import CorpusConfig, DataConfig
 from imf.data.importers import ImportConfig
 from imf.flow.objectives import CFMConfig, IMFConfig
 from imf.flow.trajectories import TrajectoryConfig
 from imf.models.token2mel import Token2MelConfig
 from imf.models.vocoder import VocoderConfig
+from imf.eval.o3s_objectives import ObjectiveError, parse_objectives
 from imf.eval.token2wav import T2WEvalConfig
 from imf.train.gan import GANConfig
 from imf.train.token2wav import T2WStagesConfig
@@ -117,6 +120,20 @@ class Token2WavSection(T2WStagesConfig):
 
 
 @dataclasses.dataclass(frozen=True)
+class O3SSection(Config):
+    """``o3s``: notebook 04's objective study (:mod:`imf.eval.o3s_objectives`), its default when OBJECTIVES is []."""
+    # O3S objectives searched on dev and judged on test: names (dist_ref | wer | sim | mos | fs_closeness) or
+    # {term: weight} mixes of normalised terms
+    objectives: tuple[Any, ...] = ("dist_ref",)
+
+    def validate(self) -> None:
+        try:
+            parse_objectives(list(self.objectives), "objectives")
+        except ObjectiveError as e:
+            raise ConfigError(f"parameter 'objectives': {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
 class ProfileConfig(Config):
     """Every section of a profile and its config class (the schema :func:`imf.runs.profiles.profile` checks)."""
     corpus: CorpusConfig = _field(default_factory=CorpusConfig)  # the embedded corpus (00_corpus)
@@ -134,6 +151,7 @@ class ProfileConfig(Config):
     vocoder: VocoderSection = _field(default_factory=VocoderSection)  # 00_vocoder
     eval: EvalConfig = _field(default_factory=EvalConfig)  # 01-06's evaluation set and NFE grids
     token2wav: Token2WavSection = _field(default_factory=Token2WavSection)  # 07_token2wav
+    o3s: O3SSection = _field(default_factory=O3SSection)  # 04's O3S objective study
 
 
 def sub_section(cls: type[Config], field: str) -> type[Config] | None:
