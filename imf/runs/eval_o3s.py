@@ -12,7 +12,12 @@ on a **dev** set with fixed noise; the objective is a metric column turned highe
     figures = convexity(study, 3, 5, n_points=9)
     comparison = compare_on_test(study, found)
     verdict = student_verdict(study, comparison, found)
-    report_o3s(study, searches, comparison, verdict, figures)   # imf.runs.sections_eval
+    objectives = run_objectives(study, ["dist_ref", {"dist_ref": 1.0, "wer": 0.5}], [2, 3], [5, 6, 7])
+    report_o3s(study, searches, comparison, verdict, figures, objectives)   # imf.runs.sections_eval
+
+:func:`run_objectives` is the objective study of :mod:`imf.eval.o3s_objectives` (one objective per
+search, judged against uniform, sway and EPSS on the test set with the paired verdict) on this study's
+dev set, test set and guided teacher.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from imf.eval.audio import AudioJudges
 from imf.eval.evalset import EvalSet
 from imf.eval.judges import make_judge
 from imf.eval.metrics import objective_column, objective_score, paired_verdict
+from imf.eval.o3s_objectives import Bench, ObjectiveStudy, objective_study, parse_objectives
 from imf.eval.sweep import INTRINSIC, generate, grid_metric, nfe_sweep, utterance_scores
 from imf.eval.systems import System, guided
 from imf.flow import schedules
@@ -178,3 +184,35 @@ def student_verdict(study: O3SStudy, comparison: pd.DataFrame, found: dict[tuple
                      "gain_se": v["gain_se"], "verdict": v["verdict"],
                      "dist_ref_uniform": u.dist_ref, "dist_ref_o3s": o.dist_ref})
     return pd.DataFrame(rows)
+
+
+def objective_bench(study: O3SStudy, objectives: Sequence[Any], vocoder_run: str = "vocoder") -> Bench:
+    """The :class:`imf.eval.o3s_objectives.Bench` of this study: systems ``student`` and ``teacher`` (guided),
+    the study's dev set, the test set ``wb.es``, the guided teacher at ``max_nfe`` as reference, and one
+    audio judge per audio column the ``objectives`` read (on the trained vocoder of ``vocoder_run``)."""
+    columns = {c for o in parse_objectives(objectives) for c in o.columns if c not in INTRINSIC}
+    judges = None
+    if columns and study.judges is not None and columns <= {study.column}:
+        judges = study.judges  # the study's own judge already scores every column needed
+    elif columns:
+        checkpoint(study.wb.profile, vocoder_run)  # MissingRun naming 00_vocoder
+        judges = AudioJudges(study.wb.vocoder(vocoder_run, fallback=False),
+                             [make_judge(c, progress=False) for c in sorted(columns)], wer_voices())
+    return Bench({"student": study.wb.student, "teacher": study.teacher_cfg}, study.dev, study.wb.es,
+                 study.teacher_cfg, study.max_nfe, judges, study.batch_size)
+
+
+def run_objectives(study: O3SStudy, objectives: Sequence[Any], student_nfes: Sequence[int],
+                   teacher_nfes: Sequence[int], vocoder_run: str = "vocoder", progress: bool = True) -> ObjectiveStudy:
+    """Each objective (``[]``: the profile's ``o3s.objectives``) searched on the dev set for the student at
+    ``student_nfes`` and the guided teacher at ``teacher_nfes``, judged on the test set against uniform, sway
+    and EPSS (:func:`imf.eval.o3s_objectives.objective_study`, the study's search configuration); each grid
+    goes to ``<out>/objectives/<objective>/<model>_nfe<n>/`` as its search ends."""
+    objectives = list(objectives) or list(study.wb.P["o3s"]["objectives"])
+    bench = objective_bench(study, objectives, vocoder_run)
+    nfes = {"student": _nfes(student_nfes, "student_nfes"), "teacher": _nfes(teacher_nfes, "teacher_nfes")}
+
+    def write(obj, system, n, res):
+        write_o3s_result(res, study.wb.out / "objectives" / obj.slug / f"{system}_nfe{n}")
+
+    return objective_study(bench, objectives, nfes, study.o3s_config, progress=progress, on_search=write)
