@@ -175,3 +175,33 @@ def test_baseline_grids_skip_epss_where_it_has_no_table():
     assert sorted(baseline_grids(3)) == ["sway", "uniform"]
     assert sorted(baseline_grids(6)) == ["epss", "sway", "uniform"]
     assert all(math.isclose(g[-1].item(), 1.0) for g in baseline_grids(6).values())
+
+
+def test_notebook_04_wiring_writes_the_table_grids_and_a_note_from_the_numbers(nb_env, tmp_path):
+    """imf.runs.eval_o3s.run_objectives + report_o3s on fakes: [] takes the profile's objectives, each search's
+    grid is written under objectives/, the CSVs and metrics hold the table, the section its note."""
+    from types import SimpleNamespace
+
+    from imf.runs.eval_o3s import O3SStudy, run_objectives
+    from imf.runs.report import results_dir
+    from imf.runs.sections_eval import report_o3s
+
+    out = results_dir() / "04_o3s"
+    out.mkdir(parents=True)
+    test = eval_set(6, seed=2)
+    wb = SimpleNamespace(P={"o3s": {"objectives": ["dist_ref", {"dist_ref": 1.0, "fs_closeness": 0.5}]}},
+                         student=late_field, es=test, out=out, profile="tiny")
+    dev = eval_set(4, seed=1)
+    study = O3SStudy(wb, "neg_dist_ref", "dist_ref", dev, None, None, late_field, 2.0, 32,
+                     O3SConfig(max_evals=8, ternary_iters=3), 8)
+    res = run_objectives(study, [], [2], [5], progress=False)
+    assert [o.spec() for o in res.objectives] == wb.P["o3s"]["objectives"]
+    assert len(res.table) == 2 * (2 + 3)  # student 2: uniform, sway; teacher 5: + epss
+    assert (out / "objectives/dist_ref/student_nfe2/grid.json").exists()
+    assert (out / "objectives/mix_dist_ref1_fs_closeness0.5/teacher_nfe5/grid.json").exists()
+    empty = pd.DataFrame(columns=["student_nfe", "verdict", "gain", "gain_se"])
+    m = report_o3s(study, pd.DataFrame(), pd.DataFrame({"system": ["student"]}), empty, [], res)
+    assert len(m["objectives"]["table"]) == 10 and m["objectives"]["objectives"] == wb.P["o3s"]["objectives"]
+    assert pd.read_csv(out / "objectives.csv").shape[0] == 10
+    section = (results_dir() / "sections/04_o3s.md").read_text()
+    assert "Which O3S objective wins on held-out data" in section and objective_note(res.table) in section
