@@ -234,15 +234,47 @@ def test_04_o3s(tree):
     assert v["metric"] == "sim"
     _check_o3s_verdict(tree, v, "sim")
     assert v["gain"] == pytest.approx(v["o3s"] - v["uniform"], rel=1e-6, abs=1e-9)  # mean of paired differences
+    assert m["objectives"]["objectives"] == ["dist_ref"]  # the tiny profile's o3s.objectives (no audio judge)
+
+
+def _check_objectives(tree, m, specs):
+    """The objective study's table: one row per (objective, system, NFE, baseline), the searches' grids on disk,
+    gains and verdicts recomputed from the recorded numbers, and the section's verdict paragraph."""
+    o = m["objectives"]
+    assert o["objectives"] == specs
+    t, searches = table(tree, "04_o3s/objectives.csv"), table(tree, "04_o3s/objective_searches.csv")
+    assert len(searches) == 2 * len(specs) and len(t) == 5 * len(specs)  # student 2: uniform, sway; teacher 5: + epss
+    for s in searches.itertuples():
+        base = {"student": ["uniform", "sway"], "teacher": ["uniform", "sway", "epss"]}[s.system]
+        rows = t[(t.objective == s.objective) & (t.system == s.system) & (t.nfe == s.nfe)]
+        assert list(rows.baseline) == base and (rows.grid == s.grid).all()
+        assert (rows.dev_found == s.dev_best).all()
+        uni = rows[rows.baseline == "uniform"].iloc[0]
+        assert uni.dev_baseline == pytest.approx(s.dev_init, rel=1e-12)  # the search starts from the uniform grid
+        slug = s.objective if "+" not in s.objective else "mix_" + "_".join(
+            p.split("*")[1] + p.split("*")[0] for p in s.objective.split(" + "))
+        grid = json.loads((tree / "results/04_o3s/objectives" / slug / f"{s.system}_nfe{s.nfe}/grid.json").read_text())
+        assert " ".join(f"{v:.3f}" for v in grid["time_grid"]) == s.grid and grid["score"] == s.dev_best
+    for r in t.itertuples():
+        assert r.gain == pytest.approx(r.test_found - r.test_baseline, rel=1e-6, abs=1e-12)  # mean of paired differences
+        assert r.verdict == verdict_of(r.gain, r.gain_se, "win", "loss") and r.n == 4
+    single = t[t.objective == "dist_ref"]
+    assert (single.test_found <= 0).all() and (single.test_baseline < 0).all()  # minus a distance
+    readme = (tree / "results/README.md").read_text()
+    assert "Which O3S objective wins on held-out data" in readme and "Held-out verdict" in readme
+    winners = sorted(set(t[t.verdict == "win"].objective))
+    assert ("no objective gives a held-out win" in readme) == (not winners)
 
 
 def test_04_o3s_on_an_intrinsic_metric(tree):
+    specs = ["dist_ref", {"dist_ref": 1.0, "fs_closeness": 0.5}]
     m = run(tree, "04_o3s", METRIC="neg_dist_ref", MAX_EVALS=6, ITERS=2, SCAN_POINTS=3, STUDENT_NFES=[2],
-            TEACHER_NFES=[5])
+            TEACHER_NFES=[5], OBJECTIVES=specs)
     _check_o3s_searches(tree, m)
     (v,) = m["student_verdict"]
     assert v["metric"] == "dist_ref" and v["uniform"] > 0 and v["o3s"] > 0
     _check_o3s_verdict(tree, v, "dist_ref")
+    _check_objectives(tree, m, specs)
 
 
 def test_05_meanflow_vs_imf(tree):

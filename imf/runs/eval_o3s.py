@@ -12,7 +12,12 @@ on a **dev** set with fixed noise; the objective is a metric column turned highe
     figures = convexity(study, found, n_points=9)   # the largest student NFE, the smallest teacher NFE
     comparison = compare_on_test(study, found)
     verdict = student_verdict(study, comparison, found)
-    report_o3s(study, searches, comparison, verdict, figures)   # imf.runs.sections_eval
+    objectives = run_objectives(study, ["dist_ref", {"dist_ref": 1.0, "wer": 0.5}], [2, 3], [5, 6, 7])
+    report_o3s(study, searches, comparison, verdict, figures, objectives)   # imf.runs.sections_eval
+
+:func:`run_objectives` is the objective study of :mod:`imf.eval.o3s_objectives` (one objective per
+search, judged against uniform, sway and EPSS on the test set with the paired verdict) on this study's
+dev set, test set and guided teacher.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from imf.eval.audio import AudioJudges
 from imf.eval.evalset import EvalSet
 from imf.eval.judges import make_judge
 from imf.eval.metrics import objective_column, objective_score, paired_verdict
+from imf.eval.o3s_objectives import Bench, ObjectiveStudy, objective_study, parse_objectives
 from imf.eval.sweep import INTRINSIC, generate, grid_metric, nfe_sweep, utterance_scores
 from imf.eval.systems import System, guided
 from imf.flow import schedules
@@ -106,6 +112,13 @@ def _searched(found: dict[tuple[str, int], Tensor], who: str) -> list[int]:
     return [n for model, n in found if model == who]
 
 
+def searched_nfes(study: O3SStudy, student_nfes: Sequence[int], teacher_nfes: Sequence[int]) -> dict[str, list[int]]:
+    """``{"student": [...], "teacher": [...]}``: the given NFE lists, an empty one replaced by the profile's ``o3s``."""
+    S = O3SSection.from_dict(study.wb.P["o3s"])
+    return {"student": _nfes(student_nfes or list(S.student_nfes), "student_nfes"),
+            "teacher": _nfes(teacher_nfes or list(S.teacher_nfes), "teacher_nfes")}
+
+
 def search_grids(study: O3SStudy, student_nfes: Sequence[int], teacher_nfes: Sequence[int],
                  progress: bool = True) -> tuple[pd.DataFrame, dict[tuple[str, int], Tensor]]:
     """O3S from the uniform grid for the student at ``student_nfes`` and the guided teacher at
@@ -114,9 +127,7 @@ def search_grids(study: O3SStudy, student_nfes: Sequence[int], teacher_nfes: Seq
     Returns one row per search (dev scores, evaluations, stop reason, grid) and the found grids
     ``{(model, nfe): time_grid (nfe+1,)}``. Empty lists take the profile's ``o3s`` section.
     """
-    S = O3SSection.from_dict(study.wb.P["o3s"])
-    nfes = {"student": _nfes(student_nfes or list(S.student_nfes), "student_nfes"),
-            "teacher": _nfes(teacher_nfes or list(S.teacher_nfes), "teacher_nfes")}
+    nfes = searched_nfes(study, student_nfes, teacher_nfes)
     found, rows = {}, []
     for who in ("student", "teacher"):
         f = study.objective(who)
@@ -188,3 +199,35 @@ def student_verdict(study: O3SStudy, comparison: pd.DataFrame, found: dict[tuple
                      "gain_se": v["gain_se"], "verdict": v["verdict"],
                      "dist_ref_uniform": u.dist_ref, "dist_ref_o3s": o.dist_ref})
     return pd.DataFrame(rows)
+
+
+def objective_bench(study: O3SStudy, objectives: Sequence[Any], vocoder_run: str = "vocoder") -> Bench:
+    """The :class:`imf.eval.o3s_objectives.Bench` of this study: systems ``student`` and ``teacher`` (guided),
+    the study's dev set, the test set ``wb.es``, the guided teacher at ``max_nfe`` as reference, and one
+    audio judge per audio column the ``objectives`` read (on the trained vocoder of ``vocoder_run``)."""
+    columns = {c for o in parse_objectives(objectives) for c in o.columns if c not in INTRINSIC}
+    judges = None
+    if columns and study.judges is not None and columns <= {study.column}:
+        judges = study.judges  # the study's own judge already scores every column needed
+    elif columns:
+        checkpoint(study.wb.profile, vocoder_run)  # MissingRun naming 00_vocoder
+        judges = AudioJudges(study.wb.vocoder(vocoder_run, fallback=False),
+                             [make_judge(c, progress=False) for c in sorted(columns)], wer_voices())
+    return Bench({"student": study.wb.student, "teacher": study.teacher_cfg}, study.dev, study.wb.es,
+                 study.teacher_cfg, study.max_nfe, judges, study.batch_size)
+
+
+def run_objectives(study: O3SStudy, objectives: Sequence[Any], student_nfes: Sequence[int],
+                   teacher_nfes: Sequence[int], vocoder_run: str = "vocoder", progress: bool = True) -> ObjectiveStudy:
+    """Each objective (``[]``: the profile's ``o3s.objectives``) searched on the dev set for the student at
+    ``student_nfes`` and the guided teacher at ``teacher_nfes`` (``[]``: the profile's), judged on the test set against uniform, sway
+    and EPSS (:func:`imf.eval.o3s_objectives.objective_study`, the study's search configuration); each grid
+    goes to ``<out>/objectives/<objective>/<model>_nfe<n>/`` as its search ends."""
+    objectives = list(objectives) or list(O3SSection.from_dict(study.wb.P["o3s"]).objectives)
+    bench = objective_bench(study, objectives, vocoder_run)
+    nfes = searched_nfes(study, student_nfes, teacher_nfes)
+
+    def write(obj, system, n, res):
+        write_o3s_result(res, study.wb.out / "objectives" / obj.slug / f"{system}_nfe{n}")
+
+    return objective_study(bench, objectives, nfes, study.o3s_config, progress=progress, on_search=write)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from imf.core.config import Config, require
+from typing import Any
+
+from imf.core.config import Config, ConfigError, require
 from imf.data import CorpusConfig, DataConfig
 from imf.data.importers import ImportConfig
 from imf.flow.objectives import CFMConfig, IMFConfig
@@ -19,6 +21,7 @@ from imf.flow.trajectories import TrajectoryConfig
 from imf.models.token2mel import Token2MelConfig
 from imf.models.vocoder import VocoderConfig
 from imf.eval.text2mel import T2MEvalConfig
+from imf.eval.o3s_objectives import ObjectiveError, parse_objectives
 from imf.eval.token2wav import T2WEvalConfig
 from imf.train.gan import GANConfig
 from imf.train.text2mel import T2MStagesConfig
@@ -121,17 +124,24 @@ class MeanFlowTrainConfig(Config):
 
 @dataclasses.dataclass(frozen=True)
 class O3SSection(Config):
-    """``o3s``: 04_o3s's searches (the notebook's empty parameters take these)."""
+    """``o3s``: 04_o3s's searches and its objective study (the notebook's empty parameters take these)."""
     metric: str = "sim"  # objective on the dev set: sim (the paper's; needs 00_vocoder) | neg_dist_ref | fs_closeness | mos | wer
     student_nfes: tuple[int, ...] = (2, 3)  # student step counts searched
     teacher_nfes: tuple[int, ...] = (5, 6, 7)  # guided-teacher step counts searched (EPSS exists for 5/6/7)
     max_evals: int = 60  # evaluation budget per search
     iters: int = 6  # bracket reductions per position
+    # the objective study after it (imf.eval.o3s_objectives; 04's OBJECTIVES = [] takes these): searched on dev,
+    # judged on test; names (dist_ref | wer | sim | mos | fs_closeness) or {term: weight} mixes of normalised terms
+    objectives: tuple[Any, ...] = ("dist_ref",)
 
     def validate(self) -> None:
         require(len(self.student_nfes) >= 1 and min(self.student_nfes) >= 2, "student_nfes", "NFEs must be >= 2")
         require(len(self.teacher_nfes) >= 1 and min(self.teacher_nfes) >= 2, "teacher_nfes", "NFEs must be >= 2")
         require(self.max_evals >= 1 and self.iters >= 1, "max_evals", "max_evals and iters must be >= 1")
+        try:
+            parse_objectives(list(self.objectives), "objectives")
+        except ObjectiveError as e:
+            raise ConfigError(f"parameter 'objectives': {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)

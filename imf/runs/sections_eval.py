@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from imf.core.runtime import atomic_write_json, atomic_write_text
+from imf.eval.o3s_objectives import ObjectiveStudy, objective_note
 from imf.eval.speed import default_rtf_systems, memory_table, rtf_table, speed_table
 from imf.flow.o3s import HISTORY_COLUMNS, O3SResult
 from imf.flow.schedules import save_grid
@@ -188,16 +189,25 @@ Teacher ({max_nfe} NFE + CFG) / student (1 NFE) = **{m['speedup_student_1']:.0f}
 # 04: O3S
 # ---------------------------------------------------------------------------------------------
 def report_o3s(study: Any, searches: pd.DataFrame, comparison: pd.DataFrame, verdict: pd.DataFrame,
-               figures: Sequence[Path]) -> dict:
+               figures: Sequence[Path], objectives: ObjectiveStudy | None = None) -> dict:
     """Write notebook 04's tables, ``metrics.json`` and section; returns the metrics.
 
     ``study``: :class:`imf.runs.eval_o3s.O3SStudy` (its grids were written as each search ended);
-    ``figures``: the convexity plots.
+    ``figures``: the convexity plots; ``objectives``: :func:`imf.runs.eval_o3s.run_objectives` (written to
+    ``objectives.csv`` and ``objective_searches.csv``, a table and a paragraph of the section).
     """
     out = study.wb.out
     write_csv(comparison, out / "comparison.csv")
     metrics = {"metric": study.metric, "searches": searches.to_dict("records"),
                "student_verdict": verdict.to_dict("records")}
+    obj_md = ""
+    if objectives is not None:
+        write_csv(objectives.table, out / "objectives.csv")
+        write_csv(objectives.searches, out / "objective_searches.csv")
+        metrics["objectives"] = {"objectives": [o.spec() for o in objectives.objectives],
+                                 "table": objectives.table.to_dict("records"),
+                                 "searches": objectives.searches.to_dict("records")}
+        obj_md = _objectives_md(study, objectives)
     atomic_write_json(out / "metrics.json", metrics)
     cfg = study.o3s_config
     cols = [c for c in ["system", "schedule", "nfe", "fs_ratio", "gv_ratio", "dist_ref", "sim", "mos", "wer", "grid"]
@@ -226,8 +236,29 @@ of zero, not told apart from the judge's noise:
 {table_md(verdict)}
 
 {' '.join(f"At {r.student_nfe} NFE: {r.verdict} (gain {r.gain:+.4f} +- {r.gain_se:.4f})." for r in verdict.itertuples())}
-""")
+{obj_md}""")
     return metrics
+
+
+def _objectives_md(study: Any, res: ObjectiveStudy) -> str:
+    """The objective study's part of section 04: how it was run, its table, the verdict paragraph."""
+    cols = ["objective", "system", "nfe", "baseline", "dev_found", "dev_baseline", "test_found", "test_baseline",
+            "gain", "gain_se", "verdict"]
+    return f"""
+### Which O3S objective wins on held-out data
+
+Each objective is searched on the dev split (the student and the guided teacher, from the uniform grid), then its
+grid meets uniform, sway and EPSS (where a table exists) on the test split ({len(study.wb.es)} utterances), paired
+per utterance on the same noise. Scores are higher-is-better: `dist_ref` is minus the mel distance to the guided
+{study.max_nfe}-NFE teacher, `wer` minus the WER (reliable voices only); a mix sums its terms, each divided by its standard
+deviation over the dev utterances on the uniform grid (`objective_searches.csv`, column `scales`). `gain`: mean
+per-utterance (found - baseline) score on test, `gain_se` its standard error; "win" only beyond two standard errors.
+Grids: `results/04_o3s/objectives/<objective>/<model>_nfe<n>/grid.json`.
+
+{table_md(res.table[cols], '.4g')}
+
+{objective_note(res.table)}
+"""
 
 
 # ---------------------------------------------------------------------------------------------
