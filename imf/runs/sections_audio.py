@@ -29,7 +29,7 @@ from imf.runs.profiles import profile, runs_dir
 from imf.runs.report import section_dir, table_md, write_section
 from imf.runs.splits import by_split, on_split, side_by_side, split_voices
 from imf.train.gan import GANConfig
-from imf.train.token2wav import STAGE_RUN, STAGE_RUNS, STAGES as T2W_STAGES, T2WStagesConfig, checkpoints, stage_inputs
+from imf.train.token2wav import STAGE_RUN, STAGE_RUNS, TRAIN_STAGES, T2WStagesConfig, checkpoints, stage_inputs
 from imf.train.token2wav import train_stages as train_t2w_stages
 from imf.train.trainer import TrainConfig
 from imf.train.wave_losses import WaveLossConfig
@@ -167,7 +167,7 @@ def train_token2wav(plan: Token2WavPlan, nproc: int | None = None, progress: boo
     if nproc <= 1:
         return train_t2w_stages(plan.corpus, plan.stages, plan.runs, progress=progress)
     out, ckpts = {}, plan.ckpts
-    for stage in T2W_STAGES:
+    for stage in TRAIN_STAGES:
         n = nproc
         if stage in ("decoder_ft", "joint_ft") and plan.stages.gan.enabled:
             warnings.warn(f"Token2Wav stage {stage!r} trains in one process (gan.enabled: the discriminator step "

@@ -37,7 +37,7 @@ from imf.data.config import DataConfig
 from imf.flow.objectives import CFMConfig, IMFConfig, MeanFlowConfig
 from imf.models import Token2MelConfig
 from imf.train.token2mel import distill, train_meanflow, train_teacher
-from imf.train.token2wav import STAGE_TRAIN, STAGES, T2WStagesConfig, train_stage
+from imf.train.token2wav import STAGE_TRAIN, TRAIN_STAGES, T2WStagesConfig, train_stage
 from imf.train.trainer import TrainConfig
 
 RECIPES = ("teacher", "distill", "meanflow", "token2wav")
@@ -75,8 +75,9 @@ def run(recipe: str, corpus_dir: str | Path, run_dir: str | Path, config: str | 
         _, summary = train_meanflow(corpus, run_dir, train, cfg["meanflow"], cfg["data"], init=init or "scratch",
                                     model_cfg=cfg["model"], freeze_mode=cfg["freeze"] or "none", progress=progress)
     elif recipe == "token2wav":
-        if stage not in STAGES:
-            raise ValueError(f"python -m imf.train token2wav: --stage must be one of {list(STAGES)}, got {stage!r}")
+        if stage not in TRAIN_STAGES:
+            raise ValueError(f"python -m imf.train token2wav: --stage must be one of {list(TRAIN_STAGES)}, "
+                             f"got {stage!r}")
         t2w = cfg["token2wav"]
         if steps is not None:
             t2w = t2w.replace(**{STAGE_TRAIN[stage]: getattr(t2w, STAGE_TRAIN[stage]).replace(steps=steps)})
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--teacher", help="teacher checkpoint (distill; token2wav imf: the flow-matching generator)")
     ap.add_argument("--init", help="distill: a student checkpoint to start from; meanflow: a teacher checkpoint; "
                                    "token2wav decoder_ft: the MeanFlow generator, joint_ft: the decoder-FT system")
-    ap.add_argument("--stage", choices=STAGES, help="token2wav: the stage to train")
+    ap.add_argument("--stage", choices=TRAIN_STAGES, help="token2wav: the stage to train")
     ap.add_argument("--vae", help="token2wav (every stage after vae): the VAE checkpoint")
     ap.add_argument("--steps", type=int, help="override train.steps")
     ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar on rank 0")

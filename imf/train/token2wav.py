@@ -263,8 +263,8 @@ def finetune_joint(data: TokenWaveDataset, system_ckpt: str | Path, run_dir: str
 # ---------------------------------------------------------------------------------------------
 # One stage (the torchrun entry ``python -m imf.train token2wav --stage S``) and all stages in order
 # ---------------------------------------------------------------------------------------------
-STAGES = ("vae", "fm", "meanflow", "imf", "decoder_ft", "joint_ft")  # train_stage's stages, in training order
-STAGE_RUN = dict(zip(STAGES, STAGE_RUNS))  # stage -> its run folder key of STAGE_RUNS
+TRAIN_STAGES = ("vae", "fm", "meanflow", "imf", "decoder_ft", "joint_ft")  # train_stage's stages, in order
+STAGE_RUN = dict(zip(TRAIN_STAGES, STAGE_RUNS))  # stage -> its run folder key of STAGE_RUNS
 STAGE_TRAIN = {"vae": "vae_train", "fm": "fm_train", "meanflow": "mf_train", "imf": "imf_train",
                "decoder_ft": "decft_train", "joint_ft": "joint_train"}  # stage -> its TrainConfig in T2WStagesConfig
 STAGE_NEEDS = {"vae": (), "fm": ("vae",), "meanflow": ("vae",), "imf": ("vae", "teacher"),
@@ -295,15 +295,16 @@ def train_data(corpus, cfg: T2WStagesConfig) -> TokenWaveDataset:
 def train_stage(stage: str, corpus, cfg: T2WStagesConfig, run_dir: str | Path, vae: str | Path | None = None,
                 teacher: str | Path | None = None, init: str | Path | None = None,
                 data: TokenWaveDataset | None = None, progress: bool = True) -> tuple[Trainer, dict[str, Any]]:
-    """Train (or resume) one ``stage`` of :data:`STAGES` into ``run_dir`` with ``cfg``'s configs; (trainer, summary).
+    """Train (or resume) one ``stage`` of :data:`TRAIN_STAGES` into ``run_dir`` with ``cfg``'s configs; (trainer,
+    summary).
 
     ``vae`` / ``teacher`` / ``init``: the checkpoints the stage reads (:data:`STAGE_NEEDS`, :func:`stage_inputs`).
     ``data``: the train split, with the VAE's latents attached for every stage after ``vae`` (None: built
     here from ``corpus`` and ``vae``). The stage's :class:`TrainConfig` (``batch_size``: the global batch) is
     ``cfg``'s :data:`STAGE_TRAIN` field, so 1 and N torchrun processes train the same weights.
     """
-    if stage not in STAGES:
-        raise ValueError(f"unknown Token2Wav stage {stage!r}; choose one of {list(STAGES)}")
+    if stage not in TRAIN_STAGES:
+        raise ValueError(f"unknown Token2Wav stage {stage!r}; choose one of {list(TRAIN_STAGES)}")
     given = {"vae": vae, "teacher": teacher, "init": init}
     missing = [k for k in STAGE_NEEDS[stage] if not given[k]]
     if missing:
@@ -338,7 +339,7 @@ def train_stages(corpus, cfg: T2WStagesConfig, run_dirs: Mapping[str, str | Path
     ckpt = checkpoints(run_dirs)
     train = train_data(corpus, cfg)
     out = {}
-    for stage in STAGES:
+    for stage in TRAIN_STAGES:
         if stage == "fm":
             train.attach_latents(load_model(ckpt["vae"]))
         _, out[stage] = train_stage(stage, corpus, cfg, run_dirs[STAGE_RUN[stage]], data=train, progress=progress,
