@@ -2,6 +2,7 @@
 accumulation train the same weights as one process on the same global batch."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
@@ -17,9 +19,12 @@ from imf.flow.objectives import (CFMConfig, IMFConfig, MeanFlowConfig, cfm_loss,
 from imf.flow.solvers import Guided
 from imf.models.student import student_from_teacher
 from imf.runs import launch
+from imf.runs.profiles import profile
 from imf.train import __main__ as train_cli
+from imf.train.gan import GANConfig
+from imf.train.token2wav import T2WStagesConfig
 from imf.train.trainer import TrainConfig, Trainer
-from tests.dist_worker import eval_outputs
+from tests.dist_worker import eval_outputs, judged_sweep
 from tests.helpers import RandomMelDataset, collate, make_cond, tiny_model
 from tests.test_data import shared_micro
 
@@ -97,12 +102,43 @@ def test_two_processes_distil_the_student_of_one(runs, monkeypatch):
     assert_same_weights(root / "student_1", root / "student_2")
 
 
+@pytest.mark.slow  # two torchrun launches
+def test_two_processes_train_token2wav_stages_of_one(tmp_path_factory, monkeypatch):
+    """The VAE stage (its latent statistics are written after training, by rank 0) and the flow-matching
+    generator on its latents, each as ``python -m imf.train token2wav --stage S`` on 2 processes and in the
+    kernel, with the tiny profile's configs (global batch 4). The VAE without its MR-STFT term: auraloss's
+    spectral convergence is one norm ratio over the whole batch, which shards only approximately
+    (imf/train/wave_losses.py); its mel L1 and KL terms shard exactly."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    root, corpus = tmp_path_factory.mktemp("t2w"), shared_micro(tmp_path_factory)
+    sections = {k: v for k, v in profile("tiny")["token2wav"].items() if k != "eval"}
+    sections["wave_loss"] = dict(sections["wave_loss"], stft_weight=0.0)
+    cfg = {"token2wav": T2WStagesConfig.from_dict(sections)}
+    for stage, inputs in (("vae", {}), ("fm", {"vae": root / "vae_1/checkpoints/last.pt"})):
+        hist_1, sum_1 = launch.train("token2wav", 1, corpus, root / f"{stage}_1", cfg, stage=stage, progress=False,
+                                     **inputs)
+        hist_2, sum_2 = launch.train("token2wav", 2, corpus, root / f"{stage}_2", cfg, stage=stage, **inputs)
+        assert sum_2["steps"] == 4 and [h["step"] for h in hist_1] == [h["step"] for h in hist_2] == [1, 2, 3, 4]
+        assert_same_weights(root / f"{stage}_1", root / f"{stage}_2")
+    assert sum_2["steps_this_session"] == 4
+    vae_1, vae_2 = (torch.load(root / f"vae_{i}/checkpoints/last.pt", weights_only=False)["ema"] for i in (1, 2))
+    assert not torch.equal(vae_1["latent_std"], torch.ones_like(vae_1["latent_std"]))  # the statistics were saved
+    assert torch.allclose(vae_1["latent_std"], vae_2["latent_std"], atol=1e-5)
+
+
 @pytest.mark.slow  # a torchrun launch: ~10 s of CPU per test, in `make test`, not `make test-fast`
 def test_sharded_evaluation_equals_unsharded(tmp_path):
+    """Generation and the judges (vocoding, per-utterance scores, corpus-level WER) on 2 processes: each scores
+    its own utterances, and the gathered metrics table is the one-process table."""
     torchrun("tests.dist_worker", "eval", str(tmp_path / "x.pt"))
-    sharded, whole = torch.load(tmp_path / "x.pt"), eval_outputs()
-    assert sharded.shape == whole.shape == (7, 8, 16)
-    assert torch.allclose(sharded, whole, atol=1e-5)
+    out, whole = torch.load(tmp_path / "x.pt", weights_only=False), eval_outputs()
+    assert out["x"].shape == whole.shape == (7, 8, 16)
+    assert torch.allclose(out["x"], whole, atol=1e-5)
+    table, computed = judged_sweep()
+    assert computed == 2 * 7 and out["computed"] == [2 * 3, 2 * 4]  # 2 judged points of 7 utterances, split 3 + 4
+    assert list(table.columns) == list(out["table"].columns) and {"rms", "wer", "fs_ratio", "dist_ref"} <= set(table)
+    assert table["wer"].between(0, 1).all() and table["wer"].gt(0).any()
+    pd.testing.assert_frame_equal(out["table"], table, check_exact=False, rtol=1e-5)
 
 
 # --- in one process: the shard arithmetic and gradient accumulation ---------------------------
@@ -208,3 +244,54 @@ def test_notebook_training_steps_go_to_torchrun_when_imf_nproc_is_set(monkeypatc
                                                                          "OBJECTIVE": "trajectory"})
     with pytest.raises(ValueError, match="one process"):
         runs_distill.train_stages(dcfg, None, tmp_path / "loss.png", nproc=2)
+
+
+def test_notebook_05_and_07_training_goes_to_torchrun_when_imf_nproc_is_set(monkeypatch, tmp_path):
+    """05's MeanFlow runs (imf.runs.eval_meanflow.train_meanflow_runs) and 07's Token2Wav stages
+    (imf.runs.sections_audio.train_token2wav) hand their configs to torchrun when IMF_NPROC > 1, stage by stage
+    with the checkpoints each reads; a fine-tuning stage with the GAN terms stays in one process."""
+    import imf.runs.eval_meanflow as runs_mf
+    import imf.runs.sections_audio as runs_audio
+    from imf.eval.token2wav import T2WEvalConfig
+    from imf.train.token2wav import STAGE_RUNS
+
+    calls = []
+
+    def fake_launch(recipe, nproc, corpus_dir, run_dir, configs, teacher=None, init=None, progress=True, stage=None,
+                    vae=None):
+        run = lambda ckpt: ckpt and Path(ckpt).parent.parent.name  # noqa: E731 - a checkpoint's run folder
+        calls.append((recipe, nproc, Path(run_dir).name, sorted(configs), stage, run(teacher), run(init), run(vae)))
+        return [{"step": 1, "loss": 1.0}], {"steps": 1, "stage": stage}
+
+    monkeypatch.setenv("IMF_NPROC", "2")
+    for module in (runs_mf, runs_audio):
+        monkeypatch.setattr(module, "launch_train", fake_launch)
+    monkeypatch.setattr(runs_mf, "load_model", lambda path: f"EMA of {Path(path).parent.parent.name}")
+    corpus, P = type("C", (), {"root": tmp_path})(), profile("tiny")
+    wb = type("Opened", (), {"P": P, "profile": "tiny", "corpus": corpus,
+                             "teacher_ckpt": tmp_path / "teacher/checkpoints/last.pt"})()
+    runs = runs_mf.train_meanflow_runs(wb, steps=3)
+    keys = ["data", "freeze", "meanflow", "model", "train"]
+    assert [c[:5] for c in calls] == [("meanflow", 2, f"mf_{init}_p{int(p * 100)}_w2", keys, None)
+                                      for init, p in runs_mf.MEANFLOW_RUNS.values()]
+    assert [c[6] for c in calls] == ["teacher", "teacher", None]
+    assert runs.histories()["MF from scratch, r=t 0.75"] == [{"step": 1, "loss": 1.0}]
+    assert runs.trainers["MF from teacher, r=t 0"].ema == "EMA of mf_teacher_p0_w2"
+
+    calls.clear()
+    sections = {k: v for k, v in P["token2wav"].items() if k != "eval"}
+    plan = runs_audio.Token2WavPlan(corpus, runs_audio.T2WStagesConfig.from_dict(sections), T2WEvalConfig(),
+                                    {k: tmp_path / f"t2w_{k}" for k in STAGE_RUNS}, tmp_path)
+    summaries = runs_audio.train_token2wav(plan)
+    assert list(summaries) == ["vae", "fm", "meanflow", "imf", "decoder_ft", "joint_ft"]
+    assert [c[1:] for c in calls] == [
+        (2, "t2w_vae", ["token2wav"], "vae", None, None, None),
+        (2, "t2w_fm", ["token2wav"], "fm", None, None, "t2w_vae"),
+        (2, "t2w_mf", ["token2wav"], "meanflow", None, None, "t2w_vae"),
+        (2, "t2w_imf", ["token2wav"], "imf", "t2w_fm", None, "t2w_vae"),
+        (2, "t2w_mf_decft", ["token2wav"], "decoder_ft", None, "t2w_mf", "t2w_vae"),
+        (2, "t2w_mf_joint", ["token2wav"], "joint_ft", None, "t2w_mf_decft", "t2w_vae")]
+    calls.clear()
+    with pytest.warns(UserWarning, match="one process"):
+        runs_audio.train_token2wav(dataclasses.replace(plan, stages=plan.stages.replace(gan=GANConfig(enabled=True))))
+    assert [c[1] for c in calls] == [2, 2, 2, 2, 1, 1]

@@ -12,6 +12,9 @@ Per-utterance scores come from :meth:`AudioJudges.table`, corpus-level ones from
 :meth:`AudioJudges.summary` of that table (``score_wavs = summary(table(...))``). Which voices
 WER is reliable on is given explicitly (``wer_speakers``); the runs layer reads the list
 notebook 00_vocoder chose (:func:`imf.runs.voices.wer_voices`).
+
+Under ``torchrun`` vocoding and judging shard the utterances across processes and gather them in order
+(:func:`imf.eval.judges.evaluate`), so every process gets the table one process would.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from imf.core import distributed
 from imf.eval.judges import JudgeItem, evaluate, summarise
 
 
@@ -42,13 +46,19 @@ class AudioJudges:
         self.wer_speakers = None if wer_speakers is None else set(wer_speakers)
 
     @torch.inference_mode()
-    def wavs(self, es, x_norm: Tensor) -> list[Tensor]:
-        """Vocode each utterance's valid frames of ``x_norm`` (N, C, T): list of (N_i,) float32 at 16 kHz."""
+    def wavs(self, es, x_norm: Tensor, shard: bool = True) -> list[Tensor]:
+        """Vocode each utterance's valid frames of ``x_norm`` (N, C, T): list of (N_i,) float32 at 16 kHz.
+
+        ``shard``: under torchrun each process vocodes its block of utterances and the blocks are
+        gathered in order (:mod:`imf.core.distributed`); every process returns all N waveforms."""
+        sharded = shard and distributed.active()
         out = []
-        for i in range(len(es)):
+        for i in (distributed.shard_range(len(es)) if sharded else range(len(es))):
             n = int(es.mask[i].sum())
             mel = es.corpus.denormalize(x_norm[i, :, :n])
             out.append(self.vocoder.vocode(mel[None])[0].float().clamp(-1, 1))
+        if sharded:
+            out = [w for part in distributed.all_gather_objects([w.cpu() for w in out]) for w in part]
         return out
 
     def items(self, es, wavs: Sequence[Tensor]) -> list[JudgeItem]:

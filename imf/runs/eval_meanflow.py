@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+from torch import nn
 
 from imf.core.checkpoints import load_checkpoint, load_model
 from imf.data import DataConfig
@@ -25,6 +27,8 @@ from imf.eval.systems import System, guided
 from imf.flow.objectives import MeanFlowConfig
 from imf.models import Token2MelConfig
 from imf.runs.distill import stitch_histories
+from imf.runs.launch import default_nproc
+from imf.runs.launch import train as launch_train
 from imf.runs.open import Opened
 from imf.runs.profiles import runs_dir
 from imf.runs.sections_config import MEANFLOW_RUNS, MeanFlowTrainConfig
@@ -37,9 +41,17 @@ COMPARED = ("fs_ratio", "gv_ratio", "dist_ref")  # the 1-NFE metrics IntMeanFlow
 
 
 @dataclasses.dataclass
+class Trained:
+    """A run trained by ``torchrun`` (``IMF_NPROC > 1``) as the notebook reads it: its loss log and EMA model."""
+    history: list[dict[str, Any]]
+    ema: nn.Module
+
+
+@dataclasses.dataclass
 class MeanFlowRuns:
-    """The trained MeanFlow runs (label -> :class:`imf.train.trainer.Trainer`) and their settings."""
-    trainers: dict[str, Trainer]
+    """The trained MeanFlow runs (label -> :class:`imf.train.trainer.Trainer`, or :class:`Trained` from torchrun)
+    and their settings."""
+    trainers: dict[str, Trainer | Trained]
     train_cfg: TrainConfig
     data_cfg: DataConfig
     freeze: str  # what the teacher-initialised runs freeze
@@ -82,10 +94,14 @@ def stage_history(ckpt: str | Path) -> StageHistory:
 
 
 def train_meanflow_runs(wb: Opened, seed: int = 0, steps: int = 0, freeze: str = "encoder",
-                        progress: bool = True) -> MeanFlowRuns:
+                        progress: bool = True, nproc: int | None = None) -> MeanFlowRuns:
     """Train every run of :data:`MEANFLOW_RUNS` into ``runs/<profile>/mf_<init>_p<100 p>_w<w>`` with the
     student's recipe (``student_train``, ``steps``: 0 for the profile's ``meanflow_train.steps``),
-    non-finite steps skipped and counted; runs already trained resume (nothing to do)."""
+    non-finite steps skipped and counted; runs already trained resume (nothing to do).
+
+    ``nproc`` (default ``IMF_NPROC``, ``make reproduce NPROC=N``): 1 trains in this process, N > 1 each run on N
+    torchrun processes (``python -m imf.train meanflow``, :func:`imf.runs.launch.train`) with the same global batch."""
+    nproc = default_nproc() if nproc is None else nproc
     P = wb.P
     w = P["imf"]["cfg_scale"]
     train_cfg = TrainConfig.from_dict(P["student_train"], seed=seed, on_nonfinite="skip",
@@ -98,9 +114,17 @@ def train_meanflow_runs(wb: Opened, seed: int = 0, steps: int = 0, freeze: str =
         if label not in chosen:
             continue
         mf_cfg = MeanFlowConfig(p_instant=p, cfg_scale=w)  # guidance folded into the target, as IMF's
-        tr, _ = train_meanflow(wb.corpus, runs / f"mf_{init}_p{int(p * 100)}_w{w:g}", train_cfg, mf_cfg, data_cfg,
+        run_dir, freeze_mode = runs / f"mf_{init}_p{int(p * 100)}_w{w:g}", freeze if init == "teacher" else "none"
+        if nproc > 1:
+            history, _ = launch_train("meanflow", nproc, wb.corpus.root, run_dir,
+                                      {"train": train_cfg, "meanflow": mf_cfg, "data": data_cfg, "model": model_cfg,
+                                       "freeze": freeze_mode},
+                                      init=wb.teacher_ckpt if init == "teacher" else None, progress=progress)
+            trainers[label] = Trained(history, load_model(run_dir / "checkpoints" / "last.pt"))
+            continue
+        tr, _ = train_meanflow(wb.corpus, run_dir, train_cfg, mf_cfg, data_cfg,
                                init=str(wb.teacher_ckpt) if init == "teacher" else "scratch", model_cfg=model_cfg,
-                               freeze_mode=freeze if init == "teacher" else "none", progress=progress)
+                               freeze_mode=freeze_mode, progress=progress)
         trainers[label] = tr
     return MeanFlowRuns(trainers, train_cfg, data_cfg, freeze, w, f"teacher + CFG {P['eval']['cfg_scale']:g}")
 

@@ -41,20 +41,24 @@ def default_nproc() -> int:
 
 
 def command(recipe: str, nproc: int, corpus_dir: str | Path, run_dir: str | Path, config: str | Path,
-            teacher: str | Path | None = None, init: str | Path | None = None) -> list[str]:
+            teacher: str | Path | None = None, init: str | Path | None = None, stage: str | None = None,
+            vae: str | Path | None = None) -> list[str]:
     """The torchrun command line of :func:`train` (one node, ``nproc`` processes)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            "-m", "imf.train", recipe, "--corpus", str(corpus_dir), "--run-dir", str(run_dir), "--config", str(config),
            "--no-progress"]
     cmd += ["--teacher", str(teacher)] if teacher else []
     cmd += ["--init", str(init)] if init else []
+    cmd += ["--stage", stage] if stage else []
+    cmd += ["--vae", str(vae)] if vae else []
     return cmd
 
 
 def train(recipe: str, nproc: int, corpus_dir: str | Path, run_dir: str | Path, configs: Mapping[str, Any],
-          teacher: str | Path | None = None, init: str | Path | None = None,
-          progress: bool = True) -> tuple[list[dict[str, float]], dict[str, Any]]:
+          teacher: str | Path | None = None, init: str | Path | None = None, progress: bool = True,
+          stage: str | None = None, vae: str | Path | None = None) -> tuple[list[dict[str, float]], dict[str, Any]]:
     """Train (or resume) ``recipe`` of ``python -m imf.train`` in ``run_dir``; (loss history, summary).
+    ``stage`` / ``vae``: a Token2Wav stage (recipe ``token2wav``) and the VAE checkpoint it reads.
 
     ``configs``: the keys of :data:`imf.train.__main__.CONFIG_KEYS` (Config objects or dicts) and
     ``freeze``. ``nproc > 1``: a torchrun subprocess (module docstring); a failure raises with
@@ -64,9 +68,10 @@ def train(recipe: str, nproc: int, corpus_dir: str | Path, run_dir: str | Path, 
     config = run_dir / "launch.json"
     atomic_write_json(config, {k: v.to_dict() if isinstance(v, Config) else v for k, v in configs.items()})
     if nproc <= 1:
-        summary = train_cli.run(recipe, corpus_dir, run_dir, config, teacher, init, progress=progress)
+        summary = train_cli.run(recipe, corpus_dir, run_dir, config, teacher, init, progress=progress, stage=stage,
+                                vae=vae)
     else:
-        cmd = command(recipe, nproc, corpus_dir, run_dir, config, teacher, init)
+        cmd = command(recipe, nproc, corpus_dir, run_dir, config, teacher, init, stage, vae)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo_root()), os.environ.get("PYTHONPATH", "")]))
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if out.returncode != 0:

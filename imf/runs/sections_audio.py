@@ -8,6 +8,7 @@ notebook 00_vocoder recorded, for notebook 07.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,12 +22,15 @@ from imf.eval.ceilings import RealRecordings, copy_synthesis_ids
 from imf.eval.judges import judges_note
 from imf.eval.token2wav import JUDGED, STAGES, T2WEvalConfig, T2WResult, judge_split
 from imf.models.vocoder import VocoderConfig
+from imf.runs.launch import default_nproc
+from imf.runs.launch import train as launch_train
 from imf.runs.open import open_corpus
 from imf.runs.profiles import profile, runs_dir
 from imf.runs.report import section_dir, table_md, write_section
 from imf.runs.splits import by_split, on_split, side_by_side, split_voices
 from imf.train.gan import GANConfig
-from imf.train.token2wav import STAGE_RUNS, T2WStagesConfig, checkpoints
+from imf.train.token2wav import STAGE_RUN, STAGE_RUNS, TRAIN_STAGES, T2WStagesConfig, checkpoints, stage_inputs
+from imf.train.token2wav import train_stages as train_t2w_stages
 from imf.train.trainer import TrainConfig
 from imf.train.wave_losses import WaveLossConfig
 
@@ -150,6 +154,29 @@ def token2wav_plan(profile_name: str, seed: int = 0, prefix: str = "t2w", steps:
                                    "fm_cfg": fm_cfg}.items() if v}
     return Token2WavPlan(corpus, T2WStagesConfig.from_dict(stages), T2WEvalConfig.from_dict(S["eval"], **overrides),
                          {k: runs_dir(profile_name) / f"{prefix}_{k}" for k in STAGE_RUNS}, section_dir("07_token2wav"))
+
+
+def train_token2wav(plan: Token2WavPlan, nproc: int | None = None, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Train (or resume) every Token2Wav stage of ``plan``; each stage's summary (``vae, fm, meanflow, imf,
+    decoder_ft, joint_ft``). ``nproc`` (default ``IMF_NPROC``, ``make reproduce NPROC=N``): 1 trains in this
+    process (:func:`imf.train.token2wav.train_stages`); N > 1 runs each stage in turn as
+    ``torchrun -m imf.train token2wav --stage S`` (:func:`imf.runs.launch.train`) with the same global batches, so
+    the same weights up to float rounding (``tests/test_distributed.py``). A fine-tuning stage with the GAN
+    terms (``gan.enabled``) trains in one process: its discriminator step is not data-parallel."""
+    nproc = default_nproc() if nproc is None else nproc
+    if nproc <= 1:
+        return train_t2w_stages(plan.corpus, plan.stages, plan.runs, progress=progress)
+    out, ckpts = {}, plan.ckpts
+    for stage in TRAIN_STAGES:
+        n = nproc
+        if stage in ("decoder_ft", "joint_ft") and plan.stages.gan.enabled:
+            warnings.warn(f"Token2Wav stage {stage!r} trains in one process (gan.enabled: the discriminator step "
+                          f"is not data-parallel), not on {nproc}", stacklevel=2)
+            n = 1
+        _, out[stage] = launch_train("token2wav", n, plan.corpus.root, plan.runs[STAGE_RUN[stage]],
+                                     {"token2wav": plan.stages}, progress=progress, stage=stage,
+                                     **stage_inputs(stage, ckpts))
+    return out
 
 
 def token2wav_unseen(plan: Token2WavPlan, result: T2WResult) -> pd.DataFrame | None:

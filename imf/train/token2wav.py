@@ -15,7 +15,10 @@ The two fine-tuning stages use the paper's loss: multi-resolution STFT (+ mel L1
 ``gan.enabled``, the ``vocos`` package's adversarial + feature-matching losses
 (:mod:`imf.train.gan`; discriminators and their optimizer live in the stage's checkpoint).
 
-:func:`train_stages` runs them in this order from one :class:`T2WStagesConfig`.
+:func:`train_stages` runs them in this order from one :class:`T2WStagesConfig`; :func:`train_stage` runs
+one, as ``python -m imf.train token2wav --stage vae|fm|meanflow|imf|decoder_ft|joint_ft`` does under
+``torchrun`` (data parallel: every stage's ``batch_size`` is the global batch; the GAN terms of the
+fine-tuning stages train in one process only).
 
 Data: :class:`imf.data.waves.TokenWaveDataset` (whole utterances, 25 Hz tokens of
 :class:`imf.data.tokenizers.PhoneTokenizer`, VAE latents attached after the first stage).
@@ -258,16 +261,74 @@ def finetune_joint(data: TokenWaveDataset, system_ckpt: str | Path, run_dir: str
 
 
 # ---------------------------------------------------------------------------------------------
-# All stages in order
+# One stage (the torchrun entry ``python -m imf.train token2wav --stage S``) and all stages in order
 # ---------------------------------------------------------------------------------------------
+TRAIN_STAGES = ("vae", "fm", "meanflow", "imf", "decoder_ft", "joint_ft")  # train_stage's stages, in order
+STAGE_RUN = dict(zip(TRAIN_STAGES, STAGE_RUNS))  # stage -> its run folder key of STAGE_RUNS
+STAGE_TRAIN = {"vae": "vae_train", "fm": "fm_train", "meanflow": "mf_train", "imf": "imf_train",
+               "decoder_ft": "decft_train", "joint_ft": "joint_train"}  # stage -> its TrainConfig in T2WStagesConfig
+STAGE_NEEDS = {"vae": (), "fm": ("vae",), "meanflow": ("vae",), "imf": ("vae", "teacher"),
+               "decoder_ft": ("vae", "init"), "joint_ft": ("vae", "init")}  # checkpoints each stage reads
+
+
 def checkpoints(run_dirs: Mapping[str, str | Path]) -> dict[str, Path]:
     """``{run: run_dir / "checkpoints/last.pt"}`` for the :data:`STAGE_RUNS` folders."""
     return {k: Path(run_dirs[k]) / "checkpoints" / "last.pt" for k in STAGE_RUNS}
 
 
+def stage_inputs(stage: str, ckpts: Mapping[str, str | Path]) -> dict[str, Path]:
+    """The checkpoints ``stage`` reads (:data:`STAGE_NEEDS`: ``vae``, ``teacher``, ``init``) from the
+    :func:`checkpoints` of every stage: the VAE (whose latents the generators learn), the flow-matching
+    generator (teacher of ``imf``), the MeanFlow generator (``init`` of ``decoder_ft``) and the decoder-FT
+    system (``init`` of ``joint_ft``)."""
+    src = {"vae": "vae", "teacher": "fm", "init": {"decoder_ft": "mf", "joint_ft": "mf_decft"}.get(stage)}
+    return {k: Path(ckpts[src[k]]) for k in STAGE_NEEDS[stage]}
+
+
+def train_data(corpus, cfg: T2WStagesConfig) -> TokenWaveDataset:
+    """The train split every stage reads (``cfg.data.max_utts`` utterances, tokens at the VAE's stride)."""
+    stride, d = cfg.vae.stride, cfg.data
+    return TokenWaveDataset(corpus, "train", PhoneTokenizer(stride), stride, min_frames=d.seg_frames,
+                            max_utts=d.max_utts)
+
+
+def train_stage(stage: str, corpus, cfg: T2WStagesConfig, run_dir: str | Path, vae: str | Path | None = None,
+                teacher: str | Path | None = None, init: str | Path | None = None,
+                data: TokenWaveDataset | None = None, progress: bool = True) -> tuple[Trainer, dict[str, Any]]:
+    """Train (or resume) one ``stage`` of :data:`TRAIN_STAGES` into ``run_dir`` with ``cfg``'s configs; (trainer,
+    summary).
+
+    ``vae`` / ``teacher`` / ``init``: the checkpoints the stage reads (:data:`STAGE_NEEDS`, :func:`stage_inputs`).
+    ``data``: the train split, with the VAE's latents attached for every stage after ``vae`` (None: built
+    here from ``corpus`` and ``vae``). The stage's :class:`TrainConfig` (``batch_size``: the global batch) is
+    ``cfg``'s :data:`STAGE_TRAIN` field, so 1 and N torchrun processes train the same weights.
+    """
+    if stage not in TRAIN_STAGES:
+        raise ValueError(f"unknown Token2Wav stage {stage!r}; choose one of {list(TRAIN_STAGES)}")
+    given = {"vae": vae, "teacher": teacher, "init": init}
+    missing = [k for k in STAGE_NEEDS[stage] if not given[k]]
+    if missing:
+        raise ValueError(f"Token2Wav stage {stage!r} needs the checkpoint(s) {missing} (--{' --'.join(missing)})")
+    if data is None:
+        data = train_data(corpus, cfg)
+        if stage != "vae":
+            data.attach_latents(load_model(vae))
+    d, t = cfg.data, getattr(cfg, STAGE_TRAIN[stage])
+    if stage == "vae":
+        return train_vae(corpus, run_dir, cfg.vae, t, cfg.wave_loss, d, data=data, progress=progress)
+    if stage in ("fm", "meanflow"):
+        return train_generator(data, run_dir, stage, cfg.generator, t, cfm_cfg=cfg.cfm, mf_cfg=cfg.meanflow,
+                               data_cfg=d, progress=progress)
+    if stage == "imf":
+        return distill_generator(data, teacher, run_dir, t, cfg.imf, d, progress=progress)
+    if stage == "decoder_ft":
+        return finetune_decoder(data, vae, init, run_dir, t, cfg.wave_loss, d, progress=progress, gan_cfg=cfg.gan)
+    return finetune_joint(data, init, run_dir, t, cfg.wave_loss, d, progress=progress, gan_cfg=cfg.gan)
+
+
 def train_stages(corpus, cfg: T2WStagesConfig, run_dirs: Mapping[str, str | Path],
                  progress: bool = True) -> dict[str, dict[str, Any]]:
-    """Train (or resume) every stage in order into ``run_dirs[k]`` for ``k`` in :data:`STAGE_RUNS`.
+    """Train (or resume) every stage in order into ``run_dirs[k]`` for ``k`` in :data:`STAGE_RUNS`, in this process.
 
     The train split (``cfg.data.max_utts``) gets the trained VAE's latents before the generators.
     Returns each stage's summary: ``{"vae", "fm", "meanflow", "imf", "decoder_ft", "joint_ft"}``.
@@ -275,21 +336,12 @@ def train_stages(corpus, cfg: T2WStagesConfig, run_dirs: Mapping[str, str | Path
     missing = [k for k in STAGE_RUNS if k not in run_dirs]
     if missing:
         raise KeyError(f"run_dirs has no folder for stage(s) {missing}; give all of {list(STAGE_RUNS)}")
-    run, ckpt = {k: Path(run_dirs[k]) for k in STAGE_RUNS}, checkpoints(run_dirs)
-    stride, d = cfg.vae.stride, cfg.data
-    train = TokenWaveDataset(corpus, "train", PhoneTokenizer(stride), stride, min_frames=d.seg_frames,
-                             max_utts=d.max_utts)
+    ckpt = checkpoints(run_dirs)
+    train = train_data(corpus, cfg)
     out = {}
-    _, out["vae"] = train_vae(corpus, run["vae"], cfg.vae, cfg.vae_train, cfg.wave_loss, d, data=train,
-                              progress=progress)
-    train.attach_latents(load_model(ckpt["vae"]))
-    _, out["fm"] = train_generator(train, run["fm"], "fm", cfg.generator, cfg.fm_train, cfm_cfg=cfg.cfm, data_cfg=d,
-                                   progress=progress)
-    _, out["meanflow"] = train_generator(train, run["mf"], "meanflow", cfg.generator, cfg.mf_train,
-                                         mf_cfg=cfg.meanflow, data_cfg=d, progress=progress)
-    _, out["imf"] = distill_generator(train, ckpt["fm"], run["imf"], cfg.imf_train, cfg.imf, d, progress=progress)
-    _, out["decoder_ft"] = finetune_decoder(train, ckpt["vae"], ckpt["mf"], run["mf_decft"], cfg.decft_train,
-                                            cfg.wave_loss, d, progress=progress, gan_cfg=cfg.gan)
-    _, out["joint_ft"] = finetune_joint(train, ckpt["mf_decft"], run["mf_joint"], cfg.joint_train, cfg.wave_loss, d,
-                                        progress=progress, gan_cfg=cfg.gan)
+    for stage in TRAIN_STAGES:
+        if stage == "fm":
+            train.attach_latents(load_model(ckpt["vae"]))
+        _, out[stage] = train_stage(stage, corpus, cfg, run_dirs[STAGE_RUN[stage]], data=train, progress=progress,
+                                    **stage_inputs(stage, ckpt))
     return out

@@ -320,7 +320,9 @@ class Trainer:
         if self.cfg.batch_size % (world * accum):
             raise ValueError(f"TrainConfig.batch_size = {self.cfg.batch_size} (the global batch) is not divisible by "
                              f"grad_accum ({accum}) x processes ({world}); choose a multiple of {world * accum}")
-        if "rows" not in inspect.signature(self.objective).parameters:
+        # an nn.Module objective's __call__ hides its forward's parameters
+        call = self.objective.forward if isinstance(self.objective, nn.Module) else self.objective
+        if "rows" not in inspect.signature(call).parameters:
             raise TypeError(f"{self.desc}: objective {getattr(self.objective, '__name__', self.objective)!r} takes no "
                             f"'rows' argument, so it cannot run sharded (processes = {world}, grad_accum = {accum})")
         return self.cfg.batch_size // (world * accum)

@@ -7,6 +7,7 @@ import dataclasses
 import math
 from typing import Any, Callable, Mapping, Sequence
 
+from imf.core import distributed
 from imf.core.config import Config, require
 from imf.eval.judges.base import Judge, JudgeItem, ScoreCache, load_object
 from imf.eval.judges.mos import MOS
@@ -152,10 +153,15 @@ def make_judges(cfg: JudgesConfig) -> list[Judge]:
     return out
 
 
-def evaluate(judges: Sequence[Judge], items: Sequence[JudgeItem]):
+def evaluate(judges: Sequence[Judge], items: Sequence[JudgeItem], shard: bool = True):
     """Score ``items`` with every judge: a ``pandas.DataFrame`` with one row per item (index
     ``id``; positions when items have no id) and one column per judge, plus the judges' extra
-    columns (``wer.errors``, ``mos.sig``, ...)."""
+    columns (``wer.errors``, ``mos.sig``, ...).
+
+    ``shard``: under ``torchrun`` (:mod:`imf.core.distributed`) each process scores only its contiguous
+    block of ``items`` and the blocks' columns are gathered in item order, so every process returns the
+    table one process would (a judge's score of an item does not depend on the other items). Every
+    process must call this with the same items. One process: no sharding, nothing gathered."""
     import pandas as pd
 
     names = [j.name for j in judges]
@@ -163,14 +169,32 @@ def evaluate(judges: Sequence[Judge], items: Sequence[JudgeItem]):
         raise ValueError(f"judge names must differ, got {names}; pass name=... to tell them apart")
     ids = [it.id for it in items]
     index = pd.Index(ids if all(i is not None for i in ids) else range(len(items)), name="id")
+    sharded = shard and distributed.active()
+    mine = distributed.shard_range(len(items))
+    own = list(items)[mine.start:mine.stop] if sharded else items
     data: dict[str, list] = {}
-    for judge in judges:
-        cols = judge.columns(items) if callable(getattr(judge, "columns", None)) else {judge.name: judge.score(items)}
+    for judge in judges if len(own) or not sharded else ():  # a process with no items of its own scores none
+        cols = judge.columns(own) if callable(getattr(judge, "columns", None)) else {judge.name: judge.score(own)}
         for c, values in cols.items():
-            if len(values) != len(items):
-                raise RuntimeError(f"judge {judge.name!r} returned {len(values)} values in {c!r} for {len(items)} items")
+            if len(values) != len(own):
+                raise RuntimeError(f"judge {judge.name!r} returned {len(values)} values in {c!r} for {len(own)} items")
             data[c] = list(values)
+    if sharded:
+        data = _concat_columns(distributed.all_gather_objects(data))
     return pd.DataFrame(data, index=index)
+
+
+def _concat_columns(parts: Sequence[dict[str, list]]) -> dict[str, list]:
+    """Every process's ``{column: values}`` joined in rank order (columns as the first process with items gave them)."""
+    filled = [p for p in parts if p]
+    if not filled:
+        return {}
+    columns = list(filled[0])
+    for p in filled[1:]:
+        if list(p) != columns:
+            raise RuntimeError(f"sharded judges returned different columns on different processes: {columns} vs "
+                               f"{list(p)}")
+    return {c: [v for p in filled for v in p[c]] for c in columns}
 
 
 def summarise(df) -> dict[str, float]:
