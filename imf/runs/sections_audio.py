@@ -79,7 +79,7 @@ def vocoder_plan(profile_name: str, seed: int = 0, steps: int = 0, run_name: str
 
 def _gan_words(gan: GANConfig) -> str:
     return ("+ adversarial and feature-matching losses (vocos MPD + MRD)" if gan.enabled else
-            "no adversarial loss (on CPU a GAN step with the vocos discriminators costs ~60x a reconstruction step)")
+            "no adversarial loss (on CPU a GAN step with the vocos discriminators costs ~70x a reconstruction step and, at equal CPU, scored below plain steps: 00_vocoder's gan-vs-plain table)")
 
 
 def write_vocoder_section(plan: VocoderPlan, summary: Mapping[str, Any], real: RealRecordings, wer_voices: list[str],
