@@ -104,7 +104,8 @@ def run(method: str, name: str, prof: str = "small", steps: int = 3000, lr: floa
 
     def on_checkpoint(tr: Trainer) -> None:
         t = time.perf_counter()
-        rows.append({"method": method, "name": name, "step": tr.step, "teacher_rows": box.get("rows", 0),
+        label = method if prior is None else f"{prior['method']}+{method}"  # e.g. trajectory+rollout
+        rows.append({"method": label, "name": name, "step": tr.step, "teacher_rows": box.get("rows", 0),
                      "wall_s": t - clock["t0"] - clock["eval"], **judge(tr.ema)})
         if prior is not None:
             for k in ("step", "teacher_rows", "wall_s"):
@@ -176,10 +177,14 @@ def write_cost_section(df: pd.DataFrame, out: Path, note: str = "", target: floa
     table = cost_table(df, target)
     write_csv(table, out / "cost_to_target.csv")
     fig = plot_cost_vs_quality(df, out / "cost_vs_quality.png", target=target)
-    methods = dict(zip(table.method, table.run))
-    m = matched_quality(df, methods["trajectory"], methods["rollout"]) if len(methods) == 2 else None
+    methods: dict[str, str] = {}
+    for method, run_name in zip(table.method, table.run):
+        methods.setdefault(method, run_name)  # the first run of each method (CSVs in name order)
+    m = (matched_quality(df, methods["trajectory"], methods["rollout"])
+         if {"trajectory", "rollout"} <= methods.keys() else None)
     matched = "" if m is None else (
-        f"At the best 1-NFE `dist_ref` both runs reached ({m['dist_ref_1']:.3f}), trajectory reuse had used "
+        f"At the best 1-NFE `dist_ref` both `{methods['trajectory']}` and `{methods['rollout']}` reached "
+        f"({m['dist_ref_1']:.3f}), trajectory reuse had used "
         f"{m['rows_ratio']:.1%} of the rollout's teacher forward passes and {m['wall_ratio']:.1%} of its training wall "
         "time (the same machine, at the same time).\n\n")
     return write_section(SECTION, f"""### 02b — cost against quality: per-sample rollout vs trajectory reuse
