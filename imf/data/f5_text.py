@@ -147,15 +147,20 @@ def make_collate(text: F5Text):
     "text" (B, Nt) F5 ids}``."""
 
     def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        lengths = torch.tensor([it["z_1"].shape[-1] for it in items])
-        n, c = int(lengths.max()), items[0]["z_1"].shape[0]
-        z_1 = torch.zeros(len(items), c, n)
-        for j, it in enumerate(items):
-            z_1[j, :, : it["z_1"].shape[-1]] = it["z_1"]
-        return {"ids": [it["id"] for it in items], "z_1": z_1, "lengths": lengths,
-                "mask": torch.arange(n)[None] < lengths[:, None], "text": text.ids([it["text"] for it in items])}
+        return {**pad_mels(items), "text": text.ids([it["text"] for it in items])}
 
     return collate
+
+
+def pad_mels(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Items with ``id`` and ``z_1`` (C, N_i) -> ``{"ids", "z_1" (B, C, N) zero-padded, "lengths" (B,), "mask" (B, N)}``."""
+    lengths = torch.tensor([it["z_1"].shape[-1] for it in items])
+    n, c = int(lengths.max()), items[0]["z_1"].shape[0]
+    z_1 = torch.zeros(len(items), c, n)
+    for j, it in enumerate(items):
+        z_1[j, :, : it["z_1"].shape[-1]] = it["z_1"]
+    return {"ids": [it["id"] for it in items], "z_1": z_1, "lengths": lengths,
+            "mask": torch.arange(n)[None] < lengths[:, None]}
 
 
 def estimate_frames(prompt_frames: int, prompt_text: str, gen_text: str, speed: float = 1.0) -> int:

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from imf.core.config import Config, require
 from imf.data.corpus import Corpus
+from imf.data.f5_text import pad_mels
 
 CHARS = " abcdefghijklmnopqrstuvwxyz'.,?!-"  # the character vocabulary ("char" text): id = index
 TEXT_KINDS = ("phone", "char")
@@ -103,13 +104,7 @@ def pad_text(texts: Sequence[Tensor]) -> Tensor:
 
 def t2m_collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Items -> ``{"ids", "z_1" (B, C, N), "mask" (B, N), "lengths" (B,), "text" (B, Nt), "texts", "speaker" (B,)}``."""
-    lengths = torch.tensor([it["z_1"].shape[-1] for it in items])
-    n, c = int(lengths.max()), items[0]["z_1"].shape[0]
-    z_1 = torch.zeros(len(items), c, n)
-    for j, it in enumerate(items):
-        z_1[j, :, : it["z_1"].shape[-1]] = it["z_1"]
-    return {"ids": [it["id"] for it in items], "z_1": z_1, "lengths": lengths,
-            "mask": torch.arange(n)[None] < lengths[:, None], "text": pad_text([it["text"] for it in items]),
+    return {**pad_mels(items), "text": pad_text([it["text"] for it in items]),
             "texts": [it["sentence"] for it in items], "speaker": torch.tensor([it["speaker"] for it in items])}
 
 
