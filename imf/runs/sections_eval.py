@@ -288,7 +288,9 @@ def report_meanflow(wb: Opened, memory: pd.DataFrame | None, runs: Any, imf: Any
                "quality_1nfe": q1.drop(columns=["grid"]).to_dict("records"),
                "winner_per_metric": verdict["wins"], "best_mf": verdict["best_mf"], "mf_steps": tc.steps,
                "imf_steps": imf.steps, "imf_stage1_steps": imf.stage1_steps,
-               "winner_per_metric_stage1": verdict["wins_stage1"]}
+               "winner_per_metric_stage1": verdict["wins_stage1"],
+               "mf_train_seconds": {k: train_seconds(pd.DataFrame(h), tc.steps) for k, h in runs.histories().items()},
+               "imf_train_seconds": train_seconds(imf.history, imf.steps)}
     atomic_write_json(out / "metrics.json", metrics)
     mem_md = table_md(memory) if len(memory) else "(memory not measured: MEMORY=False)"
     stab_md = table_md(pd.DataFrame([{"run": k, **v} for k, v in metrics["stability"].items()]))
@@ -299,10 +301,7 @@ def report_meanflow(wb: Opened, memory: pd.DataFrame | None, runs: Any, imf: Any
         f"At equal steps, the first-stage student alone ({s1} steps, as many as each MeanFlow run) against the same "
         f"MeanFlow run: {wins_md(verdict['wins_stage1'])}.\n")
     ref = verdict["reference"]
-    mf_wall = {k: train_seconds(pd.DataFrame(h), tc.steps) for k, h in runs.histories().items()}
-    imf_wall = train_seconds(imf.history, n)
-    metrics.update(mf_train_seconds=mf_wall, imf_train_seconds=imf_wall)
-    atomic_write_json(out / "metrics.json", metrics)
+    mf_wall, imf_wall = metrics["mf_train_seconds"], metrics["imf_train_seconds"]
     walls = ", ".join(f"{k} {v:.0f} s" for k, v in mf_wall.items())
     budget_md = (f"**Equal wall-clock**, not equal steps: the MeanFlow steps were chosen so that training takes about as long "
                  f"as the IntMeanFlow student's (training seconds from the logged seconds per step: MeanFlow {walls}; "
