@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from imf.core.counting import count_rows
+from imf.core.lock import RunLock, RunLocked
 from imf.flow.schedules import uniform
 from imf.flow.solvers import Guided, sample
 from imf.flow.trajectories import TrajectoryConfig, pair_targets, snap_to_grid, state_at, trajectory_loss
@@ -110,6 +111,19 @@ def test_an_interrupted_build_resumes_to_the_same_file(tmp_path):
     assert done.complete and box["rows"] == (10 - 4) * CFG.grid_nfe * 2  # only the missing entries
     for name in ("states.f16", "velocities.f16", "z_1.f16", "prompt.f16", "tokens.i64", "mask.u8"):
         assert np.array_equal(np.fromfile(tmp_path / "full" / name, np.uint8), np.fromfile(tmp_path / "cut" / name, np.uint8)), name
+
+
+def test_a_second_builder_of_the_same_cache_is_refused_while_the_first_builds(tmp_path):
+    """Two processes filling one cache would write the same chunks twice: the second gets RunLocked (naming the
+    folder); a complete cache is opened by anyone without the lock."""
+    model = teacher()
+    build(tmp_path / "c", model, stop_after=1)
+    with RunLock(tmp_path / "c"):  # stands for another process still building
+        with pytest.raises(RunLocked, match="c"):
+            build(tmp_path / "c", model)
+    assert build(tmp_path / "c", model).complete
+    with RunLock(tmp_path / "c"):
+        assert build(tmp_path / "c", model).complete
 
 
 def test_trajectory_loss_needs_no_teacher_and_mixes_fresh_rows(tmp_path):

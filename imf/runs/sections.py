@@ -174,12 +174,17 @@ the evaluation set (`dist_ref_1nfe`: distance to the guided {check.max_nfe}-NFE 
     default_run = student_run(cfg.profile)
     final_md = f"The final student is run `{cfg.final_run}`" + ("." if cfg.final_run == default_run else
         f" (03-06 read `{default_run}` by default: pass them STUDENT_RUN={cfg.final_run!r}).")
-    i = cfg.imf
+    i, tr = cfg.imf, cfg.trajectory
+    how = (f"N = {i.teacher_nfe} teacher sub-steps over [0, 1] rolled out per sample, CFG {i.cfg_scale:g} in the target, "
+           f"freeze = `{cfg.freeze}`, {stages.summary['steps']} steps with the whole interval for {i.p_full:.0%} of the "
+           "samples") if cfg.objective.objective == "rollout" else (
+           f"trajectory reuse: the guided teacher (CFG {tr.cfg_scale:g}) integrated once per training utterance on the "
+           f"{tr.grid_nfe}-step grid ({tr.noises_per_utt} noise(s) each) and cached, pairs (t, r) read off the stored "
+           f"trajectories (no teacher call in a training step), freeze = `{cfg.freeze}`, {stages.summary['steps']} steps "
+           f"with the whole interval for {tr.p_full:.0%} of the pairs")
     write_section("02_distill", f"""## 02 — IntMeanFlow distillation (`notebooks/02_distill.ipynb`)
 
-Student from the teacher's weights (init strategy), N = {i.teacher_nfe} teacher sub-steps over [0, 1],
-CFG {i.cfg_scale:g} in the target, freeze = `{cfg.freeze}`, {stages.summary['steps']} steps with the whole interval
-for {i.p_full:.0%} of the samples ({m['sec_per_step']:.2f} s/step){stage2_md}. {final_md}
+Student from the teacher's weights (init strategy), {how} ({m['sec_per_step']:.2f} s/step){stage2_md}. {final_md}
 Quick check on the evaluation set (distance to the guided {check.max_nfe}-NFE teacher on the same noise):
 
 {table_md(check.table[['system', 'nfe', 'fs_ratio', 'gv_ratio', 'dist_ref']])}

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from imf.core.counting import count_rows
+from imf.core.lock import RunLock
 from imf.core.runtime import atomic_write_json, seed_everything
 from imf.data import Corpus, MelTokenDataset, collate
 from imf.data.config import DataConfig
@@ -144,14 +145,27 @@ def build_trajectories(teacher: nn.Module, dataset, root: str | Path, cfg: Traje
     (an interruption, for tests). Returns the cache (incomplete only if stopped early).
     """
     root = Path(root)
-    n_utts = len(dataset) if cfg.max_utts == 0 else min(cfg.max_utts, len(dataset))
     key = cache_key(teacher_fingerprint(teacher, cfg.cfg_scale), cfg, frames, prompt_frames, data_key, seed)
+    if (root / "meta.json").exists():
+        meta = json.loads((root / "meta.json").read_text())
+        _check_key(meta, key, root)
+        if meta["complete"]:
+            return TrajectoryCache(root, meta, "r")
+    root.mkdir(parents=True, exist_ok=True)
+    with RunLock(root):  # one builder per cache: a second process gets RunLocked naming the first
+        return _build(teacher, dataset, root, cfg, key, progress, stop_after)
+
+
+def _build(teacher: nn.Module, dataset, root: Path, cfg: TrajectoryConfig, key: dict[str, Any], progress: bool,
+           stop_after: int | None) -> TrajectoryCache:
+    """:func:`build_trajectories` under the cache's lock: create or reopen the arrays and fill what is missing."""
+    frames, prompt_frames, seed = key["frames"], key["prompt_frames"], key["seed"]
+    n_utts = len(dataset) if cfg.max_utts == 0 else min(cfg.max_utts, len(dataset))
     if (root / "meta.json").exists():
         meta = json.loads((root / "meta.json").read_text())
         _check_key(meta, key, root)
         cache = TrajectoryCache(root, meta, "r+")
     else:
-        root.mkdir(parents=True, exist_ok=True)
         meta = {**key, "n": n_utts * cfg.noises_per_utt, "channels": int(dataset[0]["z_1"].shape[0]), "done": 0,
                 "complete": False}
         cache = TrajectoryCache(root, meta, "w+")
