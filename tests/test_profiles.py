@@ -111,7 +111,7 @@ def _flat(d, prefix=""):
 
 
 BUDGETED = {  # the keys in which small (the <= 60-minute default, issue 17) differs from small-long
-    "vocoder.train.steps", "vocoder.per_voice", "student_objective.objective", "student_train.steps",
+    "vocoder.train.steps", "vocoder.per_voice", "student_objective.objective", "student_train.steps", "student_train.lr",
     "student_stage2.steps", "ablation.teacher_nfes", "ablation.steps", "meanflow_train.steps", "meanflow_train.runs",
     "meanflow_train.budget", "eval.judged_teacher_nfes", "eval.judged_student_nfes", "o3s.metric", "o3s.student_nfes",
     "o3s.teacher_nfes", "o3s.max_evals", "o3s.iters", "o3s.objectives", "token2wav.eval.n_utts",
