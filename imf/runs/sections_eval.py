@@ -303,8 +303,11 @@ def report_meanflow(wb: Opened, memory: pd.DataFrame | None, runs: Any, imf: Any
     ref = verdict["reference"]
     mf_wall, imf_wall = metrics["mf_train_seconds"], metrics["imf_train_seconds"]
     walls = ", ".join(f"{k} {v:.0f} s" for k, v in mf_wall.items())
+    ratio = max(mf_wall.values()) / imf_wall if mf_wall and imf_wall else float("nan")
+    held = ("it did" if 0.8 <= ratio <= 1.25 else
+            f"it took {ratio:.1f}x as long here, so this is NOT an equal-wall comparison")
     budget_md = (f"**Equal wall-clock**, not equal steps: the MeanFlow steps were chosen so that training takes about as long "
-                 f"as the IntMeanFlow student's (training seconds from the logged seconds per step: MeanFlow {walls}; "
+                 f"as the IntMeanFlow student's; {held} (training seconds from the logged seconds per step: MeanFlow {walls}; "
                  f"IntMeanFlow {imf_wall:.0f} s for {n} steps, its teacher-trajectory cache built before it not counted)."
                  if MeanFlowTrainConfig.from_dict(P["meanflow_train"]).budget == "wall" else
                  f"Equal steps are not equal compute: compare the objectives' `sec_per_step` above (IntMeanFlow's grows "
