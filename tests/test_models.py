@@ -221,3 +221,27 @@ def test_huge_finite_inputs_pass_and_the_samplers_and_dit_are_covered():
         assert not torch.isfinite(dit(x, t=t, cond=cond)).all()
     with pytest.raises(InputError):
         dit(x, t=t, cond=cond)
+
+
+@pytest.mark.parametrize("cond_dim", [None, 24])
+def test_convnext_block_channels_last_equals_the_conv1d_form(cond_dim):
+    """The block's channels-last GEMM path (its speed-up) computes exactly the (B, C, T) Conv1d block:
+    dwconv -> LayerNorm over C -> modulation -> 1x1 conv -> GELU -> 1x1 conv -> gate -> residual -> mask."""
+    from imf.models.layers import ConvNeXtBlock
+    torch.manual_seed(0)
+    blk = ConvNeXtBlock(16, 7, 4, cond_dim=cond_dim).double()
+    for p in blk.parameters():  # the adaLN projection is zero at init: make every path non-trivial
+        torch.nn.init.normal_(p, std=0.3)
+    x, c = torch.randn(3, 16, 11, dtype=torch.float64), torch.randn(3, 24, dtype=torch.float64)
+    mask = (torch.arange(11)[None, None] < torch.tensor([11, 7, 3])[:, None, None]).double()
+
+    h = blk.norm(blk.dwconv(x))  # the reference: every layer in (B, C, T) with the modules' own Conv1d calls
+    if cond_dim is not None:
+        shift, scale, gate = blk.ada(c)[:, :, None].chunk(3, dim=1)
+        h = h * (1 + scale) + shift
+    h = blk.pw2(torch.nn.functional.gelu(blk.pw1(h)))
+    if cond_dim is not None:
+        h = h * gate
+    want = (x + h) * mask
+    got = blk(x, c if cond_dim is not None else None, mask=mask)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

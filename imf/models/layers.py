@@ -65,14 +65,21 @@ class ConvNeXtBlock(nn.Module):
             nn.init.zeros_(self.ada[1].bias)
 
     def forward(self, x: Tensor, c: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-        h = self.norm(self.dwconv(x))
+        # After the depthwise conv the block runs channels-last (B, T, C), as ConvNeXt does: the pointwise
+        # layers are GEMMs there (F.linear on the Conv1d weights, so checkpoints are unchanged). Measured on 2
+        # CPU cores: a token2mel training step 0.59 -> 0.48 s (dim 192, batch 16 x 192 frames); equal to the
+        # (B, C, T) Conv1d form to float rounding (tests/test_models.py).
+        h = self.dwconv(x).transpose(1, 2)
+        ln = self.norm.norm
+        h = nn.functional.layer_norm(h, h.shape[-1:], ln.weight, ln.bias, ln.eps)
         if self.ada is not None:
-            shift, scale, gate = self.ada(c)[:, :, None].chunk(3, dim=1)
+            shift, scale, gate = self.ada(c)[:, None, :].chunk(3, dim=-1)
             h = h * (1 + scale) + shift
-        h = self.pw2(torch.nn.functional.gelu(self.pw1(h)))
+        h = nn.functional.linear(h, self.pw1.weight[..., 0], self.pw1.bias)
+        h = nn.functional.linear(nn.functional.gelu(h), self.pw2.weight[..., 0], self.pw2.bias)
         if self.ada is not None:
             h = h * gate
-        x = x + h
+        x = x + h.transpose(1, 2)
         return x if mask is None else x * mask
 
 
