@@ -357,6 +357,16 @@ def test_dataset_is_deterministic_without_random_crops(corpus):
         x, y = a[i], b[i]
         assert x["prompt_id"] == y["prompt_id"] and torch.equal(x["prompt"], y["prompt"])
         assert x["offset"] == 0 and torch.equal(x["z_1"], y["z_1"])
+    # "seeded": a window anywhere in the utterance, the same for the same (seed, id), another for another seed
+    a, b, c = (MelTokenDataset(corpus, split="unseen", max_frames=40, crop="seeded", seed=s) for s in (3, 3, 4))
+    offsets = []
+    for i in range(len(a)):
+        x, y, z = a[i], b[i], c[i]
+        assert x["offset"] == y["offset"] and torch.equal(x["z_1"], y["z_1"]) and x["z_1"].shape[1] == 40
+        full_mel = corpus.normalize(corpus.load_mel(x["id"]))
+        assert torch.equal(x["z_1"], full_mel[:, x["offset"]:x["offset"] + 40])
+        offsets.append((x["offset"], z["offset"]))
+    assert len({o for o, _ in offsets}) > 1 and any(o != o2 for o, o2 in offsets)
     full = MelTokenDataset(corpus, split="dev", crop="none", normalize=False)[0]
     assert torch.equal(full["z_1"], corpus.load_mel(full["id"]))
     # a dev pool with one utterance per speaker borrows the prompt from the speaker's other splits

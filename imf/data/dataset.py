@@ -22,8 +22,9 @@ zeros, ``tokens`` [B, T] with 0; ``mask`` [B, T] / ``prompt_mask`` [B, Tp] are T
 
 Randomness: with ``crop="random"`` crop positions and prompt choices come from torch's global
 RNG (so ``seed_everything`` and DataLoader's per-worker seeding apply, and workers do not
-repeat each other); with ``crop="start"`` or ``"none"`` everything is a function of
-``(seed, id)``, so evaluation sets are identical across runs and processes.
+repeat each other); with ``crop="seeded"`` (a uniform window drawn from ``(seed, id)``), ``"start"`` or
+``"none"`` everything is a function of ``(seed, id)``, so evaluation sets and trajectory caches are
+identical across runs and processes.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from torch import Tensor
 
 from imf.data.corpus import Corpus, CorpusError
 
-CROPS = ("random", "start", "none")
+CROPS = ("random", "seeded", "start", "none")
 
 
 class MelTokenDataset(torch.utils.data.Dataset):
@@ -47,7 +48,8 @@ class MelTokenDataset(torch.utils.data.Dataset):
         split: "train" | "dev" | "test" | "unseen".
         max_frames: longest ``z_1`` crop (ignored with ``crop="none"``).
         prompt_frames: longest prompt crop.
-        crop: "random" (uniform window, training), "start" (first frames) or "none" (whole).
+        crop: "random" (uniform window, training), "seeded" (a uniform window fixed by ``(seed, id)``:
+            the trajectory cache's crops), "start" (first frames) or "none" (whole).
         normalize: standardise mels with the corpus train statistics.
         seed: fixes prompt choice and prompt window per ``(seed, id)`` when ``crop != "random"``.
         cache: keep loaded mels in memory (the embedded corpus is ~70 MB of mels).
@@ -117,7 +119,7 @@ class MelTokenDataset(torch.utils.data.Dataset):
         if self.crop == "none":
             offset, z_1, tok = 0, mel, tokens
         else:
-            offset = self._start(mel.shape[1], self.max_frames, rng) if self.crop == "random" else 0
+            offset = self._start(mel.shape[1], self.max_frames, rng) if self.crop in ("random", "seeded") else 0
             z_1, tok = mel[:, offset:offset + self.max_frames], tokens[offset:offset + self.max_frames]
 
         pool = self.prompt_pool(ident)

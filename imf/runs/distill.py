@@ -115,7 +115,7 @@ def distill_config(params: Mapping[str, Any]) -> DistillRun:
         train=TrainConfig.from_dict(P["student_train"], seed=params["SEED"], **steps),
         imf=IMFConfig.from_dict(P["imf"], **imf_over), data=DataConfig.from_dict(P["data"]),
         stage2=Stage2Config.from_dict(P["student_stage2"], **s2_steps), ablation=AblationConfig.from_dict(P["ablation"]),
-        run_ablation=params["ABLATION"], eval=EvalConfig.from_dict(P["eval"]),
+        run_ablation=params["ABLATION"] and bool(P["ablation"]["teacher_nfes"]), eval=EvalConfig.from_dict(P["eval"]),
         objective=StudentObjectiveConfig.from_dict({**P["student_objective"], **objective}))
 
 

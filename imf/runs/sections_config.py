@@ -47,10 +47,12 @@ class EvalConfig(Config):
     judged_student_nfes: tuple[int, ...] = ()  # ... and these student NFEs (empty: student_nfes)
     cfg_scale: float = 2.0  # guidance w of the guided teacher rows, v_u + w (v_c - v_u)
     zero_shot_split: str = "unseen"  # held-out voices swept beside `split` (01, 03, 06; "": seen split only)
+    speed_repeats: int = 3  # 03's speed and RTF tables: timing repeats per row (the median is reported)
 
     def validate(self) -> None:
         require(self.n_utts >= 1 and self.batch_size >= 1, "n_utts", "n_utts and batch_size must be >= 1")
         require(self.max_frames >= 8, "max_frames", "must be >= 8")
+        require(self.speed_repeats >= 1, "speed_repeats", "must be >= 1")
         require(len(self.teacher_nfes) >= 1 and min(self.teacher_nfes) >= 1, "teacher_nfes", "NFEs must be >= 1")
         require(all(n >= 1 for n in self.student_nfes), "student_nfes", "NFEs must be >= 1")
         require(set(self.judged_teacher_nfes) <= set(self.teacher_nfes), "judged_teacher_nfes",

@@ -31,7 +31,7 @@ from imf.runs.open import Opened
 from imf.runs.voices import wer_voices
 from imf.eval.judges import judges_note
 from imf.runs.report import table_md, write_section
-from imf.runs.sections_config import MeanFlowTrainConfig
+from imf.runs.sections_config import EvalConfig, MeanFlowTrainConfig
 from imf.runs.splits import by_split, side_by_side, zero_shot_numbers, zero_shot_text
 
 
@@ -75,11 +75,13 @@ class Timings:
     repeats: int
 
 
-def speed_and_rtf(wb: Opened, cfg_scale: float, teacher_nfe: int, repeats: int = 3,
+def speed_and_rtf(wb: Opened, cfg_scale: float, teacher_nfe: int, repeats: int = 0,
                   vocoder_run: str = "vocoder") -> Timings:
     """The guided teacher at ``teacher_nfe`` vs the student, side by side on one batch of ``wb.es``;
-    real-time factors with the trained vocoder of ``vocoder_run`` (Griffin-Lim if it is missing)."""
+    real-time factors with the trained vocoder of ``vocoder_run`` (Griffin-Lim if it is missing).
+    ``repeats``: timing repeats per row, median reported (0: the profile's ``eval.speed_repeats``)."""
     es, B = wb.es, wb.P["eval"]["batch_size"]
+    repeats = repeats or EvalConfig.from_dict(wb.P["eval"]).speed_repeats
     speed = speed_table(wb.teacher, wb.student, es.z_0[:B], {k: v[:B] for k, v in es.cond.items()},
                         cfg_scale=cfg_scale, teacher_nfe=teacher_nfe, repeats=repeats)
     es_b = es.subset(range(min(len(es), B)))

@@ -40,7 +40,7 @@ from imf.models import freeze, student_from_teacher
 from imf.train.token2mel import cond_of, load_for_corpus
 from imf.train.trainer import TrainConfig, Trainer
 
-FORMAT = 1
+FORMAT = 2  # 2: crops are seeded windows anywhere in the utterance (1: its first frames)
 
 
 class TrajectoryCacheMismatch(ValueError):
@@ -128,9 +128,11 @@ def open_cache(root: str | Path, teacher: nn.Module | None = None, cfg_scale: fl
 
 
 def train_crops(corpus: Corpus, data: DataConfig, seed: int = 0) -> MelTokenDataset:
-    """The training utterances as the cache stores them: the first ``max_frames`` frames, a fixed prompt each."""
+    """The training utterances as the cache stores them: one window of ``max_frames`` frames and one prompt each,
+    both drawn from ``(seed, id)`` (``crop="seeded"``), so an utterance longer than the window is not always cut
+    at the same end and a rebuilt cache has the same crops."""
     return MelTokenDataset(corpus, split="train", max_frames=data.max_frames, prompt_frames=data.prompt_frames,
-                           crop="start", normalize=True, seed=seed)
+                           crop="seeded", normalize=True, seed=seed)
 
 
 @torch.no_grad()
