@@ -116,13 +116,17 @@ def fmt_seconds(s: float | None) -> str:
 
 def eta_line(previous: Mapping[str, float], left: Sequence[str]) -> str:
     """What the pipeline prints before a notebook: the time the notebooks still to run (this one
-    included) took in the previous run of the profile, or "unknown" naming those never timed."""
+    included) took in the previous run of the profile; those never timed are named, and the timed ones'
+    sum is still given as a lower bound ("unknown" when none was timed)."""
     est = estimate_left(previous, left)
     if est is not None:
         return f"left ~{fmt_seconds(est)} (previous run's times)"
     unknown = [n for n in left if n not in previous]
     names = ", ".join(unknown) if len(unknown) <= 3 else f"{len(unknown)} notebooks"
-    return f"left unknown (no recorded time for {names})"
+    known = [n for n in left if n in previous]
+    if not known:
+        return f"left unknown (no recorded time for {names})"
+    return f"left > ~{fmt_seconds(estimate_left(previous, known))} (previous run's times; no recorded time for {names})"
 
 
 def timings_tables(timings: pd.DataFrame, order: Sequence[str] = ()) -> dict[str, pd.DataFrame]:
