@@ -18,9 +18,17 @@ def defaults(notebook, **over):
     return {**{n: p.default for n, p in declared(notebook).items()}, **over}
 
 
-def test_relative_paths_inside_the_repository_and_absolute_outside(tmp_path):
+def test_relative_paths_inside_the_repository_runs_and_data_and_absolute_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.delenv("IMF_RUNS", raising=False)
+    monkeypatch.delenv("IMF_DATA", raising=False)
     assert relative(repo_root() / "runs/tiny/teacher/checkpoints/last.pt") == "runs/tiny/teacher/checkpoints/last.pt"
     assert relative(repo_root() / "data" / ".." / "results") == "results"
+    assert relative(tmp_path / "x.pt") == str(tmp_path / "x.pt")
+    # IMF_RUNS / IMF_DATA outside the repository stand for its runs/ and data/: results name them so
+    monkeypatch.setenv("IMF_RUNS", str(tmp_path / "r"))
+    monkeypatch.setenv("IMF_DATA", str(tmp_path / "d"))
+    assert relative(tmp_path / "r/small/vocoder/checkpoints/last.pt") == "runs/small/vocoder/checkpoints/last.pt"
+    assert relative(tmp_path / "d/synth-small") == "data/synth-small"
     assert relative(tmp_path / "x.pt") == str(tmp_path / "x.pt")
 
 

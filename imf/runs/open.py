@@ -13,13 +13,14 @@ Nothing is trained or written here except the (empty) results folder.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from imf.core.checkpoints import load_checkpoint, load_model
-from imf.core.runtime import repo_root, setup_threads
+from imf.core.runtime import data_dir, repo_root, setup_threads
 from imf.data import Corpus, CorpusConfig, build_corpus, load_corpus
 from imf.data.importers import ImportConfig, import_corpus, is_built_corpus
 from imf.eval.evalset import EvalSet, make_eval_set
@@ -68,12 +69,19 @@ def open_corpus(cfg: CorpusConfig, corpus_dir: str | Path = "", root: str | Path
 
 
 def relative(path: str | Path) -> str:
-    """``path`` relative to the repository when inside it (results record no machine paths)."""
-    path = Path(path)
-    try:
-        return str(path.resolve().relative_to(repo_root()))
-    except ValueError:
-        return str(path)
+    """``path`` as results record it, without the machine's folders: relative to the repository when inside
+    it, else ``runs/...`` or ``data/...`` when inside ``$IMF_RUNS`` or ``$IMF_DATA`` (the folders that stand in
+    for the repository's ``runs/`` and ``data/``); any other path unchanged."""
+    path = Path(path).resolve()
+    roots = [(repo_root(), ""), (Path(os.environ.get("IMF_RUNS", repo_root() / "runs")), "runs"),
+             (data_dir(), "data")]
+    for root, prefix in roots:
+        try:
+            rel = path.relative_to(root.resolve())
+        except ValueError:
+            continue
+        return str(Path(prefix) / rel) if prefix else str(rel)
+    return str(path)
 
 
 @dataclasses.dataclass

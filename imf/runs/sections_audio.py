@@ -24,7 +24,7 @@ from imf.eval.token2wav import JUDGED, STAGES, T2WEvalConfig, T2WResult, judge_s
 from imf.models.vocoder import VocoderConfig
 from imf.runs.launch import default_nproc
 from imf.runs.launch import train as launch_train
-from imf.runs.open import open_corpus
+from imf.runs.open import open_corpus, relative
 from imf.runs.profiles import profile, runs_dir
 from imf.runs.report import section_dir, table_md, write_section
 from imf.runs.splits import by_split, on_split, side_by_side, split_voices
@@ -90,7 +90,7 @@ def write_vocoder_section(plan: VocoderPlan, summary: Mapping[str, Any], real: R
     sim_rows = [] if sim is None else sim.to_dict("records")
     metrics = {"vocoder_steps": summary["steps"], "vocoder_final_loss": summary["final_loss"],
                "per_voice": real.by_voice.to_dict("records"), "wer_voices": wer_voices, "wer_max": wer_max,
-               "sim_real": sim_rows, "copy_synthesis": copy.to_dict("records"), "checkpoint": str(plan.ckpt)}
+               "sim_real": sim_rows, "copy_synthesis": copy.to_dict("records"), "checkpoint": relative(plan.ckpt)}
     atomic_write_json(plan.out / "metrics.json", metrics)
     m = plan.model
     write_section("00_vocoder", f"""## 00 — vocoder and judge ceilings (`notebooks/00_vocoder.ipynb`)
@@ -217,7 +217,7 @@ def write_token2wav_section(plan: Token2WavPlan, summaries: Mapping[str, Mapping
                "orderings": orderings, "stages": {k: {f: v.get(f) for f in fields} for k, v in summaries.items()},
                "n_utts": len(es), "audio_seconds": es.audio_seconds, "wer_voices": result.wer_voices,
                "judges": result.judges, "judge_labels": result.judge_labels, "vae": s.vae.to_dict(), "generator": s.generator.to_dict(),
-               "eval": E.to_dict(), "checkpoints": {k: str(v) for k, v in plan.ckpts.items()},
+               "eval": E.to_dict(), "checkpoints": {k: relative(v) for k, v in plan.ckpts.items()},
                "zero_shot": {"split": E.zero_shot_split, "table": None if unseen is None else unseen.to_dict("records"),
                              "voices": split_voices(plan.corpus, E.zero_shot_split) if unseen is not None else []}}
     atomic_write_json(plan.out / "metrics.json", metrics)
