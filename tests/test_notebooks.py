@@ -4,6 +4,7 @@ artefacts (CSV tables, training logs, checkpoints, other notebooks' metrics) and
 against the numbers they are derived from."""
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import nbformat
@@ -13,6 +14,7 @@ from nbformat.sign import NotebookNotary
 
 from imf.core.checkpoints import load_checkpoint, load_model
 from imf.core.runtime import repo_root
+from imf.runs.open import absolute
 from imf.runs.pipeline import available, run_notebook
 from imf.viz.widgets import NEEDS_KERNEL, saved_state
 from tests.helpers import pipeline_env
@@ -71,9 +73,12 @@ def row(df, **match):
 
 
 def recorded_path(p: str) -> Path:
-    """A path a notebook recorded: relative to the repository when inside it, never an absolute path into it."""
+    """A path a notebook recorded: runs/..., data/... (IMF_RUNS, IMF_DATA) or relative to the repository, never an
+    absolute path into the repository or the test's run and data folders."""
     assert not p.startswith(str(repo_root()) + "/"), f"{p} is an absolute path inside the repository"
-    return (repo_root() / p).resolve()
+    for var in ("IMF_RUNS", "IMF_DATA"):
+        assert var not in os.environ or not p.startswith(os.environ[var]), f"{p} is an absolute path under ${var}"
+    return absolute(p)
 
 
 def verdict_of(gain, se, better, worse, z=2.0):

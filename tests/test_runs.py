@@ -6,7 +6,7 @@ import pytest
 from imf.core.config import ConfigError
 from imf.core.runtime import repo_root
 from imf.runs.distill import distill_config, stitch_histories
-from imf.runs.open import relative
+from imf.runs.open import absolute, relative
 from imf.runs.params import declared
 from imf.runs.profiles import PROFILES, runs_dir
 from imf.runs.teacher import teacher_config
@@ -29,6 +29,8 @@ def test_relative_paths_inside_the_repository_runs_and_data_and_absolute_elsewhe
     monkeypatch.setenv("IMF_DATA", str(tmp_path / "d"))
     assert relative(tmp_path / "r/small/vocoder/checkpoints/last.pt") == "runs/small/vocoder/checkpoints/last.pt"
     assert relative(tmp_path / "d/synth-small") == "data/synth-small"
+    for p in (tmp_path / "r/small/vocoder/checkpoints/last.pt", tmp_path / "d/synth-small", repo_root() / "results"):
+        assert absolute(relative(p)) == p.resolve()  # the inverse, for whoever reads a recorded path back
     assert relative(tmp_path / "x.pt") == str(tmp_path / "x.pt")
 
 

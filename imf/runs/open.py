@@ -84,6 +84,20 @@ def relative(path: str | Path) -> str:
     return str(path)
 
 
+def absolute(recorded: str | Path) -> Path:
+    """The inverse of :func:`relative`: a path a result recorded as this machine's path (``runs/...`` under
+    ``$IMF_RUNS`` and ``data/...`` under ``$IMF_DATA`` when they are set, else under the repository)."""
+    p = Path(recorded)
+    if p.is_absolute():
+        return p
+    head, rest = (p.parts[0], Path(*p.parts[1:])) if p.parts else ("", Path())
+    if head == "runs" and "IMF_RUNS" in os.environ:
+        return (Path(os.environ["IMF_RUNS"]) / rest).resolve()
+    if head == "data" and "IMF_DATA" in os.environ:
+        return (data_dir() / rest).resolve()
+    return (repo_root() / p).resolve()
+
+
 @dataclasses.dataclass
 class Opened:
     """What :func:`open_runs` returns (see the module docstring)."""
