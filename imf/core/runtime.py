@@ -204,6 +204,11 @@ def data_dir() -> Path:
     return Path(os.environ.get("IMF_DATA", repo_root() / "data"))
 
 
+def runs_root() -> Path:
+    """``$IMF_RUNS`` or ``<repo>/runs``: where each profile's run folders live."""
+    return Path(os.environ.get("IMF_RUNS", repo_root() / "runs"))
+
+
 def process_pool(workers: int, initializer: Callable[[], None] | None = None) -> cf.ProcessPoolExecutor:
     """A pool of ``workers`` processes that is safe to start from a process with threads.
 

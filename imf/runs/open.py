@@ -13,14 +13,13 @@ Nothing is trained or written here except the (empty) results folder.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from imf.core.checkpoints import load_checkpoint, load_model
-from imf.core.runtime import data_dir, repo_root, setup_threads
+from imf.core.runtime import data_dir, repo_root, runs_root, setup_threads
 from imf.data import Corpus, CorpusConfig, build_corpus, load_corpus
 from imf.data.importers import ImportConfig, import_corpus, is_built_corpus
 from imf.eval.evalset import EvalSet, make_eval_set
@@ -73,9 +72,7 @@ def relative(path: str | Path) -> str:
     it, else ``runs/...`` or ``data/...`` when inside ``$IMF_RUNS`` or ``$IMF_DATA`` (the folders that stand in
     for the repository's ``runs/`` and ``data/``); any other path unchanged."""
     path = Path(path).resolve()
-    roots = [(repo_root(), ""), (Path(os.environ.get("IMF_RUNS", repo_root() / "runs")), "runs"),
-             (data_dir(), "data")]
-    for root, prefix in roots:
+    for root, prefix in ((repo_root(), ""), (runs_root(), "runs"), (data_dir(), "data")):
         try:
             rel = path.relative_to(root.resolve())
         except ValueError:
@@ -85,16 +82,15 @@ def relative(path: str | Path) -> str:
 
 
 def absolute(recorded: str | Path) -> Path:
-    """The inverse of :func:`relative`: a path a result recorded as this machine's path (``runs/...`` under
-    ``$IMF_RUNS`` and ``data/...`` under ``$IMF_DATA`` when they are set, else under the repository)."""
+    """The inverse of :func:`relative`: a path a result recorded, as this machine's path (``runs/...`` under
+    :func:`~imf.core.runtime.runs_root`, ``data/...`` under :func:`~imf.core.runtime.data_dir`, anything else
+    under the repository)."""
     p = Path(recorded)
     if p.is_absolute():
         return p
-    head, rest = (p.parts[0], Path(*p.parts[1:])) if p.parts else ("", Path())
-    if head == "runs" and "IMF_RUNS" in os.environ:
-        return (Path(os.environ["IMF_RUNS"]) / rest).resolve()
-    if head == "data" and "IMF_DATA" in os.environ:
-        return (data_dir() / rest).resolve()
+    roots = {"runs": runs_root(), "data": data_dir()}
+    if p.parts and p.parts[0] in roots:
+        return (roots[p.parts[0]] / Path(*p.parts[1:])).resolve()
     return (repo_root() / p).resolve()
 
 

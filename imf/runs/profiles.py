@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
 from imf.core.config import Config, ConfigError
-from imf.core.runtime import repo_root
+from imf.core.runtime import runs_root
 from imf.runs.sections_config import ProfileConfig, sub_section
 
 _SMALL: dict[str, dict[str, Any]] = {
@@ -305,4 +304,4 @@ def student_run(profile_name: str) -> str:
 
 def runs_dir(profile_name: str) -> Path:
     """``$IMF_RUNS/<profile>`` or ``<repo>/runs/<profile>``: checkpoints live here (git-ignored)."""
-    return Path(os.environ.get("IMF_RUNS", repo_root() / "runs")) / profile_name
+    return runs_root() / profile_name

@@ -154,10 +154,9 @@ def distill_results(cfg: DistillRun, stages: Stages, check: QuickCheck, ablation
     """02_distill: :func:`distill_metrics` and the section (stages, quick check, ablation)."""
     m = distill_metrics(cfg, stages, check, ablation)
     atomic_write_json(section_dir("02_distill") / "metrics.json", m)
-    abl_md = ""
-    if not cfg.ablation.teacher_nfes:
-        abl_md = ("\n### Teacher-NFE ablation\n\nNot run in this profile (its `ablation.teacher_nfes` is empty); "
-                  "the `small-long` profile runs it ([results/small-long](small-long/README.md)).\n")
+    abl_md = "" if cfg.ablation.teacher_nfes else (
+        "\n### Teacher-NFE ablation\n\nNot run in this profile (its `ablation.teacher_nfes` is empty); "
+        "the `small-long` profile runs it ([results/small-long](small-long/README.md)).\n")
     if ablation.rows:
         abl_md = f"""
 ### Teacher-NFE ablation (the paper's Tab. 3 analogue)
