@@ -8,7 +8,7 @@ import torch
 
 from imf.models.features import MelConfig
 from imf.eval.evalset import EvalSet
-from imf.eval.speed import default_rtf_systems, rtf_table, speed_table
+from imf.eval.speed import default_rtf_systems, rtf_table, speed_table, speed_view
 from imf.eval.systems import System, waveforms
 from imf.flow.solvers import Guided
 from tests.helpers import Counting, make_cond, tiny_model
@@ -55,13 +55,13 @@ def test_rtf_table_on_mel_systems_with_a_vocoder():
     voc = CountingVocoder()
     df = rtf_table([(a, 4), (a, 2), (b, 1)], es, vocoder=voc, repeats=2)
     assert list(df["system"]) == ["a", "a", "b"] and list(df["nfe"]) == [4, 2, 1]
-    # interleaved rounds: one sampling per point to feed its decoder, then 3 rounds (warm-up + 2)
-    # of a@4, a@2, b@1 — never all rounds of one row in a row
-    feed = ["a"] * 4 + ["a"] * 2 + ["b"]
+    # warm-up: one model call per point (the first step of its grid), then 2 interleaved rounds of
+    # a@4, a@2, b@1 — never all rounds of one row in a row
     one_round = ["a"] * 4 + ["a"] * 2 + ["b"]
-    assert log.calls == feed + one_round * 3
-    # each utterance vocoded alone over its valid frames, every round, every point
-    assert voc.frames == [N, 9, N] * (3 * 3)  # 3 rounds x 3 points
+    assert log.calls == ["a", "a", "b"] + one_round * 2
+    # each utterance vocoded alone over its valid frames, every round, every point; in the first round each
+    # point's decoder warms up on its first utterance
+    assert voc.frames == ([N] + [N, 9, N]) * 3 + [N, 9, N] * 3
     assert {"flow_s", "decode_s", "total_s", "rtf_flow", "rtf_e2e", "speedup_flow", "speedup_e2e"} <= set(df)
     seconds = es.audio_seconds
     assert seconds == pytest.approx((N + 9 + N) * 256 / 16000)
@@ -94,7 +94,9 @@ def test_rtf_table_on_waveform_systems_and_a_reference_row():
     assert math.isnan(df["flow_s"].iloc[0]) and df["total_s"].iloc[0] == df["decode_s"].iloc[0]
     assert es.audio_seconds == pytest.approx(300 / 16000)
     # the decoder sees the masked latent, the same every round
-    assert all(torch.equal(d, decoded[0]) for d in decoded) and torch.all(decoded[0][1, :, 9:] == 0)
+    assert [d.shape[0] for d in decoded] == [1, B, B]  # its warm-up on the first utterance, then 2 rounds
+    assert all(torch.equal(d, decoded[1]) for d in decoded[1:]) and torch.all(decoded[1][1, :, 9:] == 0)
+    assert torch.equal(decoded[0], decoded[1][:1])
     wavs = waveforms([(oracle, 0), (gen, 3)], es)
     assert [w.numel() for w in wavs["gen"]] == es.n_samples
     with pytest.raises(ValueError, match="names must differ"):
@@ -121,3 +123,16 @@ def test_default_rtf_points_and_speed_table_extras():
     assert list(df["system"]) == ["teacher + CFG 2", "teacher (no CFG)"] + ["IntMeanFlow student"] * 2 + ["extra"] * 2
     assert extra.calls == 2 * (1 + 2)  # warm-up + 1 repeat at NFE 1 and 2
     assert df["speedup"].iloc[0] == 1.0
+
+
+def test_the_speed_view_is_the_rtf_tables_flow_timings():
+    teacher, student = tiny_model(0), tiny_model(1)
+    points = default_rtf_systems(teacher, student, 2.0, (8, 4), (1, 2), unguided=True)
+    assert [(s.name, n) for s, n in points] == [("teacher + CFG 2", 8), ("teacher + CFG 2", 4), ("teacher (no CFG)", 8),
+                                                ("IntMeanFlow student", 1), ("IntMeanFlow student", 2)]
+    rtf = rtf_table(points, mel_eval_set(), repeats=1, progress=False)
+    view = speed_view(rtf)
+    assert list(view["system"]) == ["teacher + CFG 2", "teacher (no CFG)", "IntMeanFlow student", "IntMeanFlow student"]
+    assert list(view["nfe"]) == [8, 8, 1, 2]
+    assert view["seconds"].tolist() == rtf["flow_s"].iloc[[0, 2, 3, 4]].tolist()
+    assert view["speedup"].tolist() == pytest.approx((rtf["flow_s"].iloc[0] / view["seconds"]).tolist())

@@ -70,6 +70,15 @@ def _vocode_each(vocoder, x: torch.Tensor, mask: torch.Tensor) -> None:
         vocoder.vocode(x[i:i + 1, :, : int(mask[i].sum())])
 
 
+def _warm_up(system: System, nfe: int, z_0: torch.Tensor, cond: dict) -> None:
+    """One model call at the first step of the system's own grid: the same shapes and kernels as its timed
+    sampling, at 1/nfe of its cost."""
+    g = system.grid(nfe)
+    t = torch.full((z_0.shape[0],), float(g[0]), dtype=z_0.dtype)
+    r = torch.full((z_0.shape[0],), float(g[1]), dtype=z_0.dtype)
+    system.model(z_0, t=t, r=r, cond=cond)
+
+
 @torch.no_grad()
 def rtf_table(points: Sequence[tuple[System, int]], es: EvalSet, vocoder=None, repeats: int = 3,
               reference: int | str = 0, progress: bool = True) -> pd.DataFrame:
@@ -84,41 +93,48 @@ def rtf_table(points: Sequence[tuple[System, int]], es: EvalSet, vocoder=None, r
     ``speedup_flow`` / ``speedup_e2e``: the ``reference`` row's time (a row position or a
     system name; default the first row) divided by each row's.
 
-    Timing is interleaved: each of ``repeats`` rounds times every point once (after one
-    warm-up round) and a point's time is its fastest round, so a burst of load from another
-    process does not land on one row only. ``progress``: a bar over the rounds (updated between them).
+    Warm-up costs a step, not a sampling: before any timing each point makes one model call at the first step
+    of its grid (the same shapes and kernels), and the decoder of a point warms up on the first utterance
+    of the point's first timed output (a reconstruction row is warmed up by one whole call). Timing is
+    interleaved: each of ``repeats`` rounds times every point once, the first round's output feeds the
+    point's decoder, and a point's time is its fastest round, so a burst of load from another process does
+    not land on one row only. ``progress``: a bar over the rounds (updated between them).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    calls = []
+    mask = es.mask[:, None]
+    flows, fed = [], [None] * len(points)
     for system, nfe in points:
-        flow = decode = None
         if system.reconstruct is not None:
-            decode = (lambda s=system: s.reconstruct(es))
+            system.reconstruct(es)
+            flows.append(None)
         else:
-            flow = _sample_call(system, nfe, es.z_0, es.cond)
-            if system.decode is not None or vocoder is not None:
-                x, _ = flow()
-                x = x * es.mask[:, None].to(x.dtype)
-                decode = ((lambda s=system, x=x: s.decode(x)) if system.decode is not None
-                          else (lambda x=x: _vocode_each(vocoder, x, es.mask)))
-        calls.append((flow, decode))
-    times = [([], []) for _ in calls]
-    for _ in tqdm(range(repeats + 1), desc="RTF rounds", unit="round", disable=not progress):  # round 0: warm-up
-        for (flow, decode), (t_flow, t_decode) in zip(calls, times):
+            _warm_up(system, nfe, es.z_0, es.cond)
+            flows.append(_sample_call(system, nfe, es.z_0, es.cond))
+    audible = vocoder is not None or any(s.decode is not None or s.reconstruct is not None for s, _ in points)
+    times = [([], []) for _ in points]
+    for _ in tqdm(range(repeats), desc="RTF rounds", unit="round", disable=not progress):
+        for i, ((system, nfe), flow, (t_flow, t_decode)) in enumerate(zip(points, flows, times)):
             if flow is not None:
-                t_flow.append(time_call(flow, repeats=1, warmup=0))
-            if decode is not None:
-                t_decode.append(time_call(decode, repeats=1, warmup=0))
+                t0 = time.perf_counter()
+                x, _ = flow()
+                t_flow.append(time.perf_counter() - t0)
+                if fed[i] is None and (system.decode is not None or vocoder is not None):
+                    fed[i] = x * mask.to(x.dtype)
+                    _decode(system, vocoder, fed[i][:1], es.mask[:1])  # the decoder's warm-up
+            if system.reconstruct is not None:
+                t_decode.append(time_call(lambda s=system: s.reconstruct(es), repeats=1, warmup=0))
+            elif fed[i] is not None:
+                t_decode.append(time_call(lambda s=system, x=fed[i]: _decode(s, vocoder, x, es.mask), repeats=1,
+                                          warmup=0))
     audio = es.audio_seconds
-    audible = any(decode is not None for _, decode in calls)
     rows = []
     for (system, nfe), (t_flow, t_decode) in zip(points, times):
-        flow_s = min(t_flow[1:]) if t_flow else math.nan
+        flow_s = min(t_flow) if t_flow else math.nan
         row = {"system": system.name, "nfe": 0 if system.reconstruct is not None else nfe, "flow_s": flow_s,
                "rtf_flow": flow_s / audio}
         if audible:
-            decode_s = min(t_decode[1:]) if t_decode else math.nan
+            decode_s = min(t_decode) if t_decode else math.nan
             total_s = (0.0 if system.reconstruct is not None else flow_s) + decode_s
             row.update(decode_s=decode_s, total_s=total_s, rtf_e2e=total_s / audio)
         rows.append(row)
@@ -128,6 +144,14 @@ def rtf_table(points: Sequence[tuple[System, int]], es: EvalSet, vocoder=None, r
     if audible:
         df["speedup_e2e"] = df["total_s"].iloc[ref] / df["total_s"]
     return df
+
+
+def _decode(system: System, vocoder, x: torch.Tensor, mask: torch.Tensor) -> None:
+    """The waveform of a point's output ``x`` (B, C, T): the system's own decoder, else the vocoder per utterance."""
+    if system.decode is not None:
+        system.decode(x)
+    else:
+        _vocode_each(vocoder, x, mask)
 
 
 def _row_index(df: pd.DataFrame, reference: int | str) -> int:
@@ -202,12 +226,24 @@ def memory_table(objectives: Sequence[tuple[str, int]], batch: int, frames: int,
     return pd.DataFrame(rows)
 
 
-def default_rtf_systems(teacher, student, cfg_scale: float) -> list[tuple[System, int]]:
-    """``(system, nfe)`` points: the guided teacher at 32/16/4 NFE (first row = the reference),
-    then the student at 1/2/4."""
+def default_rtf_systems(teacher, student, cfg_scale: float, teacher_nfes: Sequence[int] = (32, 16, 4),
+                        student_nfes: Sequence[int] = (1, 2, 4), unguided: bool = False) -> list[tuple[System, int]]:
+    """``(system, nfe)`` points: the guided teacher at ``teacher_nfes`` (first row = the reference), with
+    ``unguided`` the teacher without guidance at the first of them, then the student at ``student_nfes``."""
     teacher_cfg = System(f"teacher + CFG {cfg_scale:g}", Guided(teacher, cfg_scale))
     student_sys = System("IntMeanFlow student", student)
-    return [(teacher_cfg, n) for n in (32, 16, 4)] + [(student_sys, n) for n in (1, 2, 4)]
+    plain = [(System("teacher (no CFG)", teacher), teacher_nfes[0])] if unguided else []
+    return [(teacher_cfg, n) for n in teacher_nfes] + plain + [(student_sys, n) for n in student_nfes]
+
+
+def speed_view(rtf: pd.DataFrame, student: str = "IntMeanFlow student") -> pd.DataFrame:
+    """The speed table of an :func:`rtf_table` measured on one batch: its first row (the reference), the
+    unguided teacher's and the ``student``'s rows, with ``seconds`` (= ``flow_s``) and ``speedup`` (the first
+    row's time / each row's): the same timings seen as a speed-up, not measured again."""
+    keep = [0] + [i for i in range(1, len(rtf)) if rtf["system"].iloc[i] in ("teacher (no CFG)", student)]
+    df = rtf.iloc[keep][["system", "nfe", "flow_s"]].rename(columns={"flow_s": "seconds"}).reset_index(drop=True)
+    df["speedup"] = df["seconds"].iloc[0] / df["seconds"]
+    return df
 
 
 if __name__ == "__main__":

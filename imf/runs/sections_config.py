@@ -47,7 +47,7 @@ class EvalConfig(Config):
     judged_student_nfes: tuple[int, ...] = ()  # ... and these student NFEs (empty: student_nfes)
     cfg_scale: float = 2.0  # guidance w of the guided teacher rows, v_u + w (v_c - v_u)
     zero_shot_split: str = "unseen"  # held-out voices swept beside `split` (01, 03, 06; "": seen split only)
-    speed_repeats: int = 3  # 03's speed and RTF tables: timing repeats per row (the median is reported)
+    speed_repeats: int = 3  # 03's speed and RTF table: interleaved timing rounds (each row's fastest is reported)
 
     def validate(self) -> None:
         require(self.n_utts >= 1 and self.batch_size >= 1, "n_utts", "n_utts and batch_size must be >= 1")

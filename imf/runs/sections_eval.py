@@ -24,7 +24,7 @@ import pandas as pd
 
 from imf.core.runtime import atomic_write_json, atomic_write_text
 from imf.eval.o3s_objectives import ObjectiveStudy, objective_note
-from imf.eval.speed import default_rtf_systems, memory_table, rtf_table, speed_table
+from imf.eval.speed import default_rtf_systems, memory_table, rtf_table, speed_view
 from imf.flow.o3s import HISTORY_COLUMNS, O3SResult
 from imf.flow.schedules import save_grid
 from imf.runs.open import Opened
@@ -77,18 +77,20 @@ class Timings:
 
 def speed_and_rtf(wb: Opened, cfg_scale: float, teacher_nfe: int, repeats: int = 0,
                   vocoder_run: str = "vocoder") -> Timings:
-    """The guided teacher at ``teacher_nfe`` vs the student, side by side on one batch of ``wb.es``;
-    real-time factors with the trained vocoder of ``vocoder_run`` (Griffin-Lim if it is missing).
-    ``repeats``: timing repeats per row, median reported (0: the profile's ``eval.speed_repeats``)."""
+    """The guided teacher at ``teacher_nfe`` (and at 4 NFE), the teacher without guidance and the student at
+    1, 2, 4 NFE, side by side on one batch of ``wb.es``: one :func:`rtf_table` (real-time factors with the
+    trained vocoder of ``vocoder_run``, Griffin-Lim if it is missing), and its speed view (seconds per batch,
+    speed-up over the guided teacher) from the same timings. ``repeats``: timing rounds, each row's fastest
+    reported (0: the profile's ``eval.speed_repeats``)."""
     es, B = wb.es, wb.P["eval"]["batch_size"]
     repeats = repeats or EvalConfig.from_dict(wb.P["eval"]).speed_repeats
-    speed = speed_table(wb.teacher, wb.student, es.z_0[:B], {k: v[:B] for k, v in es.cond.items()},
-                        cfg_scale=cfg_scale, teacher_nfe=teacher_nfe, repeats=repeats)
     es_b = es.subset(range(min(len(es), B)))
     trained = wb.vocoder_checkpoint(vocoder_run) is not None
     vocoder = wb.vocoder(vocoder_run, fallback=True)
-    rtf = rtf_table(default_rtf_systems(wb.teacher, wb.student, cfg_scale), es_b, vocoder, repeats)
-    return Timings(speed, rtf, "trained vocoder" if trained else "Griffin-Lim fallback", B, repeats)
+    points = default_rtf_systems(wb.teacher, wb.student, cfg_scale, sorted({teacher_nfe, 4}, reverse=True),
+                                 unguided=True)
+    rtf = rtf_table(points, es_b, vocoder, repeats)
+    return Timings(speed_view(rtf), rtf, "trained vocoder" if trained else "Griffin-Lim fallback", len(es_b), repeats)
 
 
 def memory_per_objective(wb: Opened, batch_size: int = 0, frames: int = 0) -> pd.DataFrame:
@@ -173,7 +175,8 @@ Distance to the guided {max_nfe}-NFE teacher: student at 1 NFE {m['student_dist_
 {t4 if t4 is None else round(t4, 3)} (target: below it: **{_verdict(m['dist_criterion_below_teacher_4'])}**).
 {paired_md}
 
-**Speed** (one batch of {timings.batch_size} utterances, side by side in one process, median of {timings.repeats}):
+**Speed** (one batch of {timings.batch_size} utterances, side by side in one process, the fastest of
+{timings.repeats} interleaved round(s); the flow columns of the real-time-factor table below, seen as speed-ups):
 
 {table_md(timings.speed, '.4f')}
 
