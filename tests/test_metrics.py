@@ -8,7 +8,9 @@ from imf.eval.metrics import (HIGHER_IS_BETTER, beats, distance, distance_per_ut
                               fine_structure_ratio, global_variance_ratio, higher_is_better, intrinsic_metrics,
                               intrinsic_per_utterance, noise_correlation, objective_column, objective_score,
                               paired_verdict)
-from imf.eval.sweep import generate, grid_metric, judge_table, utterance_scores
+from imf.eval.sweep import generate, grid_metric, judge_table, nfe_sweep, utterance_scores
+from imf.eval.systems import System
+from tests.helpers import Counting
 from imf.flow.schedules import uniform
 from tests.eval_fakes import eval_set as _eval_set, velocity as _velocity
 
@@ -144,6 +146,20 @@ def test_grid_metric_signs_come_from_the_table():
         grid_metric(_velocity, es, "mos")
     with pytest.raises(ValueError, match="reference"):
         grid_metric(_velocity, es, "dist_ref")
+
+
+def test_a_sweep_samples_its_reference_point_once():
+    es = _eval_set()
+    counted = Counting(_velocity)
+    ref, other = System("ref", counted), System("other", _velocity)
+    table, kept = nfe_sweep(es, [(other, 2), (ref, 4)], reference=(ref, 4), progress=False, keep=True)
+    assert counted.calls == 4  # one 4-step sampling: the reference, reused as its own row
+    assert table.set_index("system").loc["ref", "dist_ref"] == 0.0
+    x, _, _ = generate(_velocity, es, uniform(4))
+    assert torch.equal(kept[("ref", 4)], x)
+    # a reference not in the points, or another System object of the same name, is sampled apart
+    nfe_sweep(es, [(System("ref", counted), 4)], reference=(ref, 4), progress=False)
+    assert counted.calls == 4 + 8
 
 
 def test_per_utterance_metrics_equal_the_set_metric_of_each_utterance():

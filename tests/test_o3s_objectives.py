@@ -110,6 +110,22 @@ def test_a_clear_held_out_win_is_a_win():
     assert "`dist_ref` gives at least one held-out win" in objective_note(t)
 
 
+def test_a_grid_already_found_by_the_same_objective_is_judged_not_searched_again():
+    b, cfg = bench(late_field), O3SConfig(max_evals=30, ternary_iters=8)
+    searched = objective_study(b, ["dist_ref"], {"s": [2]}, cfg, progress=False)
+    grid = searched.results[("dist_ref", "s", 2)].best_grid
+    calls = []
+    counted = Bench({"s": lambda x, **kw: calls.append(1) or late_field(x, **kw)}, b.dev, b.test, late_field,
+                    reference_nfe=32, batch_size=8)
+    reused = objective_study(counted, ["dist_ref"], {"s": [2]}, cfg, progress=False,
+                             searched={("dist_ref", "s", 2): grid})
+    assert reused.results == {} and reused.searches.evals.iloc[0] == 0 and "reused" in reused.searches.stopped.iloc[0]
+    # the same verdicts from the same grid; sampled only to judge it: dev found/uniform/sway, test found/uniform/sway
+    cols = ["baseline", "dev_found", "dev_baseline", "test_found", "test_baseline", "gain", "verdict", "grid"]
+    pd.testing.assert_frame_equal(reused.table[cols], searched.table[cols])
+    assert len(calls) <= 2 * 2 * 3
+
+
 def test_no_effect_is_no_win():
     study = objective_study(bench(still_field), ["dist_ref", {"fs_closeness": 1.0, "gv_closeness": 1.0}], {"s": [5]},
                             O3SConfig(max_evals=10, ternary_iters=2), progress=False)

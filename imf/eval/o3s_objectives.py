@@ -285,12 +285,15 @@ def _fmt_grid(g: Tensor) -> str:
 def objective_study(bench: Bench, objectives: Sequence[Any], nfes: Mapping[str, Sequence[int]],
                     cfg: O3SConfig | None = None, baselines: Sequence[str] = BASELINES, z: float = 2.0,
                     progress: bool = True,
-                    on_search: Callable[[Objective, str, int, O3SResult], None] | None = None) -> ObjectiveStudy:
+                    on_search: Callable[[Objective, str, int, O3SResult], None] | None = None,
+                    searched: Mapping[tuple[str, str, int], Tensor] | None = None) -> ObjectiveStudy:
     """For every objective, system ``s`` of ``nfes`` and NFE ``n`` in ``nfes[s]``: O3S from the uniform grid on
     the dev set (:func:`imf.flow.o3s.o3s_search`, ``cfg``), then the found grid against every baseline grid
     at ``n`` on the test set, paired per utterance (same utterances, same noise): gain = mean of
     (found - baseline) objective scores, its standard error, ``"win"`` / ``"loss"`` beyond ``z`` standard
     errors else ``"within noise"``. ``on_search`` is called as each search ends (e.g. to write its grid).
+    ``searched``: grids already found on the dev set by a search on the same objective, keyed by
+    ``(objective name, system, n)`` — judged as found, not searched again (their search row says so, ``evals`` 0).
 
     Table columns: objective, system, nfe, baseline, dev_found, dev_baseline, test_found, test_baseline,
     gain, gain_se, n, wins, verdict, grid (the found grid), baseline_grid.
@@ -308,11 +311,16 @@ def objective_study(bench: Bench, objectives: Sequence[Any], nfes: Mapping[str, 
             for n in ns:
                 start = schedules.uniform(n)
                 scales = objective_scales(obj, bench.table("dev", system, start, obj.columns))
-                res = o3s_search(lambda g: set_score(bench.scores(obj, "dev", system, g, scales)), start, cfg,
-                                 progress=progress)
-                results[(obj.name, system, n)] = res
-                if on_search is not None:
-                    on_search(obj, system, n, res)
+                dev = lambda g: set_score(bench.scores(obj, "dev", system, g, scales))  # noqa: E731
+                if (obj.name, system, n) in (searched or {}):
+                    best = schedules.validate_grid(searched[(obj.name, system, n)])
+                    res = O3SResult(best, dev(best), dev(start), [], 0, 0, "reused: the same objective's search",
+                                    init_grid=start)
+                else:
+                    res = o3s_search(dev, start, cfg, progress=progress)
+                    results[(obj.name, system, n)] = res
+                    if on_search is not None:
+                        on_search(obj, system, n, res)
                 search_rows.append({"objective": obj.name, "system": system, "nfe": n, "dev_init": res.init_score,
                                     "dev_best": res.best_score, "evals": res.n_evals, "stopped": res.stopped,
                                     "scales": " ".join(f"{t}={v:.4g}" for t, v in scales.items()),

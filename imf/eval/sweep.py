@@ -60,23 +60,32 @@ def nfe_sweep(es: EvalSet, points: Sequence[tuple[System, int]], reference: Tens
     """Evaluate each (system, nfe) point on ``es``.
 
     ``reference``: normalised mel (N, C, T), or a (system, nfe) point generated first, whose
-    output on the same noise gives the ``dist_ref`` column; ``noise_corr`` correlates each
+    output on the same noise gives the ``dist_ref`` column (that point, listed in ``points`` too — the same
+    ``System`` object —, is sampled once); ``noise_corr`` correlates each
     output's fine structure with its noise (see :mod:`imf.eval.metrics`). Returns a table (one row per
     point) and, if ``keep``, the generated normalised mels keyed by (system name, nfe).
     """
     real = es.real_logmel()
-    bar = tqdm(total=len(points) + isinstance(reference, tuple), desc="evaluate", unit="point", disable=not progress)
-    if isinstance(reference, tuple):
-        system, nfe = reference
+    ref_point = reference if isinstance(reference, tuple) else None
+    shared = ref_point is not None and any(s is ref_point[0] and n == ref_point[1] for s, n in points)
+    bar = tqdm(total=len(points) + (ref_point is not None and not shared), desc="evaluate", unit="point",
+               disable=not progress)
+    if ref_point is not None:
+        system, nfe = ref_point
         bar.set_postfix_str(f"reference: {system.name}, {nfe} NFE")
-        reference, _, _ = generate(system.model, es, system.grid(nfe), system.method, batch_size, progress)
-        bar.update(1)
+        ref_out = generate(system.model, es, system.grid(nfe), system.method, batch_size, progress)
+        reference = ref_out[0]
+        if not shared:
+            bar.update(1)
     ref = None if reference is None else es.corpus.denormalize(reference) * es.mask[:, None]
     rows, kept = [], {}
     for system, nfe in points:
         bar.set_postfix_str(f"{system.name}, {nfe} NFE")
         grid = system.grid(nfe)
-        x, calls, secs = generate(system.model, es, grid, system.method, batch_size, progress)
+        if ref_point is not None and system is ref_point[0] and nfe == ref_point[1]:
+            x, calls, secs = ref_out  # the reference point is sampled once
+        else:
+            x, calls, secs = generate(system.model, es, grid, system.method, batch_size, progress)
         gen = es.corpus.denormalize(x) * es.mask[:, None]
         row = {"system": system.name, "schedule": system.schedule, "nfe": calls, "seconds": secs,
                **intrinsic_metrics(gen, real, es.mask, ref), "noise_corr": noise_correlation(x, es.z_0, es.mask)}

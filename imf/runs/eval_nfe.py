@@ -55,19 +55,20 @@ def nfe_curves(wb: Opened, cfg_scale: float = 0.0, sway: float = -1.0, progress:
     """Sample and score every system at every NFE of the profile's ``eval`` section.
 
     ``cfg_scale``: guidance of the guided teacher (0: the profile's ``eval.cfg_scale``); ``sway``: the
-    sway coefficient of the teacher's sway grids. ``dist_ref``: distance to the guided teacher at the
+    sway coefficient of the guided teacher's sway grids (between 1 and the largest NFE: at 1 NFE sway is
+    uniform, at the largest it spends the reference's own budget). ``dist_ref``: distance to the guided teacher at the
     largest teacher NFE.
     """
     E = wb.P["eval"]
     w = cfg_scale or E["cfg_scale"]
     t_cfg = f"teacher + CFG {w:g}"
-    sway_grids = {n: schedules.sway(n, sway) for n in E["teacher_nfes"]}
-    systems = [System(t_cfg, guided(wb.teacher, w)), System("teacher", wb.teacher),
-               System(f"{t_cfg}, sway", guided(wb.teacher, w), "sway", dict(sway_grids)),
-               System("teacher, sway", wb.teacher, "sway", dict(sway_grids))]
-    points = [(s, n) for s in systems for n in E["teacher_nfes"]]
-    points += [(System(STUDENT, wb.student), n) for n in E["student_nfes"]]
     max_nfe = max(E["teacher_nfes"])
+    # sway for the guided teacher where a grid can differ from uniform and is not the reference's own budget
+    sway_nfes = [n for n in E["teacher_nfes"] if 1 < n < max_nfe]
+    systems = [System(t_cfg, guided(wb.teacher, w)), System("teacher", wb.teacher),
+               System(f"{t_cfg}, sway", guided(wb.teacher, w), "sway", {n: schedules.sway(n, sway) for n in sway_nfes})]
+    points = [(s, n) for s in systems[:2] for n in E["teacher_nfes"]] + [(systems[2], n) for n in sway_nfes]
+    points += [(System(STUDENT, wb.student), n) for n in E["student_nfes"]]
     table, outputs = nfe_sweep(wb.es, points, reference=(systems[0], max_nfe), batch_size=E["batch_size"],
                                progress=progress, keep=True)
     # zero-shot: the guided teacher (uniform) and the student again on held-out voices, under a forked RNG

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -218,16 +218,22 @@ def objective_bench(study: O3SStudy, objectives: Sequence[Any], vocoder_run: str
 
 
 def run_objectives(study: O3SStudy, objectives: Sequence[Any], student_nfes: Sequence[int],
-                   teacher_nfes: Sequence[int], vocoder_run: str = "vocoder", progress: bool = True) -> ObjectiveStudy:
+                   teacher_nfes: Sequence[int], vocoder_run: str = "vocoder", progress: bool = True,
+                   found: Mapping[tuple[str, int], Tensor] | None = None) -> ObjectiveStudy:
     """Each objective (``[]``: the profile's ``o3s.objectives``) searched on the dev set for the student at
     ``student_nfes`` and the guided teacher at ``teacher_nfes`` (``[]``: the profile's), judged on the test set against uniform, sway
     and EPSS (:func:`imf.eval.o3s_objectives.objective_study`, the study's search configuration); each grid
-    goes to ``<out>/objectives/<objective>/<model>_nfe<n>/`` as its search ends."""
+    goes to ``<out>/objectives/<objective>/<model>_nfe<n>/`` as its search ends. ``found``: the study's own
+    grids (:func:`search_grids`): an objective that is the study's metric alone (e.g. ``dist_ref`` when the
+    study searched ``neg_dist_ref``) is judged on them instead of searching the same dev set again."""
     objectives = list(objectives) or list(O3SSection.from_dict(study.wb.P["o3s"]).objectives)
     bench = objective_bench(study, objectives, vocoder_run)
     nfes = searched_nfes(study, student_nfes, teacher_nfes)
+    same = [o.name for o in parse_objectives(objectives) if tuple(o.columns) == (study.column,)]
+    searched = {(name, who, n): g for name in same for (who, n), g in (found or {}).items()}
 
     def write(obj, system, n, res):
         write_o3s_result(res, study.wb.out / "objectives" / obj.slug / f"{system}_nfe{n}")
 
-    return objective_study(bench, objectives, nfes, study.o3s_config, progress=progress, on_search=write)
+    return objective_study(bench, objectives, nfes, study.o3s_config, progress=progress, on_search=write,
+                           searched=searched)
