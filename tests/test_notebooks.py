@@ -285,7 +285,7 @@ def test_04_o3s_on_an_intrinsic_metric(tree):
 def test_05_meanflow_vs_imf(tree):
     m = run(tree, "05_meanflow_vs_imf", STEPS=3)
     assert {r["objective"] for r in m["memory"]} == {"cfm", "imf", "meanflow"}
-    assert len(m["quality_1nfe"]) == 5  # the final student, its first stage, three MeanFlow runs
+    assert len(m["quality_1nfe"]) == 6  # the final student, its first stage, its step-2 checkpoint, three MeanFlow runs
     q = {r["system"]: r for r in m["quality_1nfe"]}
     d = metrics_of(tree, "02_distill")  # the same students on the same utterances, noise and reference
     assert q["IMF (IntMeanFlow student)"]["dist_ref"] == pytest.approx(d["student_dist_ref_1"], rel=1e-9)
@@ -293,7 +293,13 @@ def test_05_meanflow_vs_imf(tree):
     assert m["imf_stage1_steps"] == d["steps"] and m["imf_steps"] == d["steps"] + d["stage2_steps"]
     mf = {k: r for k, r in q.items() if not k.startswith("IMF")}
     assert m["best_mf"] == min(mf, key=lambda k: mf[k]["dist_ref"]) and m["mf_steps"] == 3
-    for wins, imf in ((m["winner_per_metric"], "IMF (IntMeanFlow student)"), (m["winner_per_metric_stage1"], "IMF, first stage only")):
+    # tiny's meanflow_train: budget "wall", MeanFlow meets the student's checkpoint at step 2, kept by 02
+    assert m["imf_equal_wall_step"] == 2 and (tree / "runs/tiny/student/checkpoints/step_2.pt").is_file()
+    assert 0 < m["imf_equal_wall_seconds"] < m["imf_train_seconds"]
+    readme = (tree / "results/README.md").read_text()
+    assert "**Equal wall-clock**" in readme and "checkpoint at step 2" in readme
+    for wins, imf in ((m["winner_per_metric"], "IMF (IntMeanFlow student)"), (m["winner_per_metric_stage1"], "IMF, first stage only"),
+                      (m["winner_per_metric_equal_wall"], "IMF at MeanFlow's wall-clock")):
         assert set(wins) == {"fs_ratio", "gv_ratio", "dist_ref"}
         assert (wins["dist_ref"] == "IMF") == (q[imf]["dist_ref"] < mf[m["best_mf"]]["dist_ref"])
 

@@ -8,7 +8,7 @@ import torch
 
 from imf.flow.o3s import O3SConfig, o3s_search
 from imf.flow.schedules import load_grid, uniform
-from imf.runs.eval_meanflow import STAGE1, STUDENT, stage_history, winners
+from imf.runs.eval_meanflow import EQUAL_WALL, STAGE1, STUDENT, stage_history, winners
 from imf.runs.sections_eval import write_csv, write_o3s_result
 
 
@@ -47,6 +47,24 @@ def test_stage_history_stitches_the_first_stage_in_front(tmp_path):
     assert (alone.stage1, alone.stage1_steps, alone.steps) == (None, 0, 4)
 
 
+def test_the_equal_wall_point_counts_the_cache_and_each_logged_span(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "meta.json").write_text(json.dumps({"teacher_seconds": 100.0}))
+    ckpts = tmp_path / "student" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    # logged every 5 steps: seconds per step 0.4 over steps 1-5, 0.2 over 6-10, 0.3 over 11-15
+    rows = [{"step": s, "loss": 1.0, "sec_per_step": v} for s, v in ((5, 0.4), (10, 0.2), (15, 0.3))]
+    torch.save({"history": rows, "config": {"cache": str(cache)}}, ckpts / "last.pt")
+    with pytest.raises(FileNotFoundError, match="step_10.pt.*02_distill"):
+        stage_history(ckpts / "last.pt", equal_wall_step=10)
+    (ckpts / "step_10.pt").write_bytes(b"")
+    h = stage_history(ckpts / "last.pt", equal_wall_step=10)
+    assert h.equal_wall == ckpts / "step_10.pt" and h.cache_seconds == 100.0
+    assert h.seconds(10) == pytest.approx(100 + 5 * 0.4 + 5 * 0.2) and h.seconds(15) == pytest.approx(104.5)
+    assert stage_history(ckpts / "last.pt").equal_wall is None
+
+
 def test_winners_by_the_sign_table():
     ref = "teacher + CFG 2"
     rows = [(ref, 4, 1.10, 1.50, 0.0), (STUDENT, 1, 1.05, 1.40, 0.10), (STAGE1, 1, 1.30, 1.45, 0.30),
@@ -58,4 +76,6 @@ def test_winners_by_the_sign_table():
     assert v["wins"] == {"fs_ratio": "IMF", "gv_ratio": "MF", "dist_ref": "IMF"}
     assert v["wins_stage1"] == {"fs_ratio": "MF", "gv_ratio": "MF", "dist_ref": "MF"}
     assert v["reference"] == {"fs_ratio": 1.10, "gv_ratio": 1.50, "dist_ref": 0.0}
-    assert winners(q[q.system != STAGE1], ref)["wins_stage1"] is None
+    assert winners(q[q.system != STAGE1], ref)["wins_stage1"] is None and v["wins_equal_wall"] is None
+    q.loc[q.system == STAGE1, "system"] = EQUAL_WALL
+    assert winners(q, ref)["wins_equal_wall"] == {"fs_ratio": "MF", "gv_ratio": "MF", "dist_ref": "MF"}

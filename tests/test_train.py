@@ -80,3 +80,21 @@ def test_skip_mode_counts_nonfinite_steps(tmp_path):
     assert t.step == 12
     assert sum(h["nonfinite"] for h in t.history) == 4  # steps 9..12 were skipped
     assert all(torch.isfinite(p).all() for p in t.model.parameters())
+
+
+def test_a_kept_step_is_saved_apart_and_a_resumed_run_keeps_the_same_one(tmp_path):
+    cfg = CFG.replace(keep_steps=(6,))
+    full = trainer(tmp_path / "a", objective(), cfg)
+    full.fit()
+    kept = torch.load(tmp_path / "a/checkpoints/step_6.pt", weights_only=False)
+    assert kept["step"] == 6 and sorted(p.name for p in (tmp_path / "a/checkpoints").iterdir()) == ["last.pt", "step_6.pt"]
+    assert [h["step"] for h in kept["history"]] == [2, 4, 6]
+    killed = trainer(tmp_path / "b", objective(fail_at=8), cfg)  # killed after the kept step 6, before 8
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    trainer(tmp_path / "b", objective(), cfg).fit()
+    resumed = torch.load(tmp_path / "b/checkpoints/step_6.pt", weights_only=False)
+    for (k, a), b in zip(kept["ema"].items(), resumed["ema"].values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+    with pytest.raises(Exception, match="keep_steps"):
+        CFG.replace(keep_steps=(13,))

@@ -24,7 +24,8 @@ from imf.runs.launch import default_nproc
 from imf.runs.launch import train as launch_train
 from imf.runs.profiles import profile, runs_dir
 from imf.flow.trajectories import TrajectoryConfig
-from imf.runs.sections_config import AblationConfig, EvalConfig, Stage2Config, StudentObjectiveConfig
+from imf.runs.sections_config import (AblationConfig, EvalConfig, MeanFlowTrainConfig, Stage2Config,
+                                      StudentObjectiveConfig)
 from imf.train.token2mel import distill
 from imf.train.trainer import Trainer, TrainConfig
 from imf.train.trajectories import distill_trajectories, teacher_fingerprint
@@ -77,7 +78,7 @@ class DistillRun(Config):
     @property
     def stage2_train(self) -> TrainConfig:
         """Fresh batches (seed + 1) and a restarted cosine schedule at the second stage's lr."""
-        return self.train.replace(seed=self.train.seed + 1, steps=self.stage2.steps, lr=self.stage2.lr)
+        return self.train.replace(seed=self.train.seed + 1, steps=self.stage2.steps, lr=self.stage2.lr, keep_steps=())
 
     @property
     def trajectory(self) -> TrajectoryConfig:
@@ -98,7 +99,7 @@ class DistillRun(Config):
     @property
     def ablation_train(self) -> TrainConfig:
         A = self.ablation
-        return self.train.replace(steps=A.steps, batch_size=A.batch_size, ckpt_every=max(1, A.steps // 3))
+        return self.train.replace(steps=A.steps, batch_size=A.batch_size, ckpt_every=max(1, A.steps // 3), keep_steps=())
 
 
 def distill_config(params: Mapping[str, Any]) -> DistillRun:
@@ -107,16 +108,25 @@ def distill_config(params: Mapping[str, Any]) -> DistillRun:
     P = profile(params["PROFILE"])
     imf_over = {k: v for k, v in {"teacher_nfe": params["TEACHER_NFE"], "cfg_scale": params["CFG_SCALE"]}.items() if v}
     steps = {"steps": params["STEPS"]} if params["STEPS"] else {}
+    n = params["STEPS"] or P["student_train"]["steps"]
     s2_steps = {"steps": params["STAGE2_STEPS"]} if params["STAGE2_STEPS"] >= 0 else {}
     objective = {"objective": params["OBJECTIVE"]} if params.get("OBJECTIVE") else {}
     return DistillRun(
         profile=params["PROFILE"], teacher_run=params["TEACHER_RUN"], run_name=params["RUN_NAME"],
         stage2_run=params["STAGE2_RUN"], freeze=params["FREEZE"],
-        train=TrainConfig.from_dict(P["student_train"], seed=params["SEED"], **steps),
+        train=TrainConfig.from_dict(P["student_train"], seed=params["SEED"], **steps,
+                                keep_steps=tuple(k for k in kept_steps(P) if k <= n)),
         imf=IMFConfig.from_dict(P["imf"], **imf_over), data=DataConfig.from_dict(P["data"]),
         stage2=Stage2Config.from_dict(P["student_stage2"], **s2_steps), ablation=AblationConfig.from_dict(P["ablation"]),
         run_ablation=params["ABLATION"] and bool(P["ablation"]["teacher_nfes"]), eval=EvalConfig.from_dict(P["eval"]),
         objective=StudentObjectiveConfig.from_dict({**P["student_objective"], **objective}))
+
+
+def kept_steps(P: Mapping[str, Any]) -> tuple[int, ...]:
+    """The first-stage student steps whose checkpoints 02 keeps for later notebooks: 05's equal-wall step
+    (``meanflow_train.imf_step``)."""
+    k = MeanFlowTrainConfig.from_dict(P["meanflow_train"]).imf_step
+    return (k,) if k else ()
 
 
 def stitch_histories(first: list[dict[str, Any]], second: list[dict[str, Any]], offset: int) -> list[dict[str, Any]]:

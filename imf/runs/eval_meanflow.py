@@ -6,13 +6,14 @@ their 1-NFE quality meets the IntMeanFlow student's on identical noise (the pape
 
     wb = open_runs("small", "05_meanflow_vs_imf")
     runs = train_meanflow_runs(wb, seed=0, steps=0, freeze="encoder")
-    imf = stage_history(wb.student_ckpt)
+    imf = imf_history(wb)
     quality = meanflow_quality(wb, runs, imf)
     report_meanflow(wb, memory, runs, imf, quality, winners(quality, runs.reference_name))  # imf.runs.sections_eval
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from imf.train.trainer import Trainer, TrainConfig
 
 STUDENT = "IMF (IntMeanFlow student)"
 STAGE1 = "IMF, first stage only"
+EQUAL_WALL = "IMF at MeanFlow's wall-clock"  # the student's checkpoint at meanflow_train.imf_step
 COMPARED = ("fs_ratio", "gv_ratio", "dist_ref")  # the 1-NFE metrics IntMeanFlow and MeanFlow are compared on
 
 
@@ -78,11 +80,30 @@ class StageHistory:
     stage1: str | None  # the first stage's checkpoint (config ``init`` of a second-stage student)
     stage1_steps: int  # 0 without a first stage
     steps: int  # steps in all
+    equal_wall: Path | None = None  # the checkpoint kept at ``equal_wall_step`` (05's equal wall-clock point)
+    equal_wall_step: int = 0
+    cache_seconds: float = 0.0  # the teacher-trajectory cache's build time (a trajectory student's; 0: none)
+
+    def seconds(self, steps: int) -> float:
+        """Training wall seconds to ``steps`` steps: the trajectory cache, then the logged seconds per step (each
+        log row's mean over the steps since the previous row)."""
+        h = self.history[self.history.step <= steps]
+        if "sec_per_step" not in h or h.sec_per_step.isna().all():
+            return float("nan")
+        spans = h.step.diff().fillna(h.step.iloc[0])
+        return self.cache_seconds + float((h.sec_per_step * spans).sum())
 
 
-def stage_history(ckpt: str | Path) -> StageHistory:
+def imf_history(wb: Opened) -> StageHistory:
+    """:func:`stage_history` of the notebook's student, with the checkpoint at ``meanflow_train.imf_step``."""
+    return stage_history(wb.student_ckpt, MeanFlowTrainConfig.from_dict(wb.P["meanflow_train"]).imf_step)
+
+
+def stage_history(ckpt: str | Path, equal_wall_step: int = 0) -> StageHistory:
     """The history of the student checkpoint ``ckpt``, stitched after its first stage's when it is a
-    second-stage student (its config's ``init``)."""
+    second-stage student (its config's ``init``), with the checkpoint 02 kept at ``equal_wall_step`` (0: none;
+    ``meanflow_train.imf_step``) and the build time of the trajectory cache it learned from (its ``meta.json``)."""
+    ckpt = Path(ckpt)
     state = load_checkpoint(ckpt)
     stage1, stage1_steps, rows = state["config"].get("init"), 0, state["history"]
     if stage1:
@@ -90,7 +111,19 @@ def stage_history(ckpt: str | Path) -> StageHistory:
         stage1_steps = max(h["step"] for h in h1)
         rows = stitch_histories(h1, rows, stage1_steps)
     history = pd.DataFrame(rows)
-    return StageHistory(history, stage1 or None, stage1_steps, int(history.step.max()))
+    equal = None
+    if equal_wall_step:
+        equal = Path(stage1 or ckpt).parent / f"step_{equal_wall_step}.pt"  # 02 keeps it in the first stage
+        if stage1 and equal_wall_step > stage1_steps:
+            raise ValueError(f"meanflow_train.imf_step {equal_wall_step}: 02 keeps checkpoints of the first stage only "
+                             f"({stage1_steps} steps)")
+        if not equal.is_file():
+            raise FileNotFoundError(f"{equal}: the student's checkpoint at step {equal_wall_step} "
+                                    f"(meanflow_train.imf_step) is missing; 02_distill keeps it when it trains the "
+                                    f"student (rerun it, or set meanflow_train.imf_step to 0)")
+    meta = Path(state["config"].get("cache") or "") / "meta.json"
+    cache_s = float(json.loads(meta.read_text()).get("teacher_seconds", 0.0)) if meta.is_file() else 0.0
+    return StageHistory(history, stage1 or None, stage1_steps, int(history.step.max()), equal, equal_wall_step, cache_s)
 
 
 def train_meanflow_runs(wb: Opened, seed: int = 0, steps: int = 0, freeze: str = "encoder",
@@ -139,6 +172,8 @@ def meanflow_quality(wb: Opened, runs: MeanFlowRuns, imf: StageHistory) -> pd.Da
     systems = [System(STUDENT, wb.student)]
     if imf.stage1:
         systems.append(System(STAGE1, load_model(imf.stage1)))
+    if imf.equal_wall:
+        systems.append(System(EQUAL_WALL, load_model(imf.equal_wall)))
     systems += [System(label, tr.ema) for label, tr in runs.trainers.items()]
     quality, _ = nfe_sweep(wb.es, [(ref, max_nfe)] + [(s, n) for s in systems for n in (1, 2)],
                            reference=(ref, max_nfe), batch_size=E["batch_size"])
@@ -151,7 +186,8 @@ def winners(quality: pd.DataFrame, reference_name: str) -> dict:
     the guided teacher's own value wins, as guidance raises them above real speech's 1).
 
     Returns ``best_mf``, ``wins`` (metric -> "IMF" | "MF"), ``wins_stage1`` (the first stage alone;
-    None without one) and ``reference`` (the guided teacher's row).
+    None without one), ``wins_equal_wall`` (the student's checkpoint at MeanFlow's wall-clock; None without
+    one) and ``reference`` (the guided teacher's row).
     """
     q1 = quality[quality.nfe == 1].set_index("system")
     best_mf = q1[~q1.index.str.startswith("IMF")].dist_ref.idxmin()
@@ -162,4 +198,5 @@ def winners(quality: pd.DataFrame, reference_name: str) -> dict:
 
     return {"best_mf": best_mf, "wins": against(q1.loc[STUDENT]),
             "wins_stage1": against(q1.loc[STAGE1]) if STAGE1 in q1.index else None,
+            "wins_equal_wall": against(q1.loc[EQUAL_WALL]) if EQUAL_WALL in q1.index else None,
             "reference": {m: float(ref[m]) for m in COMPARED}}

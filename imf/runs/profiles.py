@@ -105,7 +105,7 @@ _TINY: dict[str, dict[str, Any]] = {
     "cfm": {"p_drop": 0.2},
     "student_train": {"steps": 4, "batch_size": 4, "lr": 3e-4, "warmup": 1, "ema_decay": 0.5,
                        "ckpt_every": 2, "log_every": 1},
-    "meanflow_train": {"steps": 3},
+    "meanflow_train": {"steps": 3, "budget": "wall", "imf_step": 2},  # small's shape: MF meets the student's step 2
     "imf": {"teacher_nfe": 4, "cfg_scale": 2.0, "p_instant": 0.2, "p_full": 0.1},
     "student_stage2": {"steps": 2, "lr": 1e-4, "p_full": 0.5},
     "ablation": {"teacher_nfes": [2, 4], "steps": 2, "batch_size": 2},

@@ -116,12 +116,17 @@ class MeanFlowTrainConfig(Config):
     runs: tuple[str, ...] = tuple(MEANFLOW_RUNS)  # which of MEANFLOW_RUNS to train
     budget: str = "steps"  # "steps": an equal-steps comparison with the student's first stage; "wall": `steps`
     #   was chosen so the MeanFlow run's training wall time matches the student's (the report states both)
+    # budget "wall": the student's checkpoint at this step (02 keeps it) is the one MeanFlow meets at equal wall-clock,
+    # trajectory cache included; 0: the final student
+    imf_step: int = 0
 
     def validate(self) -> None:
         require(self.steps >= 1, "steps", "must be >= 1")
         require(len(self.runs) >= 1 and set(self.runs) <= set(MEANFLOW_RUNS), "runs",
                 f"name one or more of {list(MEANFLOW_RUNS)}")
         require(self.budget in ("steps", "wall"), "budget", "must be 'steps' or 'wall'")
+        require(self.imf_step >= 0 and (self.budget == "wall" or not self.imf_step), "imf_step",
+                "must be >= 0, and 0 unless budget is 'wall'")
 
 
 @dataclasses.dataclass(frozen=True)

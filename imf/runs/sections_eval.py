@@ -27,6 +27,7 @@ from imf.eval.o3s_objectives import ObjectiveStudy, objective_note
 from imf.eval.speed import default_rtf_systems, memory_table, rtf_table, speed_view
 from imf.flow.o3s import HISTORY_COLUMNS, O3SResult
 from imf.flow.schedules import save_grid
+from imf.runs.eval_meanflow import EQUAL_WALL
 from imf.runs.open import Opened
 from imf.runs.voices import wer_voices
 from imf.eval.judges import judges_note
@@ -294,8 +295,10 @@ def report_meanflow(wb: Opened, memory: pd.DataFrame | None, runs: Any, imf: Any
                "winner_per_metric": verdict["wins"], "best_mf": verdict["best_mf"], "mf_steps": tc.steps,
                "imf_steps": imf.steps, "imf_stage1_steps": imf.stage1_steps,
                "winner_per_metric_stage1": verdict["wins_stage1"],
+               "winner_per_metric_equal_wall": verdict.get("wins_equal_wall"), "imf_equal_wall_step": imf.equal_wall_step,
                "mf_train_seconds": {k: train_seconds(pd.DataFrame(h), tc.steps) for k, h in runs.histories().items()},
-               "imf_train_seconds": train_seconds(imf.history, imf.steps)}
+               "imf_train_seconds": imf.seconds(imf.steps), "imf_cache_seconds": imf.cache_seconds,
+               "imf_equal_wall_seconds": imf.seconds(imf.equal_wall_step) if imf.equal_wall_step else None}
     atomic_write_json(out / "metrics.json", metrics)
     mem_md = table_md(memory) if len(memory) else "(memory not measured: MEMORY=False)"
     stab_md = table_md(pd.DataFrame([{"run": k, **v} for k, v in metrics["stability"].items()]))
@@ -306,14 +309,20 @@ def report_meanflow(wb: Opened, memory: pd.DataFrame | None, runs: Any, imf: Any
         f"At equal steps, the first-stage student alone ({s1} steps, as many as each MeanFlow run) against the same "
         f"MeanFlow run: {wins_md(verdict['wins_stage1'])}.\n")
     ref = verdict["reference"]
-    mf_wall, imf_wall = metrics["mf_train_seconds"], metrics["imf_train_seconds"]
-    walls = ", ".join(f"{k} {v:.0f} s" for k, v in mf_wall.items())
+    mf_wall, k = metrics["mf_train_seconds"], imf.equal_wall_step
+    imf_wall = metrics["imf_equal_wall_seconds"] if k else metrics["imf_train_seconds"]
+    walls = ", ".join(f"{name} {v:.0f} s" for name, v in mf_wall.items())
     ratio = max(mf_wall.values()) / imf_wall if mf_wall and imf_wall else float("nan")
     held = ("it did" if 0.8 <= ratio <= 1.25 else
-            f"it took {ratio:.1f}x as long here, so this is NOT an equal-wall comparison")
-    budget_md = (f"**Equal wall-clock**, not equal steps: the MeanFlow steps were chosen so that training takes about as long "
-                 f"as the IntMeanFlow student's; {held} (training seconds from the logged seconds per step: MeanFlow {walls}; "
-                 f"IntMeanFlow {imf_wall:.0f} s for {n} steps, its teacher-trajectory cache built before it not counted)."
+            f"MeanFlow took {ratio:.2f}x as long here, so this is NOT an equal-wall comparison")
+    cache = f"its teacher-trajectory cache {imf.cache_seconds:.0f} s included" if imf.cache_seconds else "no cache"
+    point = (f"the IntMeanFlow student's checkpoint at step {k} (`{EQUAL_WALL}` above; {cache}) against MeanFlow: "
+             f"{wins_md(verdict['wins_equal_wall'])}; the final student trained {n} steps in "
+             f"{metrics['imf_train_seconds']:.0f} s" if k and verdict.get("wins_equal_wall") else
+             f"the final IntMeanFlow student ({n} steps; {cache})")
+    budget_md = (f"**Equal wall-clock**, not equal steps: MeanFlow trained {tc.steps} steps, about as long as {point}. "
+                 f"Training seconds from the logged seconds per step: MeanFlow {walls}; IntMeanFlow {imf_wall:.0f} s; "
+                 f"{held}."
                  if MeanFlowTrainConfig.from_dict(P["meanflow_train"]).budget == "wall" else
                  f"Equal steps are not equal compute: compare the objectives' `sec_per_step` above (IntMeanFlow's grows "
                  f"with its {P['imf']['teacher_nfe']} guided teacher sub-steps).")

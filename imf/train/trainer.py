@@ -72,6 +72,7 @@ class TrainConfig(Config):
     grad_accum: int = 1  # micro-batches per step and process: batch_size = micro x grad_accum x processes
     device: str = "cpu"  # "cpu" | "cuda" (cuda:LOCAL_RANK under torchrun) | "auto" (cuda when available)
     bf16: bool = False  # bf16 autocast of the objective on CUDA (ignored on CPU)
+    keep_steps: tuple[int, ...] = ()  # steps whose checkpoint is also kept as checkpoints/step_<k>.pt (e.g. 05's equal wall)
 
     def validate(self) -> None:
         require(self.steps >= 1, "steps", "must be >= 1")
@@ -82,9 +83,10 @@ class TrainConfig(Config):
         require(self.on_nonfinite in ("stop", "skip"), "on_nonfinite", "must be 'stop' or 'skip'")
         require(self.grad_accum >= 1, "grad_accum", "must be >= 1")
         require(self.device in ("cpu", "cuda", "auto"), "device", "must be 'cpu', 'cuda' or 'auto'")
+        require(all(1 <= k <= self.steps for k in self.keep_steps), "keep_steps", f"must lie in 1..steps ({self.steps})")
 
 
-RESUME_MAY_CHANGE = ("steps", "grad_accum", "device")  # TrainConfig fields a resumed run may change
+RESUME_MAY_CHANGE = ("steps", "grad_accum", "device", "keep_steps")  # TrainConfig fields a resumed run may change
 
 
 class _EpochPerm:
@@ -180,7 +182,13 @@ class Trainer:
         if objective_state is not None and objective_state() is not None:
             state["objective"] = objective_state()
         atomic_torch_save(state, self.ckpt_path)
+        if self.step in self.cfg.keep_steps:
+            atomic_torch_save(state, self.step_path(self.step))
         self._write_logs()
+
+    def step_path(self, step: int) -> Path:
+        """The checkpoint kept at ``step`` (``TrainConfig.keep_steps``)."""
+        return self.run_dir / "checkpoints" / f"step_{step}.pt"
 
     def try_resume(self) -> bool:
         if not self.ckpt_path.exists():
@@ -192,7 +200,7 @@ class Trainer:
         for k, v in TrainConfig().to_dict().items():
             old_train.setdefault(k, v)  # fields added since the checkpoint was written: their defaults
         for k in RESUME_MAY_CHANGE:  # a resumed run may train longer, on other devices or process counts
-            old_train.pop(k), new_train.pop(k)
+            old_train.pop(k, None), new_train.pop(k, None)
         if old != new or old_train != new_train:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             diff += sorted(f"train.{k}" for k in set(old_train) | set(new_train) if old_train.get(k) != new_train.get(k))
@@ -294,7 +302,8 @@ class Trainer:
                 self.history.append(row)
                 acc = {}
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
-            if main and (self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps):
+            if main and (self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps
+                         or self.step in self.cfg.keep_steps):
                 self.save()
                 if self.on_checkpoint is not None:
                     self.on_checkpoint(self)
