@@ -232,6 +232,9 @@ def test_config_validates_and_builds(plugin_module):
     assert [j.name for j in judges] == ["pesq", "stoi", "loud"]
     assert judges[0].cache is judges[1].cache  # one shared cache
     assert set(JUDGES) == {"wer", "sim", "mos", "pesq", "stoi"}
+    # threads: the process's torch threads unless set (the notebooks judge after training, never beside it)
+    assert judges[0].num_threads == torch.get_num_threads() and STOI().num_threads == 1
+    assert make_judges(JudgesConfig(judges=("pesq",), num_threads=1))[0].num_threads == 1
 
 
 def test_missing_weights_and_packages_fail_clearly(tmp_path, monkeypatch):

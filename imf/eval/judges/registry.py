@@ -7,6 +7,8 @@ import dataclasses
 import math
 from typing import Any, Callable, Mapping, Sequence
 
+import torch
+
 from imf.core import distributed
 from imf.core.config import Config, require
 from imf.eval.judges.base import Judge, JudgeItem, ScoreCache, load_object
@@ -121,7 +123,7 @@ class JudgesConfig(Config):
     whisper_beam_size: int = 5  # beam search width for Whisper
     sim_encoder: str = "resemblyzer"  # "resemblyzer" or "module:factory" returning wav (N,) -> emb (D,)
     cache_path: str | None = None  # JSON cache shared by all built-in judges; None: memory only
-    num_threads: int = 1  # threads per judge while scoring
+    num_threads: int = 0  # threads per judge while scoring; 0: this process's torch threads (imf.core.runtime.setup_threads)
     progress: bool = True  # tqdm bars for long lists
 
     def validate(self) -> None:
@@ -132,14 +134,14 @@ class JudgesConfig(Config):
             except ValueError as e:
                 require(False, "judges", str(e))
         require(self.whisper_beam_size >= 1, "whisper_beam_size", "must be >= 1")
-        require(self.num_threads >= 1, "num_threads", "must be >= 1")
+        require(self.num_threads >= 0, "num_threads", "must be >= 0 (0: the process's torch threads)")
 
 
 def make_judges(cfg: JudgesConfig) -> list[Judge]:
     """Build the judges of ``cfg`` (built-in judges and model kinds share the cache and thread
     settings; plug-in factories get no arguments)."""
     cache = ScoreCache(cfg.cache_path)
-    common = dict(cache=cache, num_threads=cfg.num_threads, progress=cfg.progress)
+    common = dict(cache=cache, num_threads=cfg.num_threads or torch.get_num_threads(), progress=cfg.progress)
     specific = {"wer": dict(model_path=cfg.whisper_model, beam_size=cfg.whisper_beam_size),
                 "sim": dict(encoder=cfg.sim_encoder), "whisper": dict(beam_size=cfg.whisper_beam_size)}
     out = []
