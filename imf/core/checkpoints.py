@@ -11,6 +11,7 @@ checkpoint never needs the training package.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 from pathlib import Path
 from typing import Any, Callable
@@ -109,3 +110,14 @@ def model_from_state(state: dict[str, Any], path: str | Path, ema: bool = True) 
                               f"{e}") from e
     load_weights(model, state[weights], path, weights)
     return model.eval().requires_grad_(False)
+
+
+def module_fingerprint(model: nn.Module, salt: str = "") -> str:
+    """sha256 (hex) of ``salt`` and a module's state dict: names, dtypes, shapes and bytes. Two modules with the
+    same weights have the same fingerprint whatever their file or object."""
+    h = hashlib.sha256(salt.encode())
+    for name, v in sorted(model.state_dict().items()):
+        a = v.detach().cpu().contiguous()
+        h.update(f"{name}:{a.dtype}:{tuple(a.shape)}".encode())
+        h.update(a.reshape(-1).view(torch.uint8).numpy().tobytes() if a.numel() else b"")
+    return h.hexdigest()

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from imf.core import distributed
 from imf.flow.solvers import sample
 from imf.eval.evalset import EvalSet
+from imf.eval.samples import SampleCache
 from imf.eval.metrics import (intrinsic_metrics, intrinsic_per_utterance, noise_correlation, objective_column,
                               objective_score)
 from imf.eval.systems import System
@@ -32,13 +33,28 @@ INTRINSIC = ("dist_ref", "fs_ratio", "gv_ratio")  # columns of imf.eval.metrics.
 
 @torch.no_grad()
 def generate(model: Callable[..., Tensor], es: EvalSet, time_grid: Tensor, method: str = "euler",
-             batch_size: int = 32, progress: bool = False, shard: bool = True) -> tuple[Tensor, int, float]:
+             batch_size: int = 32, progress: bool = False, shard: bool = True,
+             cache: SampleCache | None = None) -> tuple[Tensor, int, float]:
     """Sample every utterance of ``es`` from its fixed noise. Returns (x (N, C, T) normalised,
     model calls per utterance batch, seconds). ``progress``: a transient bar over the batches
     (shown only when there are several; it sits under an outer bar such as :func:`nfe_sweep`'s).
 
     ``shard``: under torchrun, this process samples only its block of utterances
-    (:func:`imf.core.distributed.shard_range`) and gathers the others' (module docstring)."""
+    (:func:`imf.core.distributed.shard_range`) and gathers the others' (module docstring).
+    ``cache``: outputs already sampled with the same weights, grid, solver and set are read back
+    (:class:`imf.eval.samples.SampleCache`; their ``seconds`` are the original sampling's)."""
+    key = None if cache is None else cache.key(model, es, time_grid, method)
+    hit = None if cache is None else cache.get(key)
+    if hit is not None:
+        return hit
+    x, nfe, seconds = _generate(model, es, time_grid, method, batch_size, progress, shard)
+    if cache is not None:
+        cache.put(key, x, nfe, seconds)
+    return x, nfe, seconds
+
+
+def _generate(model: Callable[..., Tensor], es: EvalSet, time_grid: Tensor, method: str, batch_size: int,
+              progress: bool, shard: bool) -> tuple[Tensor, int, float]:
     own = distributed.shard_range(len(es)) if shard else range(len(es))
     outs, nfe, t0 = [], 0, time.perf_counter()
     starts = range(own.start, own.stop, batch_size)
@@ -56,14 +72,16 @@ def generate(model: Callable[..., Tensor], es: EvalSet, time_grid: Tensor, metho
 
 def nfe_sweep(es: EvalSet, points: Sequence[tuple[System, int]], reference: Tensor | tuple[System, int] | None = None,
               judges: Callable[[EvalSet, Tensor], dict[str, float]] | None = None, batch_size: int = 32,
-              progress: bool = True, keep: bool = False) -> tuple[pd.DataFrame, dict[tuple[str, int], Tensor]]:
+              progress: bool = True, keep: bool = False,
+              cache: SampleCache | None = None) -> tuple[pd.DataFrame, dict[tuple[str, int], Tensor]]:
     """Evaluate each (system, nfe) point on ``es``.
 
     ``reference``: normalised mel (N, C, T), or a (system, nfe) point generated first, whose
     output on the same noise gives the ``dist_ref`` column (that point, listed in ``points`` too — the same
     ``System`` object —, is sampled once); ``noise_corr`` correlates each
     output's fine structure with its noise (see :mod:`imf.eval.metrics`). Returns a table (one row per
-    point) and, if ``keep``, the generated normalised mels keyed by (system name, nfe).
+    point) and, if ``keep``, the generated normalised mels keyed by (system name, nfe). ``cache``: see
+    :func:`generate`.
     """
     real = es.real_logmel()
     ref_point = reference if isinstance(reference, tuple) else None
@@ -73,7 +91,7 @@ def nfe_sweep(es: EvalSet, points: Sequence[tuple[System, int]], reference: Tens
     if ref_point is not None:
         system, nfe = ref_point
         bar.set_postfix_str(f"reference: {system.name}, {nfe} NFE")
-        ref_out = generate(system.model, es, system.grid(nfe), system.method, batch_size, progress)
+        ref_out = generate(system.model, es, system.grid(nfe), system.method, batch_size, progress, cache=cache)
         reference = ref_out[0]
         if not shared:
             bar.update(1)
@@ -85,7 +103,7 @@ def nfe_sweep(es: EvalSet, points: Sequence[tuple[System, int]], reference: Tens
         if ref_point is not None and system is ref_point[0] and nfe == ref_point[1]:
             x, calls, secs = ref_out  # the reference point is sampled once
         else:
-            x, calls, secs = generate(system.model, es, grid, system.method, batch_size, progress)
+            x, calls, secs = generate(system.model, es, grid, system.method, batch_size, progress, cache=cache)
         gen = es.corpus.denormalize(x) * es.mask[:, None]
         row = {"system": system.name, "schedule": system.schedule, "nfe": calls, "seconds": secs,
                **intrinsic_metrics(gen, real, es.mask, ref), "noise_corr": noise_correlation(x, es.z_0, es.mask)}

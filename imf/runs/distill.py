@@ -22,7 +22,7 @@ from imf.eval.systems import System, guided
 from imf.flow.objectives import IMFConfig
 from imf.runs.launch import default_nproc
 from imf.runs.launch import train as launch_train
-from imf.runs.profiles import profile, runs_dir
+from imf.runs.profiles import profile, runs_dir, sample_cache
 from imf.flow.trajectories import TrajectoryConfig
 from imf.runs.sections_config import (AblationConfig, EvalConfig, MeanFlowTrainConfig, Stage2Config,
                                       StudentObjectiveConfig)
@@ -221,7 +221,7 @@ def quick_check(cfg: DistillRun, teacher: nn.Module, es: EvalSet) -> QuickCheck:
     if cfg.has_stage2:
         students.append(System("student, stage 2", load_model(cfg.runs / cfg.final_run / LAST)))
     table, _ = nfe_sweep(es, [(ref, max_nfe), (ref, 1)] + [(s, n) for s in students for n in (1, 2)],
-                         reference=(ref, max_nfe), batch_size=cfg.eval.batch_size)
+                         reference=(ref, max_nfe), batch_size=cfg.eval.batch_size, cache=sample_cache(cfg.profile))
     return QuickCheck(table, ref, max_nfe, students)
 
 

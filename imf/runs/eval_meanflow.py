@@ -176,7 +176,7 @@ def meanflow_quality(wb: Opened, runs: MeanFlowRuns, imf: StageHistory) -> pd.Da
         systems.append(System(EQUAL_WALL, load_model(imf.equal_wall)))
     systems += [System(label, tr.ema) for label, tr in runs.trainers.items()]
     quality, _ = nfe_sweep(wb.es, [(ref, max_nfe)] + [(s, n) for s in systems for n in (1, 2)],
-                           reference=(ref, max_nfe), batch_size=E["batch_size"])
+                           reference=(ref, max_nfe), batch_size=E["batch_size"], cache=wb.samples)
     return quality
 
 

@@ -70,12 +70,12 @@ def nfe_curves(wb: Opened, cfg_scale: float = 0.0, sway: float = -1.0, progress:
     points = [(s, n) for s in systems[:2] for n in E["teacher_nfes"]] + [(systems[2], n) for n in sway_nfes]
     points += [(System(STUDENT, wb.student), n) for n in E["student_nfes"]]
     table, outputs = nfe_sweep(wb.es, points, reference=(systems[0], max_nfe), batch_size=E["batch_size"],
-                               progress=progress, keep=True)
+                               progress=progress, keep=True, cache=wb.samples)
     # zero-shot: the guided teacher (uniform) and the student again on held-out voices, under a forked RNG
     split = E.get("zero_shot_split", "unseen")
     ues = unseen_eval_set(wb.corpus, split, E["n_utts"], E["seed"], E["max_frames"], wb.P["data"]["prompt_frames"])
     zs_points = [p for p in points if p[0].name in (t_cfg, STUDENT)]
-    unseen = sweep_split(ues, zs_points, (systems[0], max_nfe), E["batch_size"])
+    unseen = sweep_split(ues, zs_points, (systems[0], max_nfe), E["batch_size"], cache=wb.samples)
     return NFECurves(table, outputs, t_cfg, w, max_nfe, unseen, split_voices(wb.corpus, split) if ues is not None else [])
 
 

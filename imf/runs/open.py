@@ -24,7 +24,8 @@ from imf.data import Corpus, CorpusConfig, build_corpus, load_corpus
 from imf.data.importers import ImportConfig, import_corpus, is_built_corpus
 from imf.eval.evalset import EvalSet, make_eval_set
 from imf.models.vocoder import load_vocoder
-from imf.runs.profiles import profile, runs_dir, student_run
+from imf.eval.samples import SampleCache
+from imf.runs.profiles import profile, runs_dir, sample_cache, student_run
 from imf.runs.report import section_dir
 
 # run folder -> the notebook that writes it (for "run it first" messages)
@@ -106,6 +107,11 @@ class Opened:
     out: Path | None  # results/<section>/ (None: no section)
     teacher_ckpt: Path
     student_ckpt: Path | None
+
+    @property
+    def samples(self) -> SampleCache:
+        """The profile's cache of generated outputs (``runs/<profile>/samples``): what 01-05 sampled, read back."""
+        return sample_cache(self.profile)
 
     def vocoder_checkpoint(self, run: str = "vocoder") -> Path | None:
         """The checkpoint of the trained vocoder of ``run``, or None if 00_vocoder has not trained it."""

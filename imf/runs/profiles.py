@@ -17,6 +17,7 @@ from typing import Any
 
 from imf.core.config import Config, ConfigError
 from imf.core.runtime import runs_root
+from imf.eval.samples import SampleCache
 from imf.runs.sections_config import ProfileConfig, sub_section
 
 _SMALL: dict[str, dict[str, Any]] = {
@@ -305,3 +306,8 @@ def student_run(profile_name: str) -> str:
 def runs_dir(profile_name: str) -> Path:
     """``$IMF_RUNS/<profile>`` or ``<repo>/runs/<profile>``: checkpoints live here (git-ignored)."""
     return runs_root() / profile_name
+
+
+def sample_cache(profile_name: str) -> SampleCache:
+    """The profile's cache of generated evaluation outputs, ``runs/<profile>/samples`` (:mod:`imf.eval.samples`)."""
+    return SampleCache(runs_dir(profile_name) / "samples")

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from imf.eval.evalset import EvalSet, make_eval_set
+from imf.eval.samples import SampleCache
 from imf.eval.sweep import nfe_sweep
 from imf.eval.systems import System
 
@@ -39,12 +40,12 @@ def unseen_eval_set(corpus, split: str, n_utts: int, seed: int, max_frames: int,
 
 
 def sweep_split(es: EvalSet | None, points: Sequence[tuple[System, int]], reference: tuple[System, int],
-                batch_size: int, progress: bool = False) -> pd.DataFrame | None:
+                batch_size: int, progress: bool = False, cache: SampleCache | None = None) -> pd.DataFrame | None:
     """:func:`imf.eval.sweep.nfe_sweep` of ``points`` on ``es`` (None: None), under a forked RNG."""
     if es is None:
         return None
     with torch.random.fork_rng(devices=[]):
-        table, _ = nfe_sweep(es, points, reference=reference, batch_size=batch_size, progress=progress)
+        table, _ = nfe_sweep(es, points, reference=reference, batch_size=batch_size, progress=progress, cache=cache)
     return table
 
 

@@ -24,7 +24,7 @@ from imf.flow.objectives import CFMConfig
 from imf.models import Token2MelConfig
 from imf.runs.launch import default_nproc
 from imf.runs.launch import train as launch_train
-from imf.runs.profiles import profile, runs_dir
+from imf.runs.profiles import profile, runs_dir, sample_cache
 from imf.runs.sections_config import EvalConfig
 from imf.runs.splits import split_voices, sweep_split, unseen_eval_set
 from imf.train.token2mel import train_teacher
@@ -109,8 +109,9 @@ def evaluate_teacher(cfg: TeacherRun, corpus, out: str | Path) -> TeacherEval:
     es = make_eval_set(corpus, E.split, E.n_utts, E.seed, E.max_frames, cfg.data.prompt_frames)
     w, nfes = cfg.cfg_scale, list(E.teacher_nfes)
     plain, cfg_sys = System("teacher", teacher), System(f"teacher + CFG {w:g}", guided(teacher, w))
+    cache = sample_cache(cfg.profile)
     df, kept = nfe_sweep(es, [(s, n) for s in (plain, cfg_sys) for n in nfes], reference=(cfg_sys, max(nfes)),
-                         batch_size=E.batch_size, keep=True)
+                         batch_size=E.batch_size, keep=True, cache=cache)
     df.to_csv(out / "nfe_guidance.csv", index=False)
     plot_metric_vs_nfe(df, ["fs_ratio", "gv_ratio", "dist_ref"], out / "nfe_guidance.png",
                        refs={"fs_ratio": 1.0, "gv_ratio": 1.0}, title=f"teacher on {len(es)} held-out utterances, identical noise")
@@ -122,6 +123,6 @@ def evaluate_teacher(cfg: TeacherRun, corpus, out: str | Path) -> TeacherEval:
     plot_mels({k: v[:, : int(es.mask[i].sum())] for k, v in mels.items()}, out / "teacher_samples.png", title=es.ids[i])
     # zero-shot: the guided rows again on held-out voices (after everything above, under a forked RNG)
     ues = unseen_eval_set(corpus, E.zero_shot_split, E.n_utts, E.seed, E.max_frames, cfg.data.prompt_frames)
-    unseen = sweep_split(ues, [(cfg_sys, n) for n in nfes], (cfg_sys, max(nfes)), E.batch_size)
+    unseen = sweep_split(ues, [(cfg_sys, n) for n in nfes], (cfg_sys, max(nfes)), E.batch_size, cache=cache)
     voices = split_voices(corpus, E.zero_shot_split) if ues is not None else []
     return TeacherEval(teacher, es, df, plain, cfg_sys, kept, unseen, voices)

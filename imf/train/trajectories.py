@@ -17,7 +17,6 @@ The maths (pairs, targets, the loss) is :mod:`imf.flow.trajectories`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from imf.core.checkpoints import module_fingerprint
 from imf.core.counting import count_rows
 from imf.core.lock import RunLock
 from imf.core.runtime import atomic_write_json, seed_everything
@@ -49,12 +49,7 @@ class TrajectoryCacheMismatch(ValueError):
 
 def teacher_fingerprint(teacher: nn.Module, cfg_scale: float) -> str:
     """sha256 of the teacher's state dict (names, shapes, bytes) and the guidance scale: the cache's key."""
-    h = hashlib.sha256(f"w={float(cfg_scale)!r}".encode())
-    for name, v in sorted(teacher.state_dict().items()):
-        a = v.detach().cpu().contiguous()
-        h.update(f"{name}:{a.dtype}:{tuple(a.shape)}".encode())
-        h.update(a.view(torch.uint8).numpy().tobytes() if a.numel() else b"")
-    return h.hexdigest()
+    return module_fingerprint(teacher, f"w={float(cfg_scale)!r}")
 
 
 class TrajectoryCache:
