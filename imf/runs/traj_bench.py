@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--note", default="", help="--plot: a paragraph (how the runs were made) put under the table")
     a = ap.parse_args(argv)
     out = Path(a.out or section_dir(SECTION))
+    out.mkdir(parents=True, exist_ok=True)
     if a.plot:
         df = pd.concat([pd.read_csv(p) for p in sorted(out.glob("*.csv")) if p.name not in OUTPUTS])
         print(write_cost_section(df, out, a.note))
