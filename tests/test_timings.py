@@ -1,6 +1,7 @@
 """Pipeline timings: results/timings.csv written atomically, the ETA computed from the previous run's
 rows of the same profile, and the README's wall-time table."""
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -127,3 +128,16 @@ def test_readme_table_lists_each_profiles_notebooks_in_order_with_a_total(tmp_pa
     assert "| 2m30s | 150.0 | 3.0 | 6.0 | 141.0 |" in total  # cpu_s not recorded: NaN summed to 0
     assert "Profile `small`" in readme and readme.index("Profile `small`") < readme.index("Profile `tiny`")
     assert isinstance(read_timings(path), pd.DataFrame)
+
+
+def test_steal_is_the_eighth_field_of_the_cpu_line_in_seconds(tmp_path):
+    import os
+    from imf.runs.timings import steal_seconds
+    stat = tmp_path / "stat"
+    hz = os.sysconf("SC_CLK_TCK")
+    stat.write_text(f"cpu  10 0 5 100 0 0 0 {3 * hz} 0 0\ncpu0 5 0 2 50 0 0 0 {hz} 0 0\n")
+    assert steal_seconds(stat) == 3.0
+    assert math.isnan(steal_seconds(tmp_path / "missing"))
+    path = tmp_path / "timings.csv"
+    record(path, "tiny", "00_corpus", {"seconds": 9.0, "steal_s": 2.5}, finished="t")
+    assert read_timings(path).loc[0, "steal_s"] == 2.5

@@ -34,7 +34,7 @@ from imf.runs.params import check, declared
 from imf.runs.profiles import PROFILES
 from imf.runs.report import build_readme, results_dir
 from imf.runs.timings import FILE as TIMINGS_FILE
-from imf.runs.timings import eta_line, notebook_times, fmt_seconds, previous_seconds, read_timings, record
+from imf.runs.timings import eta_line, notebook_times, fmt_seconds, previous_seconds, read_timings, record, steal_seconds
 from imf.viz.widgets import mark_offline
 
 NOTEBOOKS = [
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = previous_seconds(read_timings(timings), args.profile)  # the previous run's, read before any is replaced
     t_start = time.time()
     for i, name in enumerate(names):
-        t0, cpu0 = time.time(), children_cpu()
+        t0, cpu0, steal0 = time.time(), children_cpu(), steal_seconds()
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"[imf.runs.pipeline] {name} (profile {args.profile}; {i + 1}/{len(names)}; elapsed "
               f"{fmt_seconds(t0 - t_start)}; {eta_line(previous, names[i:])}) ...", flush=True)
@@ -201,12 +201,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[imf.runs.pipeline] {name} FAILED after {time.time() - t0:.0f}s: {e}", file=sys.stderr)
             print(f"[imf.runs.pipeline] partial copy: {out_dir / (name + '.failed.ipynb')}", file=sys.stderr)
             return 1
-        times = {**notebook_times(executed, time.time() - t0), "cpu_s": children_cpu() - cpu0}
+        times = {**notebook_times(executed, time.time() - t0), "cpu_s": children_cpu() - cpu0,
+                 "steal_s": steal_seconds() - steal0}
         record(timings, args.profile, name, times, load_avg=load,
                finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         last = f", previous run {fmt_seconds(previous[name])}" if name in previous else ""
         print(f"[imf.runs.pipeline] {name} done in {fmt_seconds(times['seconds'])} (kernel start {times['startup_s']:.0f}s, "
-              f"imports {times['imports_s']:.0f}s, work {times['work_s']:.0f}s; {times['cpu_s']:.0f} CPU-s{last}) -> {executed}", flush=True)
+              f"imports {times['imports_s']:.0f}s, work {times['work_s']:.0f}s; {times['cpu_s']:.0f} CPU-s, "
+              f"{times['steal_s']:.0f} s stolen by the host{last}) -> {executed}", flush=True)
     print(f"[imf.runs.pipeline] {len(names)} notebook(s) in {fmt_seconds(time.time() - t_start)}", flush=True)
     build_readme()
     print(f"[imf.runs.pipeline] results: {results_dir() / 'README.md'}")

@@ -11,7 +11,10 @@ finishes, so an interrupted pipeline keeps the times of the notebooks it complet
 - ``cpu_s``: CPU seconds (user + system) of the kernel and the processes it waited for; unlike the wall
   times it barely grows on a busy machine (the tiny pipeline: ~430 CPU-seconds in all),
 - ``finished``: UTC time the notebook finished, ``load_avg``: the 1-minute load average when it
-  started, ``cpus``: the machine's cores (a busy or smaller machine makes every number larger).
+  started, ``cpus``: the machine's cores (a busy or smaller machine makes every number larger),
+- ``steal_s``: CPU seconds the hypervisor gave to other machines while this one wanted them, summed over
+  the cores, during the notebook (``/proc/stat``'s steal; NaN where there is none): a virtual machine whose
+  host is busy runs slower with a quiet load average, and this column is the only place that shows it.
 
 :func:`estimate_left` turns the previous run's rows into the pipeline's "what is left" estimate
 (``None``, printed as "unknown", when a notebook still to run has no recorded time);
@@ -30,7 +33,7 @@ import pandas as pd
 from imf.core.runtime import atomic_write_text
 
 COLUMNS = ["profile", "notebook", "seconds", "startup_s", "imports_s", "work_s", "cpu_s", "finished", "load_avg",
-           "cpus"]
+           "cpus", "steal_s"]
 
 
 FILE = "timings.csv"  # in the results folder (imf.runs.report.results_dir)
@@ -67,12 +70,21 @@ def notebook_times(executed: str | os.PathLike | None, wall: float) -> dict[str,
     return {"seconds": wall, "startup_s": wall - sum(cells), "imports_s": imports, "work_s": sum(cells) - imports}
 
 
+def steal_seconds(stat: str | os.PathLike = "/proc/stat") -> float:
+    """The machine's CPU steal time so far, seconds summed over the cores (NaN without ``/proc/stat``)."""
+    try:
+        fields = Path(stat).read_text().splitlines()[0].split()
+    except OSError:
+        return math.nan
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if fields[0] == "cpu" and len(fields) > 8 else math.nan
+
+
 def record(path: str | os.PathLike, profile: str, notebook: str, times: Mapping[str, float], *, finished: str,
            load_avg: float = math.nan, cpus: int | None = None) -> pd.DataFrame:
     """Replace (or add) the row of ``(profile, notebook)`` and rewrite the file atomically; return the table.
 
-    ``times`` has ``seconds`` and optionally ``startup_s``, ``imports_s``, ``work_s`` (:func:`notebook_times`)
-    and ``cpu_s``.
+    ``times`` has ``seconds`` and optionally ``startup_s``, ``imports_s``, ``work_s`` (:func:`notebook_times`),
+    ``cpu_s`` and ``steal_s``.
     Rows of other profiles and notebooks are kept as they are.
     """
     path = Path(path)
@@ -82,7 +94,8 @@ def record(path: str | os.PathLike, profile: str, notebook: str, times: Mapping[
     df = df[~((df["profile"] == profile) & (df["notebook"] == notebook))]
     row = {"profile": profile, "notebook": notebook, **{k: round(float(times.get(k, math.nan)), 2)
                                                         for k in ("seconds", "startup_s", "imports_s", "work_s", "cpu_s")},
-           "finished": finished, "load_avg": round(float(load_avg), 2), "cpus": cpus or os.cpu_count()}
+           "finished": finished, "load_avg": round(float(load_avg), 2), "cpus": cpus or os.cpu_count(),
+           "steal_s": round(float(times.get("steal_s", math.nan)), 1)}
     df = pd.concat([df, pd.DataFrame([row])], ignore_index=True) if len(df) else pd.DataFrame([row])
     df = df.reindex(columns=COLUMNS + [c for c in df.columns if c not in COLUMNS])
     atomic_write_text(path, df.to_csv(index=False))
@@ -133,12 +146,12 @@ def timings_tables(timings: pd.DataFrame, order: Sequence[str] = ()) -> dict[str
     """The README's wall-time tables: ``{profile: table}``, notebooks in ``order`` (others after, by
     name), a readable ``wall`` column and a ``total`` row. Empty when nothing was recorded."""
     rank = {n: i for i, n in enumerate(order)}
-    cols = ["notebook", "seconds", "startup_s", "imports_s", "work_s", "cpu_s", "finished", "load_avg"]
+    cols = ["notebook", "seconds", "startup_s", "imports_s", "work_s", "cpu_s", "steal_s", "finished", "load_avg"]
     out = {}
     for prof, g in timings.groupby("profile", sort=True):
         g = g.assign(_r=[rank.get(n, len(rank)) for n in g["notebook"]]).sort_values(["_r", "notebook"])
         t = g[[c for c in cols if c in g]].reset_index(drop=True)
-        sums = {c: t[c].sum(min_count=1) for c in cols[1:6] if c in t}  # NaN when nothing of c was recorded
+        sums = {c: t[c].sum(min_count=1) for c in cols[1:7] if c in t}  # NaN when nothing of c was recorded
         total = {"notebook": "total", **sums, "finished": "", "load_avg": ""}
         t = pd.concat([t, pd.DataFrame([total])], ignore_index=True)
         t.insert(1, "wall", [fmt_seconds(s) for s in t["seconds"]])
