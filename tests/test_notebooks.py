@@ -172,8 +172,10 @@ def test_distill_second_stage_starts_from_the_student(tree):
     # one step at lr 1e-12 from the student's EMA weights, far from the teacher-initialised student
     assert max_gap(trainer.model, student) < 1e-6 < max_gap(fresh, student)
     assert load_checkpoint(tree / "stage2/checkpoints/last.pt")["config"]["init"] == str(student_ckpt)
-    with pytest.raises(ValueError, match="not a student checkpoint"):
-        distill(corpus, teacher_ckpt, tree / "stage2_bad", cfg, init=teacher_ckpt, progress=False)
+    # a flow-matching checkpoint as init: the init strategy applied to it (here the teacher itself: the fresh student)
+    from_fm, _ = distill(corpus, teacher_ckpt, tree / "from_fm", cfg, IMFConfig(teacher_nfe=2, p_full=0.5),
+                         init=teacher_ckpt, progress=False)
+    assert max_gap(from_fm.model, fresh) < 1e-6
 
 
 def test_trajectory_reuse_distils_from_the_tiny_teacher_without_calling_it(tree):

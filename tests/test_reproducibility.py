@@ -118,3 +118,20 @@ def test_a_teacher_of_another_vocabulary_is_refused(setup, tmp_path):
     _, summary = distill(corpus, permuted, tmp_path / "s3", STUDENT.replace(steps=1), IMF, DATA, progress=False)
     assert summary["steps"] == 1
     assert not list(tmp_path.glob("s/checkpoints/*")) and not list(tmp_path.glob("s2/checkpoints/*"))
+
+
+def test_a_student_of_another_size_distils_from_the_teacher_and_lowers_its_loss(setup, tmp_path):
+    """The teacher-size ablation's mechanism: the student starts from a SMALLER flow-matching model (the init
+    strategy on it) and learns from the bigger guided teacher."""
+    corpus, teacher = setup
+    small_cfg = Token2MelConfig(dim=16, n_layers=1, text_layers=1, prompt_layers=1)
+    train_teacher(corpus, tmp_path / "small", small_cfg, TrainConfig(steps=4, batch_size=4, lr=2e-3, warmup=1,
+                  ckpt_every=4, log_every=2, seed=0, threads=1), data_cfg=DATA, progress=False)
+    small = tmp_path / "small" / "checkpoints" / "last.pt"
+    cfg = STUDENT.replace(steps=40, ckpt_every=40, log_every=5, lr=3e-3)
+    trainer, _ = distill(corpus, teacher, tmp_path / "s", cfg, IMF, DATA, progress=False, init=small)
+    assert trainer.model.config.dim == 16 and trainer.model.config.mean_flow
+    assert sum(p.numel() for p in trainer.model.parameters()) < sum(
+        p.numel() for p in recipes.load_for_corpus(teacher, corpus, "teacher").parameters()) / 2
+    losses = [h["loss"] for h in trainer.history]
+    assert sum(losses[-2:]) < 0.8 * sum(losses[:2]), losses

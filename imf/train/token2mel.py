@@ -95,7 +95,10 @@ def distill(corpus, teacher_ckpt: str | Path, run_dir: str | Path, train_cfg: Tr
 
     ``init=None``: the student starts from the teacher's weights (the init strategy). A path to
     a student checkpoint: start from that student's EMA weights instead, e.g. a second stage
-    with another interval mix (``imf_cfg.p_full``) after a first distillation run. ``teacher_rows``: a dict whose
+    with another interval mix (``imf_cfg.p_full``) after a first distillation run. A path to a
+    flow-matching model's checkpoint (a teacher-like model, of any size): the init strategy applied
+    to that model, so a student of another size than the teacher learns from it (the paper's
+    teacher-size ablation: a small model's student distilled from a big teacher). ``teacher_rows``: a dict whose
     ``rows``/``calls`` count the teacher's evaluations (:func:`imf.core.counting.count_rows`);
     ``on_checkpoint(trainer)``: called after each checkpoint.
     """
@@ -105,9 +108,11 @@ def distill(corpus, teacher_ckpt: str | Path, run_dir: str | Path, train_cfg: Tr
         student = student_from_teacher(teacher)
     else:
         student = load_for_corpus(init, corpus, "init")
-        if not getattr(getattr(student, "config", None), "mean_flow", False):
-            raise ValueError(f"distill(init={str(init)!r}): not a student checkpoint (its model takes no r); "
-                             "pass a run of distill or train_meanflow, or init=None to start from the teacher")
+        if not hasattr(getattr(student, "config", None), "mean_flow"):
+            raise ValueError(f"distill(init={str(init)!r}): its {type(student).__name__} cannot become a mean-flow "
+                             "student (its config has no mean_flow); pass a flow-matching model's or a student's run")
+        if not student.config.mean_flow:  # a flow-matching model, maybe of another size: the init strategy on it
+            student = student_from_teacher(student.to(next(teacher.parameters()).device))
     student.train()
     params = freeze(student, freeze_mode)
     guided = Guided(teacher, imf_cfg.cfg_scale)
