@@ -111,7 +111,8 @@ def _flat(d, prefix=""):
 
 
 BUDGETED = {  # the keys in which small (the <= 60-minute default, issue 17) differs from small-long
-    "data.max_frames", "eval.teacher_nfes", "eval.speed_repeats", "vocoder.train.steps", "vocoder.per_voice", "student_objective.objective", "student_train.steps", "student_train.lr",
+    "data.max_frames", "eval.teacher_nfes", "eval.speed_repeats", "vocoder.train.steps", "vocoder.per_voice", "student_objective.objective", "student_train.lr",
+    "teacher_model.dim", "teacher_model.n_layers", "teacher_model.prompt_layers", "meanflow_train.imf_step",
     "student_stage2.steps", "ablation.teacher_nfes", "ablation.steps", "meanflow_train.steps", "meanflow_train.runs",
     "meanflow_train.budget", "eval.judged_teacher_nfes", "eval.judged_student_nfes", "o3s.metric", "o3s.student_nfes",
     "o3s.teacher_nfes", "o3s.max_evals", "o3s.iters", "o3s.objectives", "token2wav.eval.n_utts",
@@ -120,13 +121,15 @@ BUDGETED = {  # the keys in which small (the <= 60-minute default, issue 17) dif
 
 def test_small_long_keeps_the_long_recipe_and_small_differs_only_in_its_budgeted_keys():
     """small-long is the recipe of results/small-long (5400 distillation steps, 3 x 3000 MeanFlow steps, 192-frame
-    crops); small differs from it in exactly the budgeted keys, so nothing else (the teacher's size and steps, the
-    corpus, the evaluation utterances and noise) drifts between the two."""
+    crops); small differs from it in exactly the budgeted keys (among them the teacher's size: 2.26 M parameters, not
+    3.93 M), so nothing else (the teacher's steps, the corpus, the evaluation utterances and noise) drifts between the two."""
     small, long = _flat(PROFILES["small"]), _flat(PROFILES["small-long"])
     assert {k for k in small.keys() | long.keys() if small.get(k) != long.get(k)} == BUDGETED
     assert (long["vocoder.train.steps"], long["vocoder.per_voice"], long["ablation.teacher_nfes"]) == (1500, 10, [2, 4, 8, 16, 32])
     assert (long["student_train.steps"], long["student_stage2.steps"], long["meanflow_train.steps"]) == (3000, 2400, 3000)
     assert small["teacher_train.steps"] == long["teacher_train.steps"] == 1500
+    assert (small["teacher_model.dim"], long["teacher_model.dim"]) == (160, 192)
+    assert small["student_train.steps"] == 3000 and small["meanflow_train.imf_step"] <= small["student_train.steps"]
     assert (small["data.max_frames"], long["data.max_frames"]) == (128, 192)
     assert small["ablation.teacher_nfes"] == [] and long["eval.teacher_nfes"] == [1, 2, 4, 8, 16, 32]
     assert small["student_objective.objective"] == "trajectory" and student_run("small") == "student"

@@ -165,42 +165,46 @@ _TINY: dict[str, dict[str, Any]] = {
 # runs/small-long/ (the same corpus as small).
 _SMALL_LONG: dict[str, dict[str, Any]] = copy.deepcopy(_SMALL)
 
-# small: the default `make reproduce`, budgeted towards an hour for notebooks 00-07 and 09 on 2 free cores (issue 17; the
-# measured wall time per notebook is in results/README.md). small-long keeps the longer recipe and its findings.
+# small: the default `make reproduce`, budgeted at an hour for notebooks 00-07 on 2 free cores (issue 17; the measured wall
+# time per notebook is in results/README.md). small-long keeps the longer recipe and its findings.
 # - training crops of 128 frames (2 s; small-long 192): every token2mel training step (teacher, student, MeanFlow) and the
 #   trajectory cache cost ~1/3 less (measured 2 cores, batch 16: teacher step 0.51 -> 0.35 s, MeanFlow 1.03 -> 0.60 s).
 #   The ConvNeXt's receptive field is ~40 frames, so a 128-frame window still holds whole contexts; evaluation keeps
 #   whole utterances up to 256 frames;
 # - vocoder: 500 steps (its losses flatten from ~600; 800 steps gave copy-synthesis PESQ 1.92, 100 steps 1.69);
 #   5 held-out utterances per voice for the judge ceilings (real-recording WER separates the voices by a wide margin);
-# - teacher: 1500 steps as small-long. A 1.15 M teacher (dim 128, 4 + 1 + 1 blocks, 0.2 s/step) trained 2000 steps in
-#   9 min 52 s for all of 01, but its guided 32-NFE speech had WER 0.35 on the reliable voices (this teacher: 0.09) and
-#   its trajectory student reached 1-NFE dist_ref 0.176 (lr 3e-4) / 0.162 (lr 1e-3) after 2000 steps against the 4-NFE
-#   teacher's 0.138: the hour bought that way loses intelligibility and still misses the second criterion;
+# - teacher: 2.26 M parameters (dim 160, 5 + 2 + 1 blocks; small-long's 3.93 M: dim 192, 6 + 2 + 2), 1500 steps at
+#   ~0.25 s/step (0.37). Measured on the same data, noise and vocoder (2026-12-02): final loss 0.265 (0.248); guided
+#   WER on the reliable voices (11 utterances, 79 words) 0.23 at 32 NFE (0.14) and 0.10 at 4 NFE (0.11), SIM 0.78
+#   (0.78), DNSMOS 2.94 (2.98); its trajectory student after 3000 steps: 1-NFE dist_ref 0.131, closer to the guided
+#   32-NFE teacher than the guided 4-NFE teacher on 24/32 utterances (the 3.93 M teacher's: 0.127, 22/32), 1-NFE
+#   fine-structure 0.936 of the teacher's. A 1.15 M teacher (dim 128, 4 + 1 + 1 blocks) lost intelligibility (32-NFE
+#   WER 0.35) and its student missed the second criterion (0.162 vs the 4-NFE teacher's 0.138 after 2000 steps);
 # - student: trajectory reuse (one cache of 16-step guided teacher trajectories, no teacher call in a training
-#   step; imf.train.trajectories), one stage of 1500 steps with the whole interval for 70 % of the pairs, lr 1e-3 (the
-#   1.15 M teacher's student: 0.162 at lr 1e-3 vs 0.176 at 3e-4 and 0.185 at 3e-3, 2000 steps); no second stage.
-#   Measured with 192-frame crops from this teacher (results/ of 2026-12-01 20:00): 1-NFE dist_ref 0.135 vs the 4-NFE
-#   teacher's 0.131 (a tie: closer on 14/32), fine-structure 0.93x; at lr 3e-4 0.147 at 1200 steps and 0.132 at 3000;
-#   small-long's 5400 rollout steps reached 0.121; 2 noises per utterance did not help (0.152 at 1200 steps);
-# - 05: one MeanFlow run (teacher init, r = t for 75 %: small-long's best) at EQUAL WALL-CLOCK with the student's whole
-#   distillation (trajectory cache + steps, ~700 s expected here): 1200 steps at ~0.6 s/step (05's section states both
-#   measured times and says when they are not equal). The 2000-step run of 2026-12-01 took 3.1x the student's time;
+#   step; imf.train.trajectories), one stage of 3000 steps with the whole interval for 70 % of the pairs, lr 1e-3
+#   (1500 steps left the 3.93 M teacher's student at 0.136 vs its 4-NFE teacher's 0.130, closer on 10/32; 0.127 and
+#   22/32 at 3000); no second stage. small-long's 5400 rollout steps reached 0.121; 2 noises per utterance did not
+#   help (0.152 at 1200 steps);
+# - 05: one MeanFlow run (teacher init, r = t for 75 %: small-long's best) at EQUAL WALL-CLOCK with the student:
+#   600 MeanFlow steps (~0.55 s/step) against the student's checkpoint at step 850 (trajectory cache ~100 s + 850
+#   steps at ~0.27 s); 05's section states both measured times and says when they are not equal;
 # - teacher-NFE ablation: not run (small-long runs N = 2..32);
-# - the NFE grids: teacher 1, 2, 4, 8, 32 (no 16), one timing repeat in 03's speed and RTF tables (small-long: 3);
-#   03 judges the vocoded audio at teacher NFE 2, 4, 32 and student NFE 1, 2 (the curves keep every NFE);
-# - 04 searches on the intrinsic dist_ref objective (no vocoder and judge in the loop), student 2 and teacher 5 NFE;
+# - the NFE grids: teacher 1, 2, 4, 8, 32 (no 16; sway at 2, 4, 8), one timing round in 03's speed and RTF table
+#   (small-long: 3); 03 judges the vocoded audio at teacher NFE 2, 4, 32 and student NFE 1, 2 (the curves keep every NFE);
+# - 04 searches on the intrinsic dist_ref objective (no vocoder and judge in the loop), student 2 and teacher 5 NFE, and
+#   its objective study judges those grids (small-long also searches wer, sim and a dist_ref + wer mix);
 # - 07 trains each Token2Wav stage a third as long (vae / fm / mf 200, imf / decft / joint 60 steps) and judges 12
 #   utterances per split.
 _SMALL["data"]["max_frames"] = 128
 _SMALL["vocoder"]["train"]["steps"] = 500
 _SMALL["vocoder"]["per_voice"] = 5
+_SMALL["teacher_model"] = {"dim": 160, "n_layers": 5, "text_layers": 2, "prompt_layers": 1}
 _SMALL["teacher_train"]["steps"] = 1500
 _SMALL["student_objective"]["objective"] = "trajectory"
-_SMALL["student_train"].update(steps=1500, lr=1e-3)
+_SMALL["student_train"].update(steps=3000, lr=1e-3)
 _SMALL["student_stage2"]["steps"] = 0
 _SMALL["ablation"].update(teacher_nfes=[], steps=60)
-_SMALL["meanflow_train"] = {"steps": 1200, "runs": ["MF from teacher, r=t 0.75"], "budget": "wall"}
+_SMALL["meanflow_train"] = {"steps": 600, "runs": ["MF from teacher, r=t 0.75"], "budget": "wall", "imf_step": 850}
 _SMALL["eval"].update(teacher_nfes=[1, 2, 4, 8, 32], judged_teacher_nfes=[2, 4, 32], judged_student_nfes=[1, 2],
                       speed_repeats=1)
 _SMALL["o3s"] = {"metric": "neg_dist_ref", "student_nfes": [2], "teacher_nfes": [5], "max_evals": 30, "iters": 4,
