@@ -23,6 +23,8 @@ from imf.eval.evalset import EvalSet
 from imf.eval.systems import System
 from imf.flow.solvers import Guided, sample
 
+UNGUIDED = "teacher (no CFG)"  # the speed and RTF tables' name of the teacher without guidance
+
 
 def time_call(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
     """Median wall-clock seconds of ``fn()``."""
@@ -53,7 +55,7 @@ def speed_table(teacher, student, z_0: torch.Tensor, cond: dict, cfg_scale: floa
     over the rows (updated between timings, never inside one).
     """
     ref = System(f"teacher + CFG {cfg_scale:g}", Guided(teacher, cfg_scale))
-    points = [(ref, teacher_nfe), (System("teacher (no CFG)", teacher), teacher_nfe)]
+    points = [(ref, teacher_nfe), (System(UNGUIDED, teacher), teacher_nfe)]
     points += [(system, n) for system in [System("IntMeanFlow student", student), *extra] for n in student_nfes]
     rows = []
     for system, n in tqdm(points, desc="speed", unit="row", disable=not progress):
@@ -232,7 +234,7 @@ def default_rtf_systems(teacher, student, cfg_scale: float, teacher_nfes: Sequen
     ``unguided`` the teacher without guidance at the first of them, then the student at ``student_nfes``."""
     teacher_cfg = System(f"teacher + CFG {cfg_scale:g}", Guided(teacher, cfg_scale))
     student_sys = System("IntMeanFlow student", student)
-    plain = [(System("teacher (no CFG)", teacher), teacher_nfes[0])] if unguided else []
+    plain = [(System(UNGUIDED, teacher), teacher_nfes[0])] if unguided else []
     return [(teacher_cfg, n) for n in teacher_nfes] + plain + [(student_sys, n) for n in student_nfes]
 
 
@@ -240,7 +242,7 @@ def speed_view(rtf: pd.DataFrame, student: str = "IntMeanFlow student") -> pd.Da
     """The speed table of an :func:`rtf_table` measured on one batch: its first row (the reference), the
     unguided teacher's and the ``student``'s rows, with ``seconds`` (= ``flow_s``) and ``speedup`` (the first
     row's time / each row's): the same timings seen as a speed-up, not measured again."""
-    keep = [0] + [i for i in range(1, len(rtf)) if rtf["system"].iloc[i] in ("teacher (no CFG)", student)]
+    keep = [0] + [i for i in range(1, len(rtf)) if rtf["system"].iloc[i] in (UNGUIDED, student)]
     df = rtf.iloc[keep][["system", "nfe", "flow_s"]].rename(columns={"flow_s": "seconds"}).reset_index(drop=True)
     df["speedup"] = df["seconds"].iloc[0] / df["seconds"]
     return df
