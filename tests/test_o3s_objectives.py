@@ -117,8 +117,11 @@ def test_a_grid_already_found_by_the_same_objective_is_judged_not_searched_again
     calls = []
     counted = Bench({"s": lambda x, **kw: calls.append(1) or late_field(x, **kw)}, b.dev, b.test, late_field,
                     reference_nfe=32, batch_size=8)
+    settled = []  # notebook 04 writes each settled grid under objectives/ (reused ones too)
     reused = objective_study(counted, ["dist_ref"], {"s": [2]}, cfg, progress=False,
-                             searched={("dist_ref", "s", 2): grid})
+                             searched={("dist_ref", "s", 2): grid}, on_search=lambda *a: settled.append(a))
+    assert [(o.name, s, n) for o, s, n, _ in settled] == [("dist_ref", "s", 2)]
+    assert torch.equal(settled[0][3].best_grid, grid)
     assert reused.results == {} and reused.searches.evals.iloc[0] == 0 and "reused" in reused.searches.stopped.iloc[0]
     # the same verdicts from the same grid; sampled only to judge it: dev found/uniform/sway, test found/uniform/sway
     cols = ["baseline", "dev_found", "dev_baseline", "test_found", "test_baseline", "gain", "verdict", "grid"]

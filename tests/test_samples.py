@@ -60,3 +60,17 @@ def test_a_damaged_entry_is_sampled_again_and_a_sweep_reads_back_the_same_table(
         f.write_bytes(b"not a checkpoint")
     third, _ = nfe_sweep(es, points, reference=(points[1][0], 4), progress=False, cache=cache)
     assert third.drop(columns="seconds").equals(first.drop(columns="seconds")) and cache.misses == 4
+
+
+def test_the_same_module_changed_in_place_misses(tmp_path):
+    """The fingerprint is memoised per module; an in-place weight change (an optimiser step, load_state_dict)
+    must still give a new key, and restoring the weights the old one."""
+    es, cache, model = eval_set(), SampleCache(tmp_path), Shrink()
+    before = cache.key(model, es, uniform(4), "euler")
+    assert cache.key(model, es, uniform(4), "euler") == before
+    with torch.no_grad():
+        model.a.mul_(0.5)
+    halved = cache.key(model, es, uniform(4), "euler")
+    assert halved != before and halved == cache.key(Shrink(0.35), es, uniform(4), "euler")
+    model.load_state_dict(Shrink().state_dict())
+    assert cache.key(model, es, uniform(4), "euler") == before

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -112,12 +112,17 @@ def model_from_state(state: dict[str, Any], path: str | Path, ema: bool = True) 
     return model.eval().requires_grad_(False)
 
 
-def module_fingerprint(model: nn.Module, salt: str = "") -> str:
-    """sha256 (hex) of ``salt`` and a module's state dict: names, dtypes, shapes and bytes. Two modules with the
-    same weights have the same fingerprint whatever their file or object."""
+def tensors_fingerprint(tensors: Iterable[tuple[str, torch.Tensor]], salt: str = "") -> str:
+    """sha256 (hex) of ``salt`` and named tensors, in the order given: names, dtypes, shapes and bytes."""
     h = hashlib.sha256(salt.encode())
-    for name, v in sorted(model.state_dict().items()):
+    for name, v in tensors:
         a = v.detach().cpu().contiguous()
         h.update(f"{name}:{a.dtype}:{tuple(a.shape)}".encode())
         h.update(a.reshape(-1).view(torch.uint8).numpy().tobytes() if a.numel() else b"")
     return h.hexdigest()
+
+
+def module_fingerprint(model: nn.Module, salt: str = "") -> str:
+    """:func:`tensors_fingerprint` of ``salt`` and a module's state dict sorted by name. Two modules with the
+    same weights have the same fingerprint whatever their file or object."""
+    return tensors_fingerprint(sorted(model.state_dict().items()), salt)

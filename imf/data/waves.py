@@ -26,7 +26,6 @@ latent      float32 [C, T]          :class:`TokenWaveDataset` after ``attach_lat
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import zlib
 from typing import Any, Sequence
@@ -34,6 +33,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from imf.core.checkpoints import module_fingerprint
 from imf.core.config import Config, require
 from imf.models.features import LogMel, MelConfig
 from imf.data.tokenizers import Tokenizer
@@ -218,22 +218,12 @@ class TokenWaveDataset(WaveDataset):
         for it in self.items:
             mu, _ = vae.encode(it["wav"][None])
             it["latent"] = vae.normalize(mu)[0]
-        self.latent_source = state_fingerprint(vae)
+        self.latent_source = module_fingerprint(vae)[:16]
         return self
 
     def require_latents(self) -> None:
         if self.latent_source is None:
             raise ValueError("data has no latents: call data.attach_latents(vae) first")
-
-
-def state_fingerprint(model: nn.Module) -> str:
-    """SHA-1 (16 hex digits) of a model's state dict: names, shapes and float32 bytes."""
-    h = hashlib.sha1()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(str(tuple(v.shape)).encode())
-        h.update(v.detach().float().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def generator_batch(data: TokenWaveDataset, batch: dict[str, list], cfg: T2WDataConfig,

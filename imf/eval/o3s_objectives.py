@@ -291,7 +291,7 @@ def objective_study(bench: Bench, objectives: Sequence[Any], nfes: Mapping[str, 
     the dev set (:func:`imf.flow.o3s.o3s_search`, ``cfg``), then the found grid against every baseline grid
     at ``n`` on the test set, paired per utterance (same utterances, same noise): gain = mean of
     (found - baseline) objective scores, its standard error, ``"win"`` / ``"loss"`` beyond ``z`` standard
-    errors else ``"within noise"``. ``on_search`` is called as each search ends (e.g. to write its grid).
+    errors else ``"within noise"``. ``on_search`` is called as each grid is settled, searched or reused (e.g. to write it).
     ``searched``: grids already found on the dev set by a search on the same objective, keyed by
     ``(objective name, system, n)`` — judged as found, not searched again (their search row says so, ``evals`` 0).
 
@@ -319,8 +319,8 @@ def objective_study(bench: Bench, objectives: Sequence[Any], nfes: Mapping[str, 
                 else:
                     res = o3s_search(dev, start, cfg, progress=progress)
                     results[(obj.name, system, n)] = res
-                    if on_search is not None:
-                        on_search(obj, system, n, res)
+                if on_search is not None:
+                    on_search(obj, system, n, res)
                 search_rows.append({"objective": obj.name, "system": system, "nfe": n, "dev_init": res.init_score,
                                     "dev_best": res.best_score, "evals": res.n_evals, "stopped": res.stopped,
                                     "scales": " ".join(f"{t}={v:.4g}" for t, v in scales.items()),

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from imf.core import distributed
-from imf.core.checkpoints import module_fingerprint
+from imf.core.checkpoints import module_fingerprint, tensors_fingerprint
 from imf.core.runtime import atomic_torch_save
 from imf.eval.evalset import EvalSet
 from imf.flow.solvers import Guided
@@ -32,24 +32,25 @@ from imf.flow.solvers import Guided
 FORMAT = 1
 
 
-def model_key(model: Callable[..., Tensor]) -> str | None:
+def model_key(model: Callable[..., Tensor],
+              fingerprint: Callable[[nn.Module], str] = module_fingerprint) -> str | None:
     """What determines a velocity model's outputs: its weights, through guidance wrappers; None for a plain function."""
     if isinstance(model, Guided):
-        inner = model_key(model.model)
+        inner = model_key(model.model, fingerprint)
         return None if inner is None else f"guided(w={model.w!r})/{inner}"
     if isinstance(model, nn.Module):
-        return f"{type(model).__name__}/{module_fingerprint(model)}"
+        return f"{type(model).__name__}/{fingerprint(model)}"
     return None
 
 
 def eval_set_key(es: EvalSet) -> str:
     """sha256 of the evaluation set's ids and of every tensor sampling reads (noise, conditioning, mask)."""
-    h = hashlib.sha256("\n".join(es.ids).encode())
-    for name, v in [("z_0", es.z_0), ("mask", es.mask)] + sorted(es.cond.items()):
-        a = v.detach().cpu().contiguous()
-        h.update(f"{name}:{a.dtype}:{tuple(a.shape)}".encode())
-        h.update(a.reshape(-1).view(torch.uint8).numpy().tobytes() if a.numel() else b"")
-    return h.hexdigest()
+    return tensors_fingerprint([("z_0", es.z_0), ("mask", es.mask)] + sorted(es.cond.items()), "\n".join(es.ids))
+
+
+def _weights_state(model: nn.Module) -> tuple[tuple[int, int], ...]:
+    """Each state tensor's storage address and in-place version counter: changes whenever a weight can have."""
+    return tuple((v.data_ptr(), v._version) for v in model.state_dict().values())
 
 
 class SampleCache:
@@ -59,10 +60,19 @@ class SampleCache:
         self.root = Path(root)
         self.hits = self.misses = 0
         self._es_keys: dict[int, tuple[EvalSet, str]] = {}
+        self._fingerprints: dict[int, tuple[nn.Module, tuple[tuple[int, int], ...], str]] = {}
+
+    def _fingerprint(self, model: nn.Module) -> str:
+        """:func:`module_fingerprint`, hashed again only when a weight was replaced or modified in place (a sweep
+        calls :meth:`key` once per point: a large teacher's state dict is not re-hashed each time)."""
+        state, held = _weights_state(model), self._fingerprints.get(id(model))
+        if held is None or held[0] is not model or held[1] != state:
+            held = self._fingerprints[id(model)] = (model, state, module_fingerprint(model))
+        return held[2]
 
     def key(self, model: Callable[..., Tensor], es: EvalSet, time_grid: Tensor, method: str) -> str | None:
         """The entry's name, or None when the model cannot be keyed or processes shard the set."""
-        mk = model_key(model)
+        mk = model_key(model, self._fingerprint)
         if mk is None or distributed.active():
             return None
         held = self._es_keys.get(id(es))
