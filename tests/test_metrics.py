@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -208,3 +209,36 @@ def test_judge_table_per_utterance_and_wer_only_on_reliable_voices():
     assert scores.dtype == torch.float64 and scores.tolist() == table["sim"].tolist()
     with pytest.raises(KeyError, match="mos"):
         utterance_scores(es, x, "mos", judges=aj)
+
+
+def test_the_same_output_is_judged_once_and_another_text_or_output_again():
+    """AudioJudges keep each generated output's table: a sweep row, a paired verdict and an alignment check on the
+    same mels judge them once; the same mels scored against other texts, or other mels, are judged again."""
+    es = _eval_set()
+    x, _, _ = generate(_velocity, es, uniform(1))
+    sim = _StubJudge("sim", lambda it: float(it.wav.mean()))
+    aj = AudioJudges(_Vocoder(), [sim])
+    first = judge_table(aj, es, x)
+    assert aj(es, x)["sim"] == pytest.approx(first["sim"].mean()) and len(sim.seen) == 3
+    first.loc["u0", "sim"] = 99.0  # a caller's edit does not reach the kept table
+    assert judge_table(aj, es, x).loc["u0", "sim"] != 99.0 and len(sim.seen) == 3
+    judge_table(aj, dataclasses.replace(es, texts=list(reversed(es.texts))), x)
+    judge_table(aj, es, x + 0.5)
+    assert len(sim.seen) == 9
+
+
+def test_a_sweep_judges_only_the_judged_points():
+    """nfe_sweep(judged=...) runs the audio judges on the listed (system, NFE) points only; every row keeps its
+    intrinsic metrics. imf.eval.text2mel.judged_points names them from the profile (None: every point)."""
+    from imf.eval.text2mel import T2MEvalConfig, judged_points
+
+    es = _eval_set()
+    sim = _StubJudge("sim", lambda it: float(it.wav.mean()))
+    aj = AudioJudges(_Vocoder(), [sim])
+    a, b = System("a", _velocity), System("b", _velocity)
+    table, _ = nfe_sweep(es, [(a, 1), (a, 2), (b, 1)], judges=aj, progress=False, judged={("a", 2)})
+    assert table["sim"].notna().tolist() == [False, True, False] and table["fs_ratio"].notna().all()
+    assert len(sim.seen) == len(es)
+    assert judged_points(T2MEvalConfig(), a) is None
+    cfg = T2MEvalConfig(judged_teacher_nfes=(8, 32), judged_student_nfes=(3,))
+    assert judged_points(cfg, a) == {("a", 8), ("a", 32), ("student", 3)}

@@ -116,7 +116,15 @@ BUDGETED = {  # the keys in which small (the <= 60-minute default, issue 17) dif
     "student_stage2.steps", "ablation.teacher_nfes", "ablation.steps", "meanflow_train.steps", "meanflow_train.runs",
     "meanflow_train.budget", "eval.judged_teacher_nfes", "eval.judged_student_nfes", "o3s.metric", "o3s.student_nfes",
     "o3s.teacher_nfes", "o3s.max_evals", "o3s.iters", "o3s.objectives", "token2wav.eval.n_utts",
-    *(f"token2wav.{k}.steps" for k in ("vae_train", "fm_train", "mf_train", "imf_train", "decft_train", "joint_train"))}
+    *(f"token2wav.{k}.steps" for k in ("vae_train", "fm_train", "mf_train", "imf_train", "decft_train", "joint_train")),
+    # 08 in small: the 30-minute text2mel budget (issue 15)
+    *(f"text2mel.{m}.{k}" for m in ("model", "small_model") for k in ("dim", "depth", "text_dim",
+                                                                      "conv_layers")), "text2mel.model.heads",
+    "text2mel.small_model.dim_head",
+    *(f"text2mel.{k}.steps" for k in ("small_train", "student_train", "size_train")),
+    "text2mel.imf.teacher_nfe", "text2mel.eval.n_utts", "text2mel.eval.teacher_nfes", "text2mel.eval.judged_teacher_nfes",
+    "text2mel.eval.judged_student_nfes", "text2mel.eval.rtf_repeats", "text2mel.o3s.objectives",
+    "text2mel.o3s.student_nfes", "text2mel.o3s.teacher_nfes", "text2mel.o3s.max_evals", "text2mel.o3s.iters"}
 
 
 def test_small_long_keeps_the_long_recipe_and_small_differs_only_in_its_budgeted_keys():

@@ -9,7 +9,9 @@ utterance. The same judges on the real mels give the vocoder's copy-synthesis ce
 on the real audio the corpus ceiling.
 
 Per-utterance scores come from :meth:`AudioJudges.table`, corpus-level ones from
-:meth:`AudioJudges.summary` of that table (``score_wavs = summary(table(...))``). Which voices
+:meth:`AudioJudges.summary` of that table (``score_wavs = summary(table(...))``); :meth:`AudioJudges.mel_table`
+scores generated mels and keeps each table, so the same output judged twice (a sweep's row, then a paired
+verdict, then an alignment check) is vocoded and judged once. Which voices
 WER is reliable on is given explicitly (``wer_speakers``); the runs layer reads the list
 notebook 00_vocoder chose (:func:`imf.runs.voices.wer_voices`).
 
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor
 
 from imf.core import distributed
+from imf.core.checkpoints import tensors_fingerprint
 from imf.eval.judges import JudgeItem, evaluate, summarise
 
 
@@ -44,6 +47,7 @@ class AudioJudges:
         if isinstance(wer_speakers, str):
             raise TypeError(f"wer_speakers must be a list of speaker names or None, got the string {wer_speakers!r}")
         self.wer_speakers = None if wer_speakers is None else set(wer_speakers)
+        self._mel_tables: dict[str, pd.DataFrame] = {}
 
     @torch.inference_mode()
     def wavs(self, es, x_norm: Tensor, shard: bool = True) -> list[Tensor]:
@@ -107,9 +111,18 @@ class AudioJudges:
         """``summary(table(es, wavs))``."""
         return self.summary(self.table(es, wavs))
 
+    def mel_table(self, es, x_norm: Tensor) -> pd.DataFrame:
+        """:meth:`table` of normalised mels ``x_norm`` (N, C, T) generated on ``es``, kept per (utterances, texts,
+        prompts, mask, mels): asked again for the same output, it returns the kept table (a copy)."""
+        key = tensors_fingerprint([("x", x_norm), ("mask", es.mask)],
+                                  repr((list(es.ids), list(es.texts or []), list(es.prompt_ids or []))))
+        if key not in self._mel_tables:
+            self._mel_tables[key] = self.table(es, self.wavs(es, x_norm))
+        return self._mel_tables[key].copy()
+
     def __call__(self, es, x_norm: Tensor) -> dict[str, float]:
         """Corpus-level scores of normalised mels ``x_norm`` (N, C, T) generated on ``es``."""
-        return self.score_wavs(es, self.wavs(es, x_norm))
+        return self.summary(self.mel_table(es, x_norm))
 
     def real_audio(self, es) -> dict[str, float]:
         """The corpus ceiling: the same judges on the real recordings (no vocoder)."""

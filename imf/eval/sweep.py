@@ -13,7 +13,7 @@ process returns all N outputs, equal (up to float rounding) to a one-process run
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Container, Sequence
 
 import pandas as pd
 import torch
@@ -72,8 +72,8 @@ def _generate(model: Callable[..., Tensor], es: EvalSet, time_grid: Tensor, meth
 
 def nfe_sweep(es: EvalSet, points: Sequence[tuple[System, int]], reference: Tensor | tuple[System, int] | None = None,
               judges: Callable[[EvalSet, Tensor], dict[str, float]] | None = None, batch_size: int = 32,
-              progress: bool = True, keep: bool = False,
-              cache: SampleCache | None = None) -> tuple[pd.DataFrame, dict[tuple[str, int], Tensor]]:
+              progress: bool = True, keep: bool = False, cache: SampleCache | None = None,
+              judged: Container[tuple[str, int]] | None = None) -> tuple[pd.DataFrame, dict[tuple[str, int], Tensor]]:
     """Evaluate each (system, nfe) point on ``es``.
 
     ``reference``: normalised mel (N, C, T), or a (system, nfe) point generated first, whose
@@ -81,7 +81,8 @@ def nfe_sweep(es: EvalSet, points: Sequence[tuple[System, int]], reference: Tens
     ``System`` object —, is sampled once); ``noise_corr`` correlates each
     output's fine structure with its noise (see :mod:`imf.eval.metrics`). Returns a table (one row per
     point) and, if ``keep``, the generated normalised mels keyed by (system name, nfe). ``cache``: see
-    :func:`generate`.
+    :func:`generate`. ``judged``: the (system name, nfe) points ``judges`` score (None: every point); the other
+    rows have the intrinsic metrics only (the audio judges cost far more than sampling a small model).
     """
     real = es.real_logmel()
     ref_point = reference if isinstance(reference, tuple) else None
@@ -107,7 +108,7 @@ def nfe_sweep(es: EvalSet, points: Sequence[tuple[System, int]], reference: Tens
         gen = es.corpus.denormalize(x) * es.mask[:, None]
         row = {"system": system.name, "schedule": system.schedule, "nfe": calls, "seconds": secs,
                **intrinsic_metrics(gen, real, es.mask, ref), "noise_corr": noise_correlation(x, es.z_0, es.mask)}
-        if judges is not None:
+        if judges is not None and (judged is None or (system.name, nfe) in judged):
             row.update(judges(es, x))
         row["grid"] = " ".join(f"{v:.3f}" for v in grid.tolist())
         rows.append(row)
@@ -180,4 +181,4 @@ def judge_table(judges: Any, es: EvalSet, x: Tensor) -> pd.DataFrame:
 
     As the judges' own summary: WER only on utterances of ``judges.wer_speakers`` (NaN on the others).
     """
-    return judges.table(es, judges.wavs(es, x))
+    return judges.mel_table(es, x)

@@ -41,6 +41,10 @@ class T2MEvalConfig(Config):
     cfg_scale: float = 3.0  # our guidance w of the guided teacher (F5's default s = 2 is w = 3)
     teacher_nfes: tuple[int, ...] = (4, 7, 8, 16, 32)  # guided/unguided teacher NFEs; the largest guided is the reference
     student_nfes: tuple[int, ...] = (1, 2, 3)  # student NFEs
+    # when either is set, the audio judges score only these NFEs of the guided uniform teacher and of the student
+    # (the other rows keep the intrinsic metrics: the judges cost far more than sampling); both empty: every point
+    judged_teacher_nfes: tuple[int, ...] = ()
+    judged_student_nfes: tuple[int, ...] = ()
     rtf_repeats: int = 3  # timing rounds of the speed ratio (median)
 
     def validate(self) -> None:
@@ -50,6 +54,10 @@ class T2MEvalConfig(Config):
         require(len(self.teacher_nfes) >= 1 and min(self.teacher_nfes) >= 1, "teacher_nfes", "NFEs must be >= 1")
         require(len(self.student_nfes) >= 1 and min(self.student_nfes) >= 1, "student_nfes", "NFEs must be >= 1")
         require(self.rtf_repeats >= 1, "rtf_repeats", "must be >= 1")
+        require(set(self.judged_teacher_nfes) <= set(self.teacher_nfes), "judged_teacher_nfes",
+                f"must be among teacher_nfes {list(self.teacher_nfes)}")
+        require(set(self.judged_student_nfes) <= set(self.student_nfes), "judged_student_nfes",
+                f"must be among student_nfes {list(self.student_nfes)}")
 
 
 def _prompt_of(data: Text2MelDataset, ident: str, max_frames: int, g: torch.Generator) -> str:
@@ -141,6 +149,15 @@ def t2m_points(teacher, student, cfg: T2MEvalConfig) -> tuple[list[tuple[System,
     points = [(s, n) for s in (g_uni, g_sway, plain) for n in cfg.teacher_nfes]
     points += [(g_epss, n) for n in epss] + [(stu, n) for n in cfg.student_nfes]
     return points, (g_uni, max(cfg.teacher_nfes))
+
+
+def judged_points(cfg: T2MEvalConfig, reference: System) -> set[tuple[str, int]] | None:
+    """The (system name, NFE) points the audio judges score (:func:`imf.eval.sweep.nfe_sweep`'s ``judged``): the
+    guided uniform teacher (``reference``'s system) at ``judged_teacher_nfes`` and the student at
+    ``judged_student_nfes``; None (every point) when both are empty."""
+    if not cfg.judged_teacher_nfes and not cfg.judged_student_nfes:
+        return None
+    return {(reference.name, n) for n in cfg.judged_teacher_nfes} | {("student", n) for n in cfg.judged_student_nfes}
 
 
 def judge_rows(judges: Any, sets: Sequence[tuple[str, EvalSet, Tensor]]) -> list[dict[str, Any]]:

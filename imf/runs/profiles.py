@@ -156,7 +156,9 @@ _TINY: dict[str, dict[str, Any]] = {
         "size_train": {"steps": 2, "batch_size": 4, "lr": 3e-4, "warmup": 1, "ema_decay": 0.5,
                        "ckpt_every": 2, "log_every": 1},
         "eval": {"split": "test", "n_utts": 4, "seed": 1234, "max_prompt_frames": 256, "cfg_scale": 3.0,
-                 "teacher_nfes": [2, 4, 7], "student_nfes": [1, 2, 3], "rtf_repeats": 1},
+                 "teacher_nfes": [2, 4, 7], "student_nfes": [1, 2, 3], "judged_teacher_nfes": [7],
+                 "judged_student_nfes": [3], "rtf_repeats": 1},
+        "o3s": {"objectives": ["dist_ref"], "student_nfes": [2], "teacher_nfes": [5], "max_evals": 4, "iters": 2},
     },
 }
 
@@ -217,6 +219,26 @@ for _k, _n in (("vae_train", 200), ("fm_train", 200), ("mf_train", 200), ("imf_t
                ("joint_train", 60)):
     _SMALL["token2wav"][_k]["steps"] = _n
 _SMALL["token2wav"]["eval"]["n_utts"] = 10
+
+# 08_text2mel in small: budgeted at 30 minutes on 2 cores (issue 15; small-long keeps the 3.6 M recipe above).
+# Measured seconds per step on 2 quiet cores (batch 16, utterances <= 160 frames; /work bench 2026-12-02): F5 DiT
+# 192 x 6 (3.6 M) 0.63, 160 x 5 (2.0 M) 0.46, 128 x 4 (1.15 M) 0.37, 64 x 3 (0.24 M) 0.24; IntMeanFlow from the
+# 128 x 4 teacher with 8-step rollouts 0.90 (16 steps: 1.33). So: the teacher 128 x 4, 1200 steps (~7.5 min); the
+# ablation's small DiT 64 x 3, 600 steps; the student 200 steps on an 8-step rollout grid, each ablation student 100;
+# 16 evaluation utterances, the audio judges at the guided teacher's 8 and 32 NFE and the student's 1 and 3 (the
+# other rows: intrinsic metrics); O3S on dist_ref for the student at 2, 3 and the guided teacher at 7 NFE.
+_SMALL["text2mel"]["model"] = {"dim": 128, "depth": 4, "heads": 2, "dim_head": 64, "text_dim": 64, "conv_layers": 2,
+                               "dropout": 0.0}
+_SMALL["text2mel"]["small_model"] = {"dim": 64, "depth": 3, "heads": 2, "dim_head": 32, "text_dim": 32,
+                                     "conv_layers": 1, "dropout": 0.0}
+_SMALL["text2mel"]["small_train"]["steps"] = 600
+_SMALL["text2mel"]["imf"]["teacher_nfe"] = 8
+_SMALL["text2mel"]["student_train"]["steps"] = 200
+_SMALL["text2mel"]["size_train"]["steps"] = 100
+_SMALL["text2mel"]["eval"].update(n_utts=16, teacher_nfes=[4, 7, 8, 32], judged_teacher_nfes=[8, 32],
+                                  judged_student_nfes=[1, 3], rtf_repeats=1)
+_SMALL["text2mel"]["o3s"] = {"objectives": ["dist_ref"], "student_nfes": [2, 3], "teacher_nfes": [7], "max_evals": 20,
+                             "iters": 3}
 
 _PAPER: dict[str, dict[str, Any]] = copy.deepcopy(_SMALL_LONG)
 _PAPER["corpus"] = {"profile": "small"}  # point CORPUS_DIR at a real corpus (LibriTTS layout) for paper runs

@@ -176,6 +176,9 @@ class Token2WavSection(T2WStagesConfig):
 class Text2MelSection(T2MStagesConfig):
     """``text2mel``: every stage of 08_text2mel (:class:`~imf.train.text2mel.T2MStagesConfig`) and its evaluation."""
     eval: T2MEvalConfig = T2MEvalConfig()  # 08's evaluation set, NFE table and timing
+    # 08's O3S (imf.runs.text2mel.text2mel_o3s): the objective study of 04 (objectives, student / guided-teacher NFEs,
+    # budget) on the text2mel models; ``metric`` (04's main search) is not used by 08
+    o3s: O3SSection = O3SSection()
 
 
 @dataclasses.dataclass(frozen=True)

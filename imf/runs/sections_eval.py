@@ -313,14 +313,16 @@ def report_meanflow(wb: Opened, memory: pd.DataFrame | None, runs: Any, imf: Any
     imf_wall = metrics["imf_equal_wall_seconds"] if k else metrics["imf_train_seconds"]
     walls = ", ".join(f"{name} {v:.0f} s" for name, v in mf_wall.items())
     ratio = max(mf_wall.values()) / imf_wall if mf_wall and imf_wall else float("nan")
-    held = ("it did" if 0.8 <= ratio <= 1.25 else
-            f"MeanFlow took {ratio:.2f}x as long here, so this is NOT an equal-wall comparison")
+    held = (f"about equal ({ratio:.2f}x)" if 0.8 <= ratio <= 1.25 else
+            f"MeanFlow had {ratio:.2f}x the student's time here, so the comparison favours MeanFlow" if ratio > 1.25 else
+            f"MeanFlow had only {ratio:.2f}x the student's time here, so this is NOT an equal-wall comparison")
     cache = f"its teacher-trajectory cache {imf.cache_seconds:.0f} s included" if imf.cache_seconds else "no cache"
     point = (f"the IntMeanFlow student's checkpoint at step {k} (`{EQUAL_WALL}` above; {cache}) against MeanFlow: "
              f"{wins_md(verdict['wins_equal_wall'])}; the final student trained {n} steps in "
              f"{metrics['imf_train_seconds']:.0f} s" if k and verdict.get("wins_equal_wall") else
              f"the final IntMeanFlow student ({n} steps; {cache})")
-    budget_md = (f"**Equal wall-clock**, not equal steps: MeanFlow trained {tc.steps} steps, about as long as {point}. "
+    budget_md = (f"**Equal wall-clock**, not equal steps: MeanFlow trained {tc.steps} steps, budgeted to take at least as "
+                 f"long as {point}. "
                  f"Training seconds from the logged seconds per step: MeanFlow {walls}; IntMeanFlow {imf_wall:.0f} s; "
                  f"{held}."
                  if MeanFlowTrainConfig.from_dict(P["meanflow_train"]).budget == "wall" else

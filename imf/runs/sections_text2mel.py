@@ -10,6 +10,7 @@ import pandas as pd
 
 from imf.core.runtime import atomic_write_json
 from imf.eval.judges import judges_note
+from imf.eval.o3s_objectives import ObjectiveStudy, objective_note
 from imf.runs.open import relative
 from imf.runs.report import table_md, write_section
 from imf.runs.sections_eval import write_csv
@@ -55,13 +56,16 @@ def _met(ok: bool) -> str:
 
 
 def write_text2mel_section(plan: T2MPlan, summaries: Mapping[str, Mapping[str, Any]], ev: T2MEval,
-                           align: pd.DataFrame, size: pd.DataFrame | None, o3s: pd.DataFrame | None) -> dict[str, Any]:
+                           align: pd.DataFrame, size: pd.DataFrame | None,
+                           o3s: ObjectiveStudy | None) -> dict[str, Any]:
     """Write results/08_text2mel (metrics.json, nfe_table.csv, paired.csv, speed.csv, alignment.csv,
-    teacher_size.csv, o3s.csv, the figures of :func:`plot_text2mel`) and the README section; return the metrics."""
+    teacher_size.csv, o3s.csv (held-out verdicts) and o3s_searches.csv, the figures of :func:`plot_text2mel`) and the
+    README section; return the metrics."""
     out, E, S = plan.out, plan.eval, plan.stages
     plot_text2mel(plan, ev)
     tables = {"nfe_table": ev.table, "paired": ev.paired, "speed": ev.speed, "alignment": align,
-              "teacher_size": size, "o3s": o3s}
+              "teacher_size": size, "o3s": None if o3s is None else o3s.table,
+              "o3s_searches": None if o3s is None else o3s.searches}
     for name, df in tables.items():
         if df is not None:
             write_csv(df, out / f"{name}.csv")
@@ -71,7 +75,8 @@ def write_text2mel_section(plan: T2MPlan, summaries: Mapping[str, Mapping[str, A
         "stages": {k: {f: v.get(f) for f in FIELDS} for k, v in summaries.items()}, "params_m": params,
         "text": S.data.text, "model": S.model.to_dict(), "small_model": S.small_model.to_dict(), "eval": E.to_dict(),
         "n_utts": len(ev.es), **{f"table_{k}": _records(v) for k, v in tables.items()},
-        "o3s_search": None if o3s is None else dict(o3s.attrs), "speed_ratio": ratios, "targets": ev.targets,
+        "o3s_objectives": None if o3s is None else [o.spec() for o in o3s.objectives],
+        "o3s_note": None if o3s is None else objective_note(o3s.table), "speed_ratio": ratios, "targets": ev.targets,
         "judge_labels": ev.judge_labels, "checkpoints": {k: relative(plan.ckpt(k)) for k in summaries},
     })
     atomic_write_json(out / "metrics.json", metrics)
@@ -85,10 +90,11 @@ and one from itself; `dist_ref` is to the BIG guided teacher on the same noise (
 {table_md(size.drop(columns=['grid'], errors='ignore'))}
 """
     o3s_md = "" if o3s is None else f"""
-**O3S** (searched on `dev` for `neg_dist_ref`, judged on `{E.split}`; paired verdict per utterance, 2 SE; dev score
-{o3s.attrs.get('dev_init', float('nan')):.4f} -> {o3s.attrs.get('dev_score', float('nan')):.4f} in {o3s.attrs.get('n_evals')} evaluations; `o3s.csv`):
+**O3S** (the objective study of 04 on the text2mel models: each objective searched on `dev` from the uniform grid, for
+the student and the guided teacher, then the found grid judged on `{E.split}` against uniform, sway and EPSS, paired per
+utterance; `o3s.csv`, searches `o3s_searches.csv`, grids under `08_text2mel/o3s/`). {objective_note(o3s.table)}
 
-{table_md(o3s)}
+{table_md(o3s.table[["objective", "system", "nfe", "baseline", "test_found", "test_baseline", "gain", "gain_se", "verdict"]])}
 """
     write_section(SECTION, f"""## 08 — text2mel with F5-TTS's DiT (`notebooks/08_text2mel.ipynb`)
 

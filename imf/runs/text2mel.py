@@ -7,7 +7,7 @@ Each step is one call (the notebook stays thin)::
     ev = evaluate_text2mel(plan, ["wer", "sim"]) # NFE table, paired verdicts, speed ratio, targets
     align = alignment_check(plan, ev)            # WER with the true vs a shuffled text, same noise
     size = teacher_size_table(plan, ev)          # the teacher-size ablation
-    o3s = text2mel_o3s(plan, ev)                 # O3S on dev, judged on test (the one call site)
+    o3s = text2mel_o3s(plan, ev)                 # O3S objectives searched on dev, judged on test (student, teacher)
 
 Nothing is written here except checkpoints (training); :mod:`imf.runs.sections_text2mel` writes results.
 """
@@ -30,17 +30,21 @@ from imf.data.text2mel import Text2MelDataset
 from imf.eval.evalset import EvalSet
 from imf.eval.judges import JudgesConfig, judge_labels, judge_specs, make_judges
 from imf.eval.metrics import distance, distance_per_utterance, higher_is_better, intrinsic_per_utterance, paired_verdict
+from imf.eval.o3s_objectives import Bench, ObjectiveStudy, objective_study, parse_objectives
 from imf.eval.speed import speed_table
-from imf.eval.sweep import INTRINSIC, generate, grid_metric, judge_table, nfe_sweep
+from imf.eval.sweep import INTRINSIC, generate, judge_table, nfe_sweep
 from imf.eval.systems import System
-from imf.eval.text2mel import SpanJudges, T2MEvalConfig, make_t2m_eval_set, t2m_points, with_text_of
+from imf.eval.text2mel import (SpanJudges, T2MEvalConfig, judged_points, make_t2m_eval_set, t2m_points,
+                               with_text_of)
 from imf.flow import schedules
-from imf.flow.o3s import O3SConfig, o3s_search
+from imf.flow.o3s import O3SConfig
 from imf.flow.solvers import Guided
 from imf.models.vocoder import load_vocoder
 from imf.runs.open import open_corpus
 from imf.runs.profiles import profile, runs_dir
 from imf.runs.report import section_dir
+from imf.runs.sections_config import O3SSection
+from imf.runs.sections_eval import write_o3s_result
 from imf.train.text2mel import STAGES, T2MStagesConfig, train_text2mel
 
 SECTION = "08_text2mel"
@@ -56,6 +60,7 @@ class T2MPlan:
     eval: T2MEvalConfig
     runs: dict[str, Path]
     out: Path
+    o3s: O3SSection = O3SSection()  # text2mel.o3s: the objectives, NFEs and budget of text2mel_o3s
 
     def ckpt(self, stage: str) -> Path:
         return self.runs[stage] / "checkpoints" / "last.pt"
@@ -94,9 +99,10 @@ def text2mel_plan(profile_name: str, seed: int = 0, prefix: str = "t2m", steps: 
         for m in ("model", "small_model"):
             S[m] = dict(S[m], text_embedding_average_upsampling=recipe["upsampling"] == "average")
     E = T2MEvalConfig.from_dict(S.pop("eval"), **({"n_utts": n_utts} if n_utts else {}))
+    o3s = O3SSection.from_dict(S.pop("o3s", {}))
     stages = T2MStagesConfig.from_dict(dict(S, size_ablation=size_ablation))
     return T2MPlan(profile_name, corpus, stages, E, {k: runs_dir(profile_name) / f"{prefix}_{k}" for k in STAGES},
-                   section_dir(SECTION))
+                   section_dir(SECTION), o3s)
 
 
 def train(plan: T2MPlan, progress: bool = True) -> dict[str, dict]:
@@ -177,7 +183,8 @@ def evaluate_text2mel(plan: T2MPlan, judges: Sequence[str] = (), wer: Sequence[s
     points, (ref_sys, ref_nfe) = t2m_points(teacher, student, E)
     reference, _, _ = generate(ref_sys.model, es, ref_sys.grid(ref_nfe))
     aj = make_span_judges(plan, judges, wer)
-    table, kept = nfe_sweep(es, points, reference=reference, judges=aj, progress=progress, keep=True)
+    table, kept = nfe_sweep(es, points, reference=reference, judges=aj, progress=progress, keep=True,
+                            judged=judged_points(E, ref_sys))
     outputs = kept
     s3 = (STUDENT, 3) if (STUDENT, 3) in outputs else (STUDENT, max(E.student_nfes))
     below = [n for n in E.teacher_nfes if n < ref_nfe] or [ref_nfe]  # the reference itself is no competitor
@@ -240,7 +247,8 @@ def with_noise_effect(model, es: EvalSet, grid: Tensor, x: Tensor, den) -> float
 def teacher_size_table(plan: T2MPlan, ev: T2MEval, progress: bool = True) -> pd.DataFrame | None:
     """The teacher-size ablation at the student NFEs: the small student distilled from the BIG teacher, the same
     small student from its own-size teacher, the small model's own output (guided, uniform), the big student;
-    identical noise, ``dist_ref`` to the big guided teacher at the largest NFE. None without the ablation."""
+    identical noise, ``dist_ref`` to the big guided teacher at the largest NFE; the audio judges at
+    ``eval.judged_student_nfes`` (every NFE when empty). None without the ablation."""
     if not plan.stages.size_ablation:
         return None
     E = plan.eval
@@ -250,40 +258,39 @@ def teacher_size_table(plan: T2MPlan, ev: T2MEval, progress: bool = True) -> pd.
                System(f"small model, own output (w={E.cfg_scale:g})", Guided(small, E.cfg_scale)),
                System("big student (from big teacher)", ev.student)]
     points = [(s, n) for s in systems for n in E.student_nfes]
-    table, _ = nfe_sweep(ev.es, points, reference=ev.reference, judges=ev.judges, progress=progress)
+    judged = None if not E.judged_student_nfes else {(s.name, n) for s in systems for n in E.judged_student_nfes}
+    table, _ = nfe_sweep(ev.es, points, reference=ev.reference, judges=ev.judges, progress=progress, judged=judged)
     table.insert(1, "params_m", [sum(p.numel() for p in (s.model.model if isinstance(s.model, Guided) else s.model)
                                      .parameters()) / 1e6 for s, _ in points])
     return table
 
 
-def text2mel_o3s(plan: T2MPlan, ev: T2MEval, nfe: int = 0, max_evals: int = 30, progress: bool = True) -> pd.DataFrame:
-    """O3S for the guided text2mel teacher at ``nfe`` (0: 7, or the NFE below the largest): searched on the DEV
-    split against the guided teacher at the largest NFE on the same noise, judged on the TEST eval set against
-    uniform, sway and EPSS with the paired verdict on ``dist_ref``.
-
-    THE O3S CALL SITE of notebook 08 (issue 15, item 3): the objective is ``grid_metric(..., "neg_dist_ref")``
-    below; to search on another objective (WER, SIM, a weighted mix: the objectives of :mod:`imf.flow.o3s` /
-    :mod:`imf.runs.eval_o3s`), replace the ``objective = ...`` line and nothing else.
-    """
-    E, S = plan.eval, plan.stages
-    nfe = nfe or (7 if max(E.teacher_nfes) > 7 else max(2, max(E.teacher_nfes) - 1))
+def text2mel_o3s(plan: T2MPlan, ev: T2MEval, objectives: Sequence[Any] = (), student_nfes: Sequence[int] = (),
+                 teacher_nfes: Sequence[int] = (), max_evals: int = 0, progress: bool = True) -> ObjectiveStudy:
+    """O3S on the text2mel models, the objective study of notebook 04 (:func:`imf.eval.o3s_objectives.objective_study`):
+    each objective (``[]``: the profile's ``text2mel.o3s.objectives``; ``dist_ref``, ``wer``, ``sim``, ``mos``,
+    ``fs_closeness`` or a weighted mix) searched on the DEV split for the student at ``student_nfes`` and the guided
+    teacher at ``teacher_nfes`` (``[]``: the profile's), from the uniform grid, then judged on the TEST evaluation set
+    against uniform, sway and EPSS with the paired verdict (2 SE). ``dist_ref`` is to the guided teacher at the
+    largest NFE on the same noise (dev and test). Each found grid goes to ``<out>/o3s/<objective>/<model>_nfe<n>/``.
+    Audio objectives need the judges of :func:`evaluate_text2mel` (00_vocoder's vocoder)."""
+    E, S, O = plan.eval, plan.stages, plan.o3s
+    objectives = list(objectives) or list(O.objectives)
+    nfes = {"student": list(student_nfes) or list(O.student_nfes), "teacher": list(teacher_nfes) or list(O.teacher_nfes)}
+    audio = sorted({c for o in parse_objectives(objectives) for c in o.columns if c not in INTRINSIC})
+    if audio and ev.judges is None:
+        raise ValueError(f"O3S objectives {objectives!r} need the audio judges {audio}: run 00_vocoder and give "
+                         f"JUDGES (08 ran without them)")
     guided = Guided(ev.teacher, E.cfg_scale)
     dev = make_t2m_eval_set(Text2MelDataset(plan.corpus, "dev", S.data), E.n_utts, E.seed, E.max_prompt_frames)
-    dev_ref, _, _ = generate(guided, dev, schedules.uniform(max(E.teacher_nfes)))
-    objective = grid_metric(guided, dev, "neg_dist_ref", reference=dev_ref)  # <- O3S OBJECTIVE (switch here)
-    res = o3s_search(objective, schedules.uniform(nfe), O3SConfig(max_evals=max_evals), progress=progress)
-    es = ev.es
-    den = lambda x: es.corpus.denormalize(x) * es.mask[:, None]  # noqa: E731
-    grids = {"o3s": res.best_grid, "uniform": schedules.uniform(nfe), "sway": schedules.sway(nfe)}
-    if nfe in schedules.F5_EPSS:
-        grids["epss"] = schedules.epss_raw(nfe)
-    d = {k: distance_per_utterance(den(generate(guided, es, g)[0]), den(ev.reference), es.mask) for k, g in grids.items()}
-    rows = [{"grid": k, "nfe": nfe, "dist_ref_test": d[k].mean().item(), "time_grid": " ".join(f"{v:.4f}" for v in g.tolist()),
-             **({} if k == "o3s" else paired_verdict(d[k] - d["o3s"], "o3s better", "o3s worse"))}
-            for k, g in grids.items()]
-    out = pd.DataFrame(rows)
-    out.attrs.update(dev_score=res.best_score, dev_init=res.init_score, n_evals=res.n_evals, stopped=res.stopped)
-    return out
+    bench = Bench({"student": ev.student, "teacher": guided}, dev, ev.es, guided, max(E.teacher_nfes),
+                  ev.judges if audio else None)
+
+    def write(obj, system, n, res):
+        write_o3s_result(res, plan.out / "o3s" / obj.slug / f"{system}_nfe{n}")
+
+    return objective_study(bench, objectives, nfes, O3SConfig(max_evals=max_evals or O.max_evals, ternary_iters=O.iters),
+                           progress=progress, on_search=write)
 
 
 def nan_to_none(d: Mapping[str, Any]) -> dict[str, Any]:
