@@ -127,6 +127,12 @@ def test_readme_table_lists_each_profiles_notebooks_in_order_with_a_total(tmp_pa
     total = next(line for line in tiny.splitlines() if line.startswith("| total"))
     assert "| 2m30s | 150.0 | 3.0 | 6.0 | 141.0 |" in total  # cpu_s not recorded: NaN summed to 0
     assert "Profile `small`" in readme and readme.index("Profile `small`") < readme.index("Profile `tiny`")
+    record(path, "tiny", "08_text2mel", {"seconds": 50.0, "startup_s": 1.0, "imports_s": 2.0, "work_s": 47.0}, finished="t")
+    tiny = report.build_readme().read_text().split("Profile `tiny`")[1]
+    rows = [line.split("|")[1:3] for line in tiny.splitlines() if line.startswith("| 0") or line.startswith("| total")]
+    assert [(n.strip(), w.strip()) for n, w in rows] == [("00_corpus", "20s"), ("00_vocoder", "1m40s"), ("01_teacher", "30s"),
+                                                         ("08_text2mel", "50s"), ("total 00–07", "2m30s"),
+                                                         ("total", "3m20s")]  # the hour's budget covers 00-07
     assert isinstance(read_timings(path), pd.DataFrame)
 
 

@@ -26,7 +26,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 
@@ -142,18 +142,29 @@ def eta_line(previous: Mapping[str, float], left: Sequence[str]) -> str:
     return f"left > ~{fmt_seconds(estimate_left(previous, known))} (previous run's times; no recorded time for {names})"
 
 
+BUDGET_LAST = "07"  # the default reproduction's hour covers notebooks 00-07 (08 has its own budget)
+
+
+def _sum_row(t: pd.DataFrame, cols: Sequence[str], name: str) -> dict:
+    sums = {c: t[c].sum(min_count=1) for c in cols[1:7] if c in t}  # NaN when nothing of c was recorded
+    return {"notebook": name, **sums, "finished": "", "load_avg": ""}
+
+
 def timings_tables(timings: pd.DataFrame, order: Sequence[str] = ()) -> dict[str, pd.DataFrame]:
     """The README's wall-time tables: ``{profile: table}``, notebooks in ``order`` (others after, by
-    name), a readable ``wall`` column and a ``total`` row. Empty when nothing was recorded."""
+    name), a readable ``wall`` column and a ``total`` row, preceded by a ``total 00–07`` row (the notebooks
+    :data:`BUDGET_LAST` and before) when later ones ran too. Empty when nothing was recorded."""
     rank = {n: i for i, n in enumerate(order)}
     cols = ["notebook", "seconds", "startup_s", "imports_s", "work_s", "cpu_s", "steal_s", "finished", "load_avg"]
     out = {}
     for prof, g in timings.groupby("profile", sort=True):
         g = g.assign(_r=[rank.get(n, len(rank)) for n in g["notebook"]]).sort_values(["_r", "notebook"])
         t = g[[c for c in cols if c in g]].reset_index(drop=True)
-        sums = {c: t[c].sum(min_count=1) for c in cols[1:7] if c in t}  # NaN when nothing of c was recorded
-        total = {"notebook": "total", **sums, "finished": "", "load_avg": ""}
-        t = pd.concat([t, pd.DataFrame([total])], ignore_index=True)
+        rows = [t]
+        main = t[t["notebook"].str[:2] <= BUDGET_LAST]
+        if 0 < len(main) < len(t):  # the budgeted notebooks' own sum beside the whole run's
+            rows.append(pd.DataFrame([_sum_row(main, cols, f"total 00–{BUDGET_LAST}")]))
+        t = pd.concat(rows + [pd.DataFrame([_sum_row(t, cols, "total")])], ignore_index=True)
         t.insert(1, "wall", [fmt_seconds(s) for s in t["seconds"]])
         out[str(prof)] = t
     return out
