@@ -178,3 +178,10 @@ def test_span_judges_vocode_exactly_the_generated_span():
     wavs = SpanJudges(FirstBin(), [])
     out = wavs.wavs(es, x)
     assert torch.equal(out[0], x[0, 0, 2:5]) and torch.equal(out[1], x[1, 0, 1:6])
+
+
+def test_o3s_is_skipped_with_a_negative_budget():
+    """08's O3S_EVALS = -1 runs no search (the notebook's O3S cell stays one call)."""
+    from imf.runs.text2mel import text2mel_o3s
+
+    assert text2mel_o3s(None, None, max_evals=-1) is None

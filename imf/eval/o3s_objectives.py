@@ -277,6 +277,9 @@ class ObjectiveStudy:
     results: dict[tuple[str, str, int], O3SResult]
     objectives: list[Objective]
 
+    def _repr_html_(self) -> str:  # a notebook cell ending in the study shows its held-out table
+        return self.table._repr_html_()
+
 
 def _fmt_grid(g: Tensor) -> str:
     return " ".join(f"{v:.3f}" for v in g.tolist())

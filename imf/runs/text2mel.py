@@ -266,14 +266,17 @@ def teacher_size_table(plan: T2MPlan, ev: T2MEval, progress: bool = True) -> pd.
 
 
 def text2mel_o3s(plan: T2MPlan, ev: T2MEval, objectives: Sequence[Any] = (), student_nfes: Sequence[int] = (),
-                 teacher_nfes: Sequence[int] = (), max_evals: int = 0, progress: bool = True) -> ObjectiveStudy:
+                 teacher_nfes: Sequence[int] = (), max_evals: int = 0, progress: bool = True) -> ObjectiveStudy | None:
     """O3S on the text2mel models, the objective study of notebook 04 (:func:`imf.eval.o3s_objectives.objective_study`):
     each objective (``[]``: the profile's ``text2mel.o3s.objectives``; ``dist_ref``, ``wer``, ``sim``, ``mos``,
     ``fs_closeness`` or a weighted mix) searched on the DEV split for the student at ``student_nfes`` and the guided
     teacher at ``teacher_nfes`` (``[]``: the profile's), from the uniform grid, then judged on the TEST evaluation set
     against uniform, sway and EPSS with the paired verdict (2 SE). ``dist_ref`` is to the guided teacher at the
     largest NFE on the same noise (dev and test). Each found grid goes to ``<out>/o3s/<objective>/<model>_nfe<n>/``.
-    Audio objectives need the judges of :func:`evaluate_text2mel` (00_vocoder's vocoder)."""
+    Audio objectives need the judges of :func:`evaluate_text2mel` (00_vocoder's vocoder). ``max_evals``: the budget
+    per search (0: the profile's; < 0: no O3S, None returned)."""
+    if max_evals < 0:
+        return None
     E, S, O = plan.eval, plan.stages, plan.o3s
     objectives = list(objectives) or list(O.objectives)
     nfes = {"student": list(student_nfes) or list(O.student_nfes), "teacher": list(teacher_nfes) or list(O.teacher_nfes)}
