@@ -224,3 +224,11 @@ def test_notebook_04_wiring_writes_the_table_grids_and_a_note_from_the_numbers(n
     assert pd.read_csv(out / "objectives.csv").shape[0] == 10
     section = (results_dir() / "sections/04_o3s.md").read_text()
     assert "Which O3S objective wins on held-out data" in section and objective_note(res.table) in section
+
+
+def test_judged_columns_are_the_audio_terms_only():
+    """What a bench's judges must score: the objectives' audio columns, never the intrinsic ones."""
+    from imf.eval.o3s_objectives import judged_columns
+
+    assert judged_columns(["dist_ref", {"dist_ref": 1.0, "wer": 0.5}, "sim", "fs_closeness"]) == {"wer", "sim"}
+    assert judged_columns(["dist_ref"]) == set()

@@ -153,6 +153,11 @@ def metric_table(es: EvalSet, x: Tensor, columns: Sequence[str], reference: Tens
     return out
 
 
+def judged_columns(specs: Any) -> set[str]:
+    """The audio-judge columns (not intrinsic metrics) the objectives ``specs`` read: what their bench's judges must score."""
+    return {c for o in parse_objectives(specs) for c in o.columns if c not in INTRINSIC}
+
+
 def term_scores(obj: Objective, table: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Each term's per-utterance score, higher is better (:func:`imf.eval.metrics.objective_score`): term -> (N,)."""
     return {t: torch.tensor([objective_score(t, v) for v in table[objective_column(t)].tolist()], dtype=torch.float64)

@@ -33,7 +33,7 @@ from imf.eval.audio import AudioJudges
 from imf.eval.evalset import EvalSet
 from imf.eval.judges import make_judge
 from imf.eval.metrics import objective_column, objective_score, paired_verdict
-from imf.eval.o3s_objectives import Bench, ObjectiveStudy, objective_study, parse_objectives
+from imf.eval.o3s_objectives import Bench, ObjectiveStudy, judged_columns, objective_study, parse_objectives
 from imf.eval.sweep import INTRINSIC, generate, grid_metric, nfe_sweep, utterance_scores
 from imf.eval.systems import System, guided
 from imf.flow import schedules
@@ -205,7 +205,7 @@ def objective_bench(study: O3SStudy, objectives: Sequence[Any], vocoder_run: str
     """The :class:`imf.eval.o3s_objectives.Bench` of this study: systems ``student`` and ``teacher`` (guided),
     the study's dev set, the test set ``wb.es``, the guided teacher at ``max_nfe`` as reference, and one
     audio judge per audio column the ``objectives`` read (on the trained vocoder of ``vocoder_run``)."""
-    columns = {c for o in parse_objectives(objectives) for c in o.columns if c not in INTRINSIC}
+    columns = judged_columns(objectives)
     judges = None
     if columns and study.judges is not None and columns <= {study.column}:
         judges = study.judges  # the study's own judge already scores every column needed

@@ -30,7 +30,7 @@ from imf.data.text2mel import Text2MelDataset
 from imf.eval.evalset import EvalSet
 from imf.eval.judges import JudgesConfig, judge_labels, judge_specs, make_judges
 from imf.eval.metrics import distance, distance_per_utterance, higher_is_better, intrinsic_per_utterance, paired_verdict
-from imf.eval.o3s_objectives import Bench, ObjectiveStudy, objective_study, parse_objectives
+from imf.eval.o3s_objectives import Bench, ObjectiveStudy, judged_columns, objective_study
 from imf.eval.speed import speed_table
 from imf.eval.sweep import INTRINSIC, generate, judge_table, nfe_sweep
 from imf.eval.systems import System
@@ -280,7 +280,7 @@ def text2mel_o3s(plan: T2MPlan, ev: T2MEval, objectives: Sequence[Any] = (), stu
     E, S, O = plan.eval, plan.stages, plan.o3s
     objectives = list(objectives) or list(O.objectives)
     nfes = {"student": list(student_nfes) or list(O.student_nfes), "teacher": list(teacher_nfes) or list(O.teacher_nfes)}
-    audio = sorted({c for o in parse_objectives(objectives) for c in o.columns if c not in INTRINSIC})
+    audio = sorted(judged_columns(objectives))
     if audio and ev.judges is None:
         raise ValueError(f"O3S objectives {objectives!r} need the audio judges {audio}: run 00_vocoder and give "
                          f"JUDGES (08 ran without them)")
