@@ -102,6 +102,7 @@ if __name__ == "__main__":
         computed = distributed.all_gather_objects(computed)
         if distributed.is_main():
             torch.save({"x": x, "table": table, "computed": computed}, args[0])
+        distributed.shutdown()
     elif what == "train":
         if args[0] == "--kill-at-step":
             _kill_at(int(args[1]))

@@ -14,6 +14,7 @@ of the global-batch loss, whatever the number of processes.
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from typing import Any, Sequence
@@ -40,7 +41,25 @@ def init(timeout_s: float = 1800.0) -> bool:
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    atexit.register(_destroy)  # an entry point that returns or raises without shutdown() still leaves the group
     return True
+
+
+def shutdown() -> None:
+    """Leave the process group at the end of an entry point: wait for every rank, then destroy it.
+
+    A gloo group left to the interpreter's teardown can abort the process ("terminate called without an active
+    exception", SIGABRT) after its work is done, failing the whole torchrun launch. No-op when not distributed.
+    """
+    if dist.is_available() and dist.is_initialized():
+        if active():
+            dist.barrier()
+        _destroy()
+
+
+def _destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def active() -> bool:

@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = run(a.recipe, a.corpus, a.run_dir, a.config, a.teacher, a.init, a.steps, a.progress, a.stage, a.vae)
     if distributed.is_main():
         print(json.dumps(summary), file=sys.stdout, flush=True)
+    distributed.shutdown()
     return summary
 
 
