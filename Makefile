@@ -10,7 +10,7 @@ RESULTS ?= $(if $(filter small,$(PROFILE)),results,results/$(PROFILE))
 export OMP_WAIT_POLICY := PASSIVE
 export MPLBACKEND := Agg
 
-.PHONY: env sysdeps test test-fast reproduce lab bench clean-results
+.PHONY: env sysdeps test test-fast reproduce alignment-study lab bench clean-results
 
 env: sysdeps $(STAMP)
 
@@ -43,6 +43,11 @@ test-fast: env
 # CORPUS_DIR=<LJSpeech | LibriTTS | manifest.csv>: import that corpus instead of building the embedded one.
 reproduce: env
 	$(if $(NPROC),IMF_NPROC=$(NPROC)) IMF_RESULTS="$(CURDIR)/$(RESULTS)" $(BIN)/python -m imf.runs.pipeline --profile $(PROFILE) $(if $(CORPUS_DIR),--corpus-dir "$(CORPUS_DIR)")
+
+# 08a_alignment (issue 15): which text2mel teacher recipe speaks its text; ~15 min per recipe on 2 cores, not part of
+# `reproduce`; needs 00_corpus and 00_vocoder of the same profile (run `make reproduce` first).
+alignment-study: env
+	IMF_RESULTS="$(CURDIR)/$(RESULTS)" $(BIN)/python -m imf.runs.pipeline --profile $(PROFILE) --only 08a_alignment
 
 lab: env
 	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR)  # notebooks/ and the executed copies in results/runs/

@@ -15,7 +15,7 @@ from nbformat.sign import NotebookNotary
 from imf.core.checkpoints import load_checkpoint, load_model
 from imf.core.runtime import repo_root
 from imf.runs.open import absolute
-from imf.runs.pipeline import available, run_notebook
+from imf.runs.pipeline import KNOWN, notebook_path, run_notebook
 from imf.viz.widgets import NEEDS_KERNEL, saved_state
 from tests.helpers import pipeline_env
 
@@ -31,7 +31,7 @@ def tree(pipeline_root):
 
 
 def run(tree, name, **params):
-    if name not in available():
+    if name not in KNOWN or not notebook_path(name).exists():
         pytest.skip(f"notebooks/{name}.ipynb does not exist yet")
     out = run_notebook(name, tree / "results" / "runs", {"PROFILE": "tiny", **params})
     # the executed copy opens trusted (widgets and progress bars render) and is not altered by signing
@@ -385,6 +385,26 @@ def test_08_text2mel(tree):
     assert m["o3s_note"] in (tree / "results/README.md").read_text()
     assert (tree / "results/08_text2mel/nfe_curves.png").exists() and (tree / "results/08_text2mel/samples.png").exists()
     assert "08 — text2mel with F5-TTS's DiT" in (tree / "results/README.md").read_text()
+
+
+def test_08a_alignment(tree):
+    """The alignment study in the tiny profile: each recipe's teacher trained in its own run folder with its own
+    recipe, judged on the same utterances; verdicts recomputed from the recorded numbers."""
+    m = run(tree, "08a_alignment", JUDGES=[])
+    study = table(tree, "08a_alignment/study.csv")
+    assert list(study.recipe) == ["base", "average"] and list(study.upsampling) == ["none", "average"]
+    assert (study.steps == 2).all() and m["config"]["teacher_steps"] == 2
+    for r in study.itertuples():
+        ckpt = load_checkpoint(tree / f"runs/tiny/t2m_align_{r.recipe}_teacher/checkpoints/last.pt")
+        assert ckpt["model_config"]["text_embedding_average_upsampling"] == (r.upsampling == "average")
+        assert r.text_vs_noise == verdict_of(r.text_effect - r.noise_effect, r.effect_se, "text", "noise")
+        assert not r.speaks_text  # without WER no recipe can be said to speak its text
+        check = table(tree, f"08a_alignment/check_{r.recipe}.csv")
+        assert check.text_effect.iloc[1] == pytest.approx(r.text_effect) and check.text_effect.iloc[0] == 0.0
+    # the same evaluation utterances and noise for every recipe: one noise scale per recipe, all > 0
+    assert (study.noise_effect > 0).all() and (study.text_effect >= 0).all()
+    assert m["conclusion"] in (tree / "results/README.md").read_text()
+    assert (tree / "results/08a_alignment/study.png").exists()
 
 
 def test_09_listening_test(tree):

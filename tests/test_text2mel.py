@@ -185,3 +185,46 @@ def test_o3s_is_skipped_with_a_negative_budget():
     from imf.runs.text2mel import text2mel_o3s
 
     assert text2mel_o3s(None, None, max_evals=-1) is None
+
+
+# -- the alignment check --------------------------------------------------------------------------
+def _alignment_set(n: int = 6, t: int = 10):
+    """An EvalSet of ``n`` utterances with phone texts of different sums, and the Text2MelDataset stand-in that
+    :func:`imf.eval.text2mel.with_text_of` reads (texts by id; prompts without text)."""
+    import types
+
+    from imf.eval.evalset import EvalSet
+
+    texts = {f"u{i}": torch.tensor([1 + i, 2 * i + 1]) for i in range(n)} | {"p": torch.tensor([], dtype=torch.long)}
+    data = types.SimpleNamespace(cfg=types.SimpleNamespace(text="phone"), item=lambda ident: {"text": texts[ident]})
+    ids = [f"u{i}" for i in range(n)]
+    mask = torch.ones(n, t, dtype=torch.bool)
+    cond = {"text": pad_text([texts[i] for i in ids]), "mask": mask}
+    z_0 = torch.randn(n, C, t, generator=torch.Generator().manual_seed(0))
+    corpus = types.SimpleNamespace(denormalize=lambda x: x)
+    return EvalSet(ids, torch.zeros(n, C, t), mask, cond, z_0, corpus, [f"text {i}" for i in range(n)],
+                   prompt_ids=["p"] * n), data
+
+
+def test_alignment_check_separates_a_text_blind_model_from_one_that_follows_its_text():
+    """A model that ignores the text: text_effect exactly 0, the noise moves it ("noise"). A model whose output is a
+    function of its text alone (v = (m(text) - x) / (1 - t), so x(1) = m exactly): noise_effect 0, "text"."""
+    from imf.flow import schedules
+    from imf.runs.text2mel import alignment_of
+
+    es, data = _alignment_set()
+    blind = lambda x, *, t, r=None, cond: -x  # noqa: E731
+
+    def follows(x, *, t, r=None, cond):
+        m = 0.1 * cond["text"].clamp(min=0).sum(1).float()[:, None, None]
+        return (m - x) / (1 - t.view(-1, 1, 1)).clamp(min=1e-3)
+
+    grid = schedules.uniform(4)
+    a = alignment_of(blind, es, data, grid)
+    assert list(a["text given"]) == ["true", "shuffled", "shuffled"]
+    assert a.text_effect.iloc[1] == 0.0 and a.noise_effect.iloc[1] > 0 and a.text_vs_noise.iloc[1] == "noise"
+    b = alignment_of(follows, es, data, grid)
+    sums = torch.tensor([float(texts.sum()) for texts in (torch.tensor([1 + i, 2 * i + 1]) for i in range(6))])
+    expected = (0.1 * (sums - sums.roll(-1))).abs().mean().item()  # each target given the next one's text
+    assert b.noise_effect.iloc[1] == pytest.approx(0.0, abs=1e-5) and b.text_vs_noise.iloc[1] == "text"
+    assert b.text_effect.iloc[1] == pytest.approx(expected, rel=1e-4)

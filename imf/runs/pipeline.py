@@ -8,7 +8,8 @@ stops the pipeline with its name; executed copies of earlier notebooks are kept.
 
 Before anything runs, every selected notebook must exist and accept the given parameters
 (:func:`imf.runs.params.check`: declared names, the default's type); ``--only``/``--from`` take
-the names of :data:`NOTEBOOKS` only (argparse error, exit code 2, with a close match).
+the names of :data:`NOTEBOOKS` and :data:`STUDIES` only (argparse error, exit code 2, with a close match); a study
+runs only when named by ``--only``.
 
 Timings: before each notebook the pipeline prints the elapsed time and what is left, estimated from
 the previous run's wall times of the same profile (``results/timings.csv``; "unknown" for a notebook
@@ -50,6 +51,12 @@ NOTEBOOKS = [
     "08_text2mel",  # F5-TTS's DiT on the embedded corpus: teacher, alignment check, students, teacher size (00_corpus; judges: 00_vocoder)
     "09_listening_test",  # prepares the stimuli and analyses the ratings so far (the test itself is taken live)
 ]
+# studies: pipeline notebooks that `make reproduce` does not run (hours of CPU); `--only` runs them, into the same
+# results (their committed sections stay in the README)
+STUDIES = [
+    "08a_alignment",  # which text2mel teacher recipe speaks its text (issue 15; `make alignment-study`; 00_corpus, 00_vocoder)
+]
+KNOWN = NOTEBOOKS + STUDIES
 
 
 def notebook_path(name: str) -> Path:
@@ -123,12 +130,13 @@ def available() -> list[str]:
 
 
 def notebook_name(value: str) -> str:
-    """argparse type of ``--only``/``--from``: one of :data:`NOTEBOOKS` (``.ipynb`` and a folder are dropped)."""
+    """argparse type of ``--only``/``--from``: one of :data:`NOTEBOOKS` or :data:`STUDIES` (``.ipynb`` and a folder
+    are dropped)."""
     name = Path(value).name.removesuffix(".ipynb")
-    if name not in NOTEBOOKS:
-        close = difflib.get_close_matches(name, NOTEBOOKS, n=1)
+    if name not in KNOWN:
+        close = difflib.get_close_matches(name, KNOWN, n=1)
         raise argparse.ArgumentTypeError(f"unknown notebook {value!r}" + (f" (did you mean {close[0]}?)" if close else "")
-                                         + f"; choose from {', '.join(NOTEBOOKS)}")
+                                         + f"; choose from {', '.join(KNOWN)}")
     return name
 
 
@@ -138,7 +146,7 @@ def selected(only: list[str] | None, start: str | None) -> list[str]:
     ``FileNotFoundError`` naming it."""
     names = list(only) if only else available()
     if start:
-        names = [n for n in names if NOTEBOOKS.index(n) >= NOTEBOOKS.index(start)]
+        names = [n for n in names if KNOWN.index(n) >= KNOWN.index(start)]
     if not names:
         raise FileNotFoundError(f"no notebook to run (--only {only}, --from {start}); present: {available()}")
     missing = [n for n in names if not notebook_path(n).exists()]
@@ -168,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="small", choices=sorted(PROFILES))
     p.add_argument("--only", nargs="*", type=notebook_name, metavar="NOTEBOOK",
-                   help=f"run only these notebooks (of: {', '.join(NOTEBOOKS)})")
+                   help=f"run only these notebooks (of: {', '.join(KNOWN)}; the studies only this way)")
     p.add_argument("--from", dest="start", type=notebook_name, metavar="NOTEBOOK",
                    help="start from this notebook (in pipeline order)")
     p.add_argument("--corpus-dir", default="", metavar="DIR",

@@ -96,6 +96,14 @@ _SMALL["text2mel"] = {
              "teacher_nfes": [4, 7, 8, 16, 32], "student_nfes": [1, 2, 3], "rtf_repeats": 3},
 }
 
+# 08a_alignment (`make alignment-study`, not in `make reproduce`): 08's teacher recipe against F5's average-upsampled
+# text embedding, characters, a lower smallest-masked fraction and shorter utterances, the same 2000 steps each
+# (small: ~12 minutes per recipe at 0.37 s/step, utterances <= 128 frames cheaper; small-long: its bigger DiT).
+_SMALL["text2mel"]["alignment"] = {
+    "recipes": [{"name": "base"}, {"name": "average", "upsampling": "average"}, {"name": "char", "text": "char"},
+                {"name": "mask30", "frac_min": 0.3}, {"name": "short128", "max_frames": 128}],
+    "teacher_steps": 2000, "n_utts": 16}
+
 _TINY: dict[str, dict[str, Any]] = {
     "corpus": {"profile": "tiny"},
     "corpus_import": {},
@@ -158,6 +166,8 @@ _TINY: dict[str, dict[str, Any]] = {
         "eval": {"split": "test", "n_utts": 4, "seed": 1234, "max_prompt_frames": 256, "cfg_scale": 3.0,
                  "teacher_nfes": [2, 4, 7], "student_nfes": [1, 2, 3], "judged_teacher_nfes": [7],
                  "judged_student_nfes": [3], "rtf_repeats": 1},
+        "alignment": {"recipes": [{"name": "base"}, {"name": "average", "upsampling": "average"}],
+                      "teacher_steps": 2, "n_utts": 4},
         "o3s": {"objectives": ["dist_ref"], "student_nfes": [2], "teacher_nfes": [5], "max_evals": 4, "iters": 2},
     },
 }

@@ -173,12 +173,50 @@ class Token2WavSection(T2WStagesConfig):
 
 
 @dataclasses.dataclass(frozen=True)
+class T2MRecipe(Config):
+    """One teacher recipe of the alignment study: the knobs of :func:`imf.runs.text2mel.text2mel_plan`'s ``recipe``
+    (an empty / zero knob keeps the profile's)."""
+    name: str = "base"  # its run folders: runs/<profile>/t2m_align_<name>_teacher
+    text: str = ""  # "phone" | "char"
+    upsampling: str = ""  # "average" (F5's text_embedding_average_upsampling) | "none"
+    frac_min: float = 0.0  # smallest infilled fraction of an utterance (F5: 0.7)
+    max_frames: int = 0  # longest training utterance in frames (longer ones are left out)
+
+    def validate(self) -> None:
+        require(self.name.isidentifier(), "name", f"{self.name!r} must be an identifier (it names run folders)")
+        require(self.text in ("", "phone", "char"), "text", f"{self.text!r} is not '', 'phone' or 'char'")
+        require(self.upsampling in ("", "average", "none"), "upsampling",
+                f"{self.upsampling!r} is not '', 'average' or 'none'")
+        require(0.0 <= self.frac_min <= 1.0, "frac_min", "must lie in [0, 1] (0: the profile's)")
+        require(self.max_frames == 0 or self.max_frames >= 8, "max_frames", "0 (the profile's) or >= 8")
+
+    def recipe(self) -> dict[str, Any]:
+        """The ``recipe`` mapping of :func:`~imf.runs.text2mel.text2mel_plan` (without ``name``)."""
+        return {k: v for k, v in self.to_dict().items() if k != "name"}
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignmentStudySection(Config):
+    """``text2mel.alignment``: 08a_alignment's study: each recipe trains only the teacher, for the same steps, and is
+    judged by :func:`imf.runs.text2mel.alignment_of` (text vs noise effect, WER true vs shuffled text)."""
+    recipes: tuple[T2MRecipe, ...] = ()  # () : no study in this profile
+    teacher_steps: int = 2000  # the same training budget for every recipe
+    n_utts: int = 16  # evaluation utterances (test split)
+
+    def validate(self) -> None:
+        names = [r.name for r in self.recipes]
+        require(len(set(names)) == len(names), "recipes", f"recipe names must be unique, got {names}")
+        require(self.teacher_steps >= 1 and self.n_utts >= 2, "teacher_steps", "teacher_steps >= 1, n_utts >= 2")
+
+
+@dataclasses.dataclass(frozen=True)
 class Text2MelSection(T2MStagesConfig):
     """``text2mel``: every stage of 08_text2mel (:class:`~imf.train.text2mel.T2MStagesConfig`) and its evaluation."""
     eval: T2MEvalConfig = T2MEvalConfig()  # 08's evaluation set, NFE table and timing
     # 08's O3S (imf.runs.text2mel.text2mel_o3s): the objective study of 04 (objectives, student / guided-teacher NFEs,
     # budget) on the text2mel models; ``metric`` (04's main search) is not used by 08
     o3s: O3SSection = O3SSection()
+    alignment: AlignmentStudySection = AlignmentStudySection()  # 08a_alignment's recipe study
 
 
 @dataclasses.dataclass(frozen=True)

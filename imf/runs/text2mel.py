@@ -29,7 +29,7 @@ from imf.data.importers import ImportConfig
 from imf.data.text2mel import Text2MelDataset
 from imf.eval.evalset import EvalSet
 from imf.eval.judges import JudgesConfig, judge_labels, judge_specs, make_judges
-from imf.eval.metrics import distance, distance_per_utterance, higher_is_better, intrinsic_per_utterance, paired_verdict
+from imf.eval.metrics import distance_per_utterance, higher_is_better, intrinsic_per_utterance, paired_verdict
 from imf.eval.o3s_objectives import Bench, ObjectiveStudy, judged_columns, objective_study
 from imf.eval.speed import speed_table
 from imf.eval.sweep import INTRINSIC, generate, judge_table, nfe_sweep
@@ -100,6 +100,7 @@ def text2mel_plan(profile_name: str, seed: int = 0, prefix: str = "t2m", steps: 
             S[m] = dict(S[m], text_embedding_average_upsampling=recipe["upsampling"] == "average")
     E = T2MEvalConfig.from_dict(S.pop("eval"), **({"n_utts": n_utts} if n_utts else {}))
     o3s = O3SSection.from_dict(S.pop("o3s", {}))
+    S.pop("alignment", None)  # 08a_alignment's study (imf.runs.alignment_study)
     stages = T2MStagesConfig.from_dict(dict(S, size_ablation=size_ablation))
     return T2MPlan(profile_name, corpus, stages, E, {k: runs_dir(profile_name) / f"{prefix}_{k}" for k in STAGES},
                    section_dir(SECTION), o3s)
@@ -211,37 +212,55 @@ def speed_ratios(ev: T2MEval) -> dict[str, float]:
 
 
 def alignment_check(plan: T2MPlan, ev: T2MEval, shift: int = 1) -> pd.DataFrame:
-    """Does the guided teacher (largest NFE) speak its text? The same prompts and noise with the true text and
-    with another utterance's text (:func:`with_text_of`). Rows: WER of each output against the true text and
-    against the text it was given, the real recordings and the vocoder's copy synthesis (ceilings), and
-    ``text_effect``: the mean |log-mel difference| between the two outputs (0: the text is ignored)."""
-    E = plan.eval
-    guided = Guided(ev.teacher, E.cfg_scale)
-    es, grid = ev.es, schedules.uniform(max(E.teacher_nfes))
-    wrong = with_text_of(es, ev.data, shift)
-    x_wrong, _, _ = generate(guided, wrong, grid)
-    den = lambda x: es.corpus.denormalize(x) * es.mask[:, None]  # noqa: E731
-    effect = distance(den(ev.reference), den(x_wrong), es.mask)
-    noise = with_noise_effect(guided, es, grid, ev.reference, den)
-    rows = [{"text given": "true", "scored against": "true text", "text_effect": 0.0, "noise_effect": noise},
-            {"text given": "shuffled", "scored against": "true text", "text_effect": effect, "noise_effect": noise},
-            {"text given": "shuffled", "scored against": "given (shuffled) text", "text_effect": effect,
-             "noise_effect": noise}]
-    if ev.judges is not None:
-        aj = ev.judges
-        for r, (s, x) in zip(rows, ((es, ev.reference), (es, x_wrong), (wrong, x_wrong))):
-            r.update(aj(s, x))
-        rows += [{"text given": "real recordings", "scored against": "true text", **aj.real_audio(es)},
-                 {"text given": "vocoder copy-synthesis", "scored against": "true text", **aj(es, es.z_1)}]
+    """Does the guided teacher (largest NFE) speak its text? :func:`alignment_of` on 08's evaluation."""
+    grid = schedules.uniform(max(plan.eval.teacher_nfes))
+    return alignment_of(Guided(ev.teacher, plan.eval.cfg_scale), ev.es, ev.data, grid, ev.reference, ev.judges, shift)
+
+
+def alignment_of(model, es: EvalSet, data: Text2MelDataset, grid: Tensor, x: Tensor | None = None,
+                 judges: SpanJudges | None = None, shift: int = 1) -> pd.DataFrame:
+    """The same prompts and noise with the true text and with another utterance's text (:func:`with_text_of`).
+
+    ``model`` (the guided teacher) samples on ``grid``; ``x``: its output with the true text (generated if None).
+    Rows: the outputs with the true and the shuffled text, scored against the true text and (shuffled) against the
+    text given, then the real recordings and the vocoder's copy synthesis (ceilings). Columns: ``text_effect``, the
+    mean |log-mel difference| between the true-text and shuffled-text outputs (0: the text is ignored);
+    ``noise_effect``, the same when only the noise changes (the scale); ``text_vs_noise``, the paired per-utterance
+    verdict of text_effect against noise_effect (2 SE; ``effect_se`` the SE of their difference); with judges, their scores and on the shuffled row scored
+    against the true text ``wer_gain`` ± ``wer_gain_se``: per-utterance WER(shuffled) - WER(true) on the judged
+    voices, ``wer_verdict`` its paired verdict ("true text" beyond 2 SE: the teacher speaks its text)."""
+    if x is None:
+        x, _, _ = generate(model, es, grid)
+    wrong = with_text_of(es, data, shift)
+    x_wrong, _, _ = generate(model, wrong, grid)
+    den = lambda y: es.corpus.denormalize(y) * es.mask[:, None]  # noqa: E731
+    d_text = distance_per_utterance(den(x), den(x_wrong), es.mask)
+    d_noise = with_noise_effect(model, es, grid, x, den)
+    v = paired_verdict(d_text - d_noise, "text", "noise")
+    shared = {"noise_effect": d_noise.mean().item(), "effect_se": v["gain_se"], "text_vs_noise": v["verdict"]}
+    rows = [{"text given": "true", "scored against": "true text", "text_effect": 0.0, **shared},
+            {"text given": "shuffled", "scored against": "true text", "text_effect": d_text.mean().item(), **shared},
+            {"text given": "shuffled", "scored against": "given (shuffled) text", "text_effect": d_text.mean().item(),
+             **shared}]
+    if judges is not None:
+        for r, (s, y) in zip(rows, ((es, x), (es, x_wrong), (wrong, x_wrong))):
+            r.update(judges(s, y))
+        if "wer" in rows[0]:
+            w_true, w_wrong = (torch.tensor(judge_table(judges, es, y)["wer"].to_numpy(dtype="float64"))
+                               for y in (x, x_wrong))
+            v = paired_verdict(w_wrong - w_true, "true text", "shuffled text")
+            rows[1].update(wer_gain=v["gain"], wer_gain_se=v["gain_se"], wer_verdict=v["verdict"])
+        rows += [{"text given": "real recordings", "scored against": "true text", **judges.real_audio(es)},
+                 {"text given": "vocoder copy-synthesis", "scored against": "true text", **judges(es, es.z_1)}]
     return pd.DataFrame(rows)
 
 
-def with_noise_effect(model, es: EvalSet, grid: Tensor, x: Tensor, den) -> float:
-    """The scale of ``text_effect``: the mean |log-mel difference| when only the NOISE changes (each row's noise
-    rolled to the next utterance's, cut to its own frames), true text kept."""
+def with_noise_effect(model, es: EvalSet, grid: Tensor, x: Tensor, den) -> Tensor:
+    """The scale of ``text_effect``, per utterance (N,): the mean |log-mel difference| when only the NOISE changes
+    (each row's noise rolled to the next utterance's, cut to its own frames), true text kept."""
     z_0 = torch.roll(es.z_0, 1, 0) * es.cond["mask"][:, None]
     other, _, _ = generate(model, dataclasses.replace(es, z_0=z_0), grid)
-    return distance(den(x), den(other), es.mask)
+    return distance_per_utterance(den(x), den(other), es.mask)
 
 
 def teacher_size_table(plan: T2MPlan, ev: T2MEval, progress: bool = True) -> pd.DataFrame | None:

@@ -136,3 +136,33 @@ def plot_stability(histories: Mapping[str, Sequence[dict]], reference: pd.DataFr
     ax[1].set_yscale("log")
     ax[0].legend(fontsize=7)
     return save_fig(fig, path) if path else fig
+
+
+def plot_alignment_study(table: pd.DataFrame, path: str | Path | None = None, title: str = ""):
+    """Per recipe (``table.recipe``): the text and the noise effect (± 2 ``effect_se``: the SE of their paired
+    difference) and, with ``wer_true`` / ``wer_shuffled``, the WER of the outputs given the true vs a shuffled text."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    wer = "wer_true" in table
+    fig, axes = plt.subplots(1, 2 if wer else 1, figsize=(5.2 * (2 if wer else 1), 3.4), squeeze=False)
+    x, w = np.arange(len(table)), 0.38
+    ax = axes[0, 0]
+    ax.bar(x - w / 2, table.text_effect, w, yerr=2 * table.effect_se, capsize=3, label="text swapped")
+    ax.bar(x + w / 2, table.noise_effect, w, label="noise swapped")
+    ax.set_ylabel("mean |log-mel change|")
+    ax.set_title("does the text move the output?", fontsize=9)
+    if wer:
+        ax = axes[0, 1]
+        ax.bar(x - w / 2, table.wer_true, w, yerr=2 * table.wer_gain_se, capsize=3, label="given the true text")
+        ax.bar(x + w / 2, table.wer_shuffled, w, label="given a shuffled text")
+        ax.set_ylabel("WER against the true text")
+        ax.set_title("is it the text it was given?", fontsize=9)
+    for ax in axes[0]:
+        ax.set_xticks(x, list(table.recipe), rotation=20)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_fig(fig, path) if path else fig
