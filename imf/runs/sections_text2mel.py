@@ -119,7 +119,8 @@ from a noise swap, for scale; `alignment.csv`):
 
 {judges_note(ev.judge_labels) if ev.judge_labels else '(no audio judges run)'}
 
-**Student at {T['student_nfe']} NFE vs the guided teacher**, paired per utterance (2 SE; `paired.csv`):
+**Student at {T['student_nfe']} NFE vs the guided teacher**, paired per utterance (2 SE; `paired.csv`;
+the fine-structure and global-variance ratios here are means of per-utterance ratios, not the NFE table's corpus-level ones):
 
 {table_md(ev.paired)}
 

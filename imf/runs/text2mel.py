@@ -149,14 +149,16 @@ def _closer(metric: str, a: Tensor, b: Tensor) -> Tensor:
 def paired_table(ev_es: EvalSet, x_a: Tensor, x_b: Tensor, ref: Tensor, name_a: str, name_b: str,
                  judges: SpanJudges | None, x_dist: Tensor | None = None, name_dist: str = "") -> pd.DataFrame:
     """Paired per-utterance verdicts of ``x_a`` vs ``x_b`` on every metric (:func:`paired_verdict`, 2 SE):
-    ``fs_ratio``/``gv_ratio`` (closeness to real speech), the judges' columns, and ``dist_ref`` against
+    ``fs_ratio``/``gv_ratio`` (closeness to real speech; labelled "(utterance mean)": the means of per-utterance
+    ratios, not the NFE table's corpus-level ratios), the judges' columns, and ``dist_ref`` against
     ``x_dist`` (``name_dist``; default ``x_b``: then it is skipped, ``x_b`` being the reference)."""
     es = ev_es
     den = lambda x: es.corpus.denormalize(x) * es.mask[:, None]  # noqa: E731
     per = {k: intrinsic_per_utterance(den(x), es.real_logmel(), es.mask, den(ref)) for k, x in (("a", x_a), ("b", x_b))}
     rows = []
     for m in ("fs_ratio", "gv_ratio"):
-        rows.append({"metric": m, "first": name_a, "second": name_b, "first_mean": per["a"][m].mean().item(),
+        rows.append({"metric": f"{m} (utterance mean)", "first": name_a, "second": name_b,
+                     "first_mean": per["a"][m].mean().item(),
                      "second_mean": per["b"][m].mean().item(),
                      **paired_verdict(_closer(m, per["a"][m], per["b"][m]), name_a, name_b)})
     if x_dist is not None:
