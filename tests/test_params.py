@@ -1,5 +1,6 @@
 """Notebook parameters are checked against the notebook's own ``parameters`` cell before any work:
 in ``run_notebook``/the pipeline, and inside the notebook for a plain ``papermill`` call."""
+import argparse
 import json
 import os
 import subprocess
@@ -123,6 +124,15 @@ def test_pipeline_names_a_missing_notebook_before_running_anything(tmp_path, mon
     assert pipeline.main(["--profile", "tiny", "--only", "00_corpus", "01_teacher"]) == 1
     err = capsys.readouterr().err
     assert f"{tmp_path / '01_teacher.ipynb'}" in err and "do not exist" in err and "present: ['00_corpus']" in err
+
+
+def test_studies_run_only_when_named():
+    """A study (08a_alignment) is not in the default run; --only runs it; a typo of it gets a close match."""
+    assert "08a_alignment" in pipeline.STUDIES and "08a_alignment" not in pipeline.available()
+    assert pipeline.selected(["08a_alignment"], None) == ["08a_alignment"]
+    assert pipeline.selected(None, "08_text2mel") == ["08_text2mel", "09_listening_test"]
+    with pytest.raises(argparse.ArgumentTypeError, match="did you mean 08a_alignment"):
+        pipeline.notebook_name("08a_alignmnt")
 
 
 @pytest.mark.slow  # a fresh interpreter imports torch

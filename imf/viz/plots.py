@@ -151,13 +151,13 @@ def plot_alignment_study(table: pd.DataFrame, path: str | Path | None = None, ti
     ax.bar(x - w / 2, table.text_effect, w, yerr=2 * table.effect_se, capsize=3, label="text swapped")
     ax.bar(x + w / 2, table.noise_effect, w, label="noise swapped")
     ax.set_ylabel("mean |log-mel change|")
-    ax.set_title("does the text move the output?", fontsize=9)
+    ax.set_title("does the text move the output? (error bar: 2 SE of text - noise)", fontsize=9)
     if wer:
         ax = axes[0, 1]
         ax.bar(x - w / 2, table.wer_true, w, yerr=2 * table.wer_gain_se, capsize=3, label="given the true text")
         ax.bar(x + w / 2, table.wer_shuffled, w, label="given a shuffled text")
         ax.set_ylabel("WER against the true text")
-        ax.set_title("is it the text it was given?", fontsize=9)
+        ax.set_title("does it say the text it was given? (2 SE of the WER gap)", fontsize=9)
     for ax in axes[0]:
         ax.set_xticks(x, list(table.recipe), rotation=20)
         ax.grid(alpha=0.3, axis="y")
