@@ -21,7 +21,7 @@ def test_declared_reads_names_defaults_and_comments_of_the_parameters_cell():
     assert list(p)[:3] == ["PROFILE", "SEED", "STEPS"]
     assert p["ABLATION"].default is True and p["CFG_SCALE"].default == 0.0 and p["FREEZE"].default == "encoder"
     assert p["STEPS"].comment.startswith("distillation steps")
-    for name in pipeline.available() + pipeline.STUDIES:  # every pipeline notebook declares flat literals, PROFILE first
+    for name in pipeline.available() + list(pipeline.STUDIES):  # every pipeline notebook declares flat literals, PROFILE first
         assert list(declared(name))[0] == "PROFILE"
 
 

@@ -133,6 +133,12 @@ def test_readme_table_lists_each_profiles_notebooks_in_order_with_a_total(tmp_pa
     assert [(n.strip(), w.strip()) for n, w in rows] == [("00_corpus", "20s"), ("00_vocoder", "1m40s"), ("01_teacher", "30s"),
                                                          ("08_text2mel", "50s"), ("total 00–07", "2m30s"),
                                                          ("total", "3m20s")]  # the hour's budget covers 00-07
+    record(path, "tiny", "08a_alignment", {"seconds": 900.0, "startup_s": 1.0, "imports_s": 2.0, "work_s": 897.0},
+           finished="t")
+    tiny = report.build_readme().read_text().split("Profile `tiny`")[1]
+    rows = [line.split("|")[1:3] for line in tiny.splitlines() if line.startswith("| 0") or line.startswith("| total")]
+    assert [(n.strip(), w.strip()) for n, w in rows][-3:] == [
+        ("total 00–07", "2m30s"), ("total", "3m20s"), ("08a_alignment (study, not in the total)", "15m00s")]
     assert isinstance(read_timings(path), pd.DataFrame)
 
 

@@ -122,13 +122,15 @@ def conclusion(study: AlignmentStudy) -> str:
         best = ok.sort_values("train_min").iloc[0]
         return (f"The cheapest recipe that speaks its text within {steps} steps: **{best.recipe}** "
                 f"({best.train_min:.1f} min of training on this machine).")
-    ratio = t.text_effect / t.noise_effect
-    top = t.iloc[int(ratio.to_numpy().argmax())]
+    ratio = (t.text_effect / t.noise_effect).to_numpy()
+    i = int(ratio.argmax())
+    top, others = t.iloc[i], [r for j, r in enumerate(ratio) if j != i]
     text_wins = ", ".join(t.recipe[t.text_vs_noise == "text"]) or "none"
     return (f"**No recipe speaks its text within {steps} steps** (WER with the true text not below the shuffled "
             f"text's beyond 2 SE, or the text moving the output less than the noise). The text moves the output more "
             f"than the noise for: {text_wins}; the largest text / noise ratio: **{top.recipe}** "
-            f"({top.text_effect:.3f} / {top.noise_effect:.3f} = {top.text_effect / top.noise_effect:.2f}).")
+            f"({top.text_effect:.3f} / {top.noise_effect:.3f} = {ratio[i]:.2f}"
+            + (f"; the other recipes: at most {max(others):.3f})." if others else ")."))
 
 
 def write_alignment_section(study: AlignmentStudy) -> dict[str, Any]:
@@ -160,6 +162,7 @@ text when both verdicts say so (`speaks_text`). Profile `{study.profile}`; not p
 ![alignment study](08a_alignment/study.png)
 """)
     record = {"profile": study.profile, "config": c.to_dict(), "conclusion": conclusion(study),
+              "judge_labels": study.judge_labels,
               "table": study.table.to_dict("records"), "figure": relative(fig)}
     atomic_write_json(out / "metrics.json", record)
     return dict(record, figure=str(fig))

@@ -35,6 +35,7 @@ from imf.runs.params import check, declared
 from imf.runs.profiles import PROFILES
 from imf.runs.report import build_readme, results_dir
 from imf.runs.timings import FILE as TIMINGS_FILE
+from imf.runs.timings import STUDIES
 from imf.runs.timings import eta_line, notebook_times, fmt_seconds, previous_seconds, read_timings, record, steal_seconds
 from imf.viz.widgets import mark_offline
 
@@ -51,12 +52,9 @@ NOTEBOOKS = [
     "08_text2mel",  # F5-TTS's DiT on the embedded corpus: teacher, alignment check, students, teacher size (00_corpus; judges: 00_vocoder)
     "09_listening_test",  # prepares the stimuli and analyses the ratings so far (the test itself is taken live)
 ]
-# studies: pipeline notebooks that `make reproduce` does not run (hours of CPU); `--only` runs them, into the same
-# results (their committed sections stay in the README)
-STUDIES = [
-    "08a_alignment",  # which text2mel teacher recipe speaks its text (issue 15; `make alignment-study`; 00_corpus, 00_vocoder)
-]
-KNOWN = NOTEBOOKS + STUDIES
+# STUDIES (imf.runs.timings): pipeline notebooks that `make reproduce` does not run (hours of CPU); `--only` runs
+# them, into the same results (their committed sections stay in the README)
+KNOWN = NOTEBOOKS + list(STUDIES)
 
 
 def notebook_path(name: str) -> Path:

@@ -143,6 +143,11 @@ def eta_line(previous: Mapping[str, float], left: Sequence[str]) -> str:
 
 
 BUDGET_LAST = "07"  # the default reproduction's hour covers notebooks 00-07 (08 has its own budget)
+# studies: pipeline notebooks that `make reproduce` does not run (`--only` runs them); the wall-time table lists them
+# after the total of the reproduction, outside it
+STUDIES = (
+    "08a_alignment",  # which text2mel teacher recipe speaks its text (issue 15; `make alignment-study`; 00_corpus, 00_vocoder)
+)
 
 
 def _sum_row(t: pd.DataFrame, cols: Sequence[str], name: str) -> dict:
@@ -153,18 +158,23 @@ def _sum_row(t: pd.DataFrame, cols: Sequence[str], name: str) -> dict:
 def timings_tables(timings: pd.DataFrame, order: Sequence[str] = ()) -> dict[str, pd.DataFrame]:
     """The README's wall-time tables: ``{profile: table}``, notebooks in ``order`` (others after, by
     name), a readable ``wall`` column and a ``total`` row, preceded by a ``total 00–07`` row (the notebooks
-    :data:`BUDGET_LAST` and before) when later ones ran too. Empty when nothing was recorded."""
+    :data:`BUDGET_LAST` and before) when later ones ran too; the :data:`STUDIES` after the total, outside it. Empty
+    when nothing was recorded."""
     rank = {n: i for i, n in enumerate(order)}
     cols = ["notebook", "seconds", "startup_s", "imports_s", "work_s", "cpu_s", "steal_s", "finished", "load_avg"]
     out = {}
     for prof, g in timings.groupby("profile", sort=True):
         g = g.assign(_r=[rank.get(n, len(rank)) for n in g["notebook"]]).sort_values(["_r", "notebook"])
         t = g[[c for c in cols if c in g]].reset_index(drop=True)
+        study = t["notebook"].isin(STUDIES)
+        t, studies = t[~study].reset_index(drop=True), t[study]
         rows = [t]
         main = t[t["notebook"].str[:2] <= BUDGET_LAST]
         if 0 < len(main) < len(t):  # the budgeted notebooks' own sum beside the whole run's
             rows.append(pd.DataFrame([_sum_row(main, cols, f"total 00–{BUDGET_LAST}")]))
-        t = pd.concat(rows + [pd.DataFrame([_sum_row(t, cols, "total")])], ignore_index=True)
+        rows.append(pd.DataFrame([_sum_row(t, cols, "total")] if len(t) else []))
+        t = pd.concat(rows + [studies.assign(notebook=studies["notebook"] + " (study, not in the total)")],
+                      ignore_index=True)
         t.insert(1, "wall", [fmt_seconds(s) for s in t["seconds"]])
         out[str(prof)] = t
     return out
