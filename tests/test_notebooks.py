@@ -395,7 +395,7 @@ def test_08a_alignment(tree):
     assert list(study.recipe) == ["base", "average"] and list(study.upsampling) == ["none", "average"]
     assert (study.steps == 2).all() and m["config"]["teacher_steps"] == 2
     for r in study.itertuples():
-        ckpt = load_checkpoint(tree / f"runs/tiny/t2m_align_{r.recipe}_teacher/checkpoints/last.pt")
+        ckpt = load_checkpoint(tree / f"runs/tiny/t2m_align_{r.recipe}_2_teacher/checkpoints/last.pt")
         assert ckpt["model_config"]["text_embedding_average_upsampling"] == (r.upsampling == "average")
         assert r.text_vs_noise == verdict_of(r.text_effect - r.noise_effect, r.effect_se, "text", "noise")
         assert not r.speaks_text  # without WER no recipe can be said to speak its text

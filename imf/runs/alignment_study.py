@@ -8,7 +8,9 @@ One call per step (the notebook stays thin)::
 
 Each recipe (:class:`~imf.runs.sections_config.T2MRecipe`: phones or characters, F5's average-upsampled text
 embedding, the smallest infilled fraction, the longest utterance) trains ONLY 08's teacher, for the same number of
-steps, in its own run folder ``runs/<profile>/t2m_align_<name>_teacher`` (resumable; a finished run is reused),
+steps, in its own run folder ``runs/<profile>/t2m_align_<name>_<steps>_teacher`` (resumable; a finished run is reused;
+the step count is in the name because resuming a finished run to more steps would re-enter its cosine schedule, not
+train the longer run),
 and is judged on the same evaluation utterances, prompts and noise by :func:`imf.runs.text2mel.alignment_of`: the
 guided teacher at 08's largest NFE with the true and with a shuffled text. A recipe "speaks its text" when the text
 changes its output more than the noise does AND the true text beats the shuffled one on WER, each beyond two
@@ -86,8 +88,9 @@ def alignment_study(profile_name: str, cfg: AlignmentStudySection, judges: Seque
     aj = make_span_judges(base, judges, wer)
     rows, checks = [], {}
     for r in cfg.recipes:
-        plan = text2mel_plan(profile_name, seed, f"{RUN_PREFIX}_{r.name}", {"teacher": cfg.teacher_steps}, cfg.n_utts,
-                             r.recipe(), False, corpus_dir)
+        prefix = f"{RUN_PREFIX}_{r.name}_{cfg.teacher_steps}"
+        plan = text2mel_plan(profile_name, seed, prefix, {"teacher": cfg.teacher_steps}, cfg.n_utts, r.recipe(), False,
+                             corpus_dir)
         S, E = plan.stages, plan.eval
         _, summary = train_text2mel_teacher(plan.corpus, plan.runs["teacher"], S.model, S.teacher_train, S.data,
                                             S.infill, progress, f"alignment study: {r.name}")

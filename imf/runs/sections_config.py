@@ -176,7 +176,7 @@ class Token2WavSection(T2WStagesConfig):
 class T2MRecipe(Config):
     """One teacher recipe of the alignment study: the knobs of :func:`imf.runs.text2mel.text2mel_plan`'s ``recipe``
     (an empty / zero knob keeps the profile's)."""
-    name: str = "base"  # its run folders: runs/<profile>/t2m_align_<name>_teacher
+    name: str = "base"  # its run folder: runs/<profile>/t2m_align_<name>_<steps>_teacher
     text: str = ""  # "phone" | "char"
     upsampling: str = ""  # "average" (F5's text_embedding_average_upsampling) | "none"
     frac_min: float = 0.0  # smallest infilled fraction of an utterance (F5: 0.7)
