@@ -95,7 +95,8 @@ def alignment_study(profile_name: str, cfg: AlignmentStudySection, judges: Seque
         _, summary = train_text2mel_teacher(plan.corpus, plan.runs["teacher"], S.model, S.teacher_train, S.data,
                                             S.infill, progress, f"alignment study: {r.name}")
         teacher = load_model(plan.ckpt("teacher"))
-        data = Text2MelDataset(plan.corpus, E.split, dataclasses.replace(S.data, max_frames=base.stages.data.max_frames))
+        eval_data = dataclasses.replace(S.data, max_frames=base.stages.data.max_frames)  # the same utterances for all
+        data = Text2MelDataset(plan.corpus, E.split, eval_data)
         es = make_t2m_eval_set(data, E.n_utts, E.seed, E.max_prompt_frames)
         check = alignment_of(Guided(teacher, E.cfg_scale), es, data, schedules.uniform(max(E.teacher_nfes)),
                              judges=aj)

@@ -228,8 +228,9 @@ def alignment_of(model, es: EvalSet, data: Text2MelDataset, grid: Tensor, x: Ten
     text given, then the real recordings and the vocoder's copy synthesis (ceilings). Columns: ``text_effect``, the
     mean |log-mel difference| between the true-text and shuffled-text outputs (0: the text is ignored);
     ``noise_effect``, the same when only the noise changes (the scale); ``text_vs_noise``, the paired per-utterance
-    verdict of text_effect against noise_effect (2 SE; ``effect_se`` the SE of their difference); with judges, their scores and on the shuffled row scored
-    against the true text ``wer_gain`` ± ``wer_gain_se``: per-utterance WER(shuffled) - WER(true) on the judged
+    verdict of text_effect against noise_effect (2 SE; ``effect_se`` the SE of their difference); with judges,
+    their scores and, on the shuffled row scored against the true text, ``wer_gain`` ± ``wer_gain_se``:
+    per-utterance WER(shuffled) - WER(true) on the judged
     voices, ``wer_verdict`` its paired verdict ("true text" beyond 2 SE: the teacher speaks its text)."""
     if x is None:
         x, _, _ = generate(model, es, grid)
